@@ -1,0 +1,3 @@
+from textxfer.cli import main
+
+main()

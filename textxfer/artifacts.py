@@ -1,0 +1,181 @@
+"""What a run leaves behind (see README, "The run directory"): a model folder plain `transformers` loads,
+the adapter (LoRA, on request), the resolved recipe, metrics, history, predictions and the run record.
+
+Files are written to a temporary name and renamed, so a crash never leaves a half-written model or record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from textxfer.errors import UserError
+
+MODEL_DIR = "model"
+ADAPTER_DIR = "adapter"
+PACKAGES = ("textxfer", "torch", "transformers", "datasets", "accelerate", "evaluate", "peft", "huggingface_hub")
+
+
+def write_json(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=_jsonable), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _jsonable(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Swap a fully written temporary folder into place."""
+    old = final.with_name(f".{final.name}.old{os.getpid()}")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in PACKAGES:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def git_revision() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        r = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return r.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def hardware() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"device": "cuda" if gpu else "cpu", "cpu": cpu, "torch_threads": torch.get_num_threads(), "gpu": gpu}
+
+
+def save_model(loop, out: Path) -> None:
+    """The merged model folder (plain transformers), and for LoRA with `save_adapter` the adapter too."""
+    model = loop.acc.unwrap_model(loop.model)
+    if loop.applied.is_peft and loop.recipe.save_adapter:
+        tmp = out / f".{ADAPTER_DIR}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        loop.tokenizer.save_pretrained(tmp)
+        meta = {"labels": loop.labels, "id2label": dict(enumerate(loop.labels)),
+                "label2id": {lab: i for i, lab in enumerate(loop.labels)},
+                "problem_type": model.config.problem_type, "base_model": loop.recipe.model.name}
+        write_json(tmp / "textxfer_labels.json", meta)
+        replace_dir(tmp, out / ADAPTER_DIR)
+    if loop.applied.is_peft:
+        import copy
+
+        model = copy.deepcopy(model).merge_and_unload()
+    tmp = out / f".{MODEL_DIR}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    loop.tokenizer.save_pretrained(tmp)
+    replace_dir(tmp, out / MODEL_DIR)
+
+
+def write_predictions(loop, split: str, logits: np.ndarray, path: Path) -> None:
+    ds = getattr(loop.splits, split)
+    probs = torch.from_numpy(logits).softmax(-1).numpy()
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for i, (text, target) in enumerate(zip(list(ds["text"]), list(ds["label"]), strict=True)):
+            p = probs[i]
+            row = {"text": text, "label": loop.labels[int(target)], "pred": loop.labels[int(p.argmax())],
+                   "confidence": float(p.max()), "probs": [round(float(x), 6) for x in p]}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def write_run(loop, results: dict, predictions: dict[str, np.ndarray]) -> None:
+    """Everything after training, model first: a failing plot never loses the trained model."""
+    out: Path = loop.out
+    out.mkdir(parents=True, exist_ok=True)
+    save_model(loop, out)
+    write_json(out / "metrics.json", results)
+    write_json(out / "history.json", loop.history)
+    (out / "predictions").mkdir(exist_ok=True)
+    for split, logits in predictions.items():
+        write_predictions(loop, split, logits, out / "predictions" / f"{split}.jsonl")
+    r = loop.recipe
+    record = {
+        "textxfer_version": versions().get("textxfer"), "command": loop.command,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(loop.started)),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "train_seconds": round(loop.train_seconds, 2),
+        "model_name": r.model.name, "model_path": loop.model_path, "task": "text",
+        "strategy": {"name": r.strategy.name, "freeze_layers": r.strategy.freeze_layers,
+                     "lora": vars(r.strategy.lora) if r.strategy.name == "lora" else None,
+                     "lora_layers": r.strategy.lora_layers},
+        "trainable_params": loop.applied.trainable, "total_params": loop.applied.total,
+        "frozen": (["embeddings"] + [f"layer.{i}" for i in range(loop.applied.frozen_prefix)]
+                   if loop.applied.frozen_prefix >= 0 else []),
+        "layer_groups": len(loop.parts.layers),
+        "labels": loop.labels, "multi_label": loop.splits.multi_label, "num_processes": loop.acc.num_processes,
+        "hardware": hardware(), "versions": versions(), "git_revision": git_revision(),
+        "data": {split: {"rows": len(ds), "source": loop.splits.sources.get(split, "carved from train"),
+                         "fingerprint": _fingerprint(ds)} for split, ds in loop.splits.items()},
+        "finished": True,
+    }
+    write_json(out / "run.json", record)
+    try:
+        from textxfer import report
+
+        report.write_report(out)
+    except Exception as e:  # plots are a convenience; the model is already saved
+        loop_log(f"warning: could not write plots/report files: {e}")
+
+
+def _fingerprint(ds) -> str:
+    from textxfer.data import fingerprint
+
+    return fingerprint(ds)
+
+
+def loop_log(msg: str) -> None:
+    import logging
+
+    logging.getLogger("textxfer").warning(msg)
+
+
+def find_model_dir(path: str | Path) -> Path:
+    """A run directory or the model folder inside it -> the folder holding config.json."""
+    p = Path(path)
+    for cand in (p, p / MODEL_DIR):
+        if (cand / "config.json").is_file():
+            return cand
+    raise UserError(
+        f"{p} is neither a textxfer run directory nor a model folder (no config.json in it or in {p / MODEL_DIR}). "
+        "Pass the `--output-dir` of a finished `textxfer train`, or a saved model folder."
+    )

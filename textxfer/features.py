@@ -1,0 +1,246 @@
+"""Never recompute what is frozen: cache the output of the frozen embeddings + lower layers.
+
+When the embeddings and the lower N layers are frozen (strategies head, freeze, lora on the upper layers),
+their output for an example never changes. It is computed once (eval mode, inference mode, sorted batches,
+no padding waste) and kept per example, unpadded. Training then swaps the frozen modules out of the model:
+the embeddings module returns the cached tensor of the batch, the frozen layers pass their input through,
+and the model's own forward does the rest, masks included; so the upper layers see exactly what they would
+have seen. A disk copy keyed by the frozen weights, the layer index and the token ids lets a later run (or
+another strategy with the same frozen part) skip even the first pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from textxfer.backbones import Parts
+
+log = logging.getLogger("textxfer")
+
+# Modules applied in sequence between the embeddings and the first layer: skipped when the cache is used.
+SEQUENTIAL_EXTRAS = ("embeddings_project", "encoder.embedding_hidden_mapping_in")
+PRIMARY = ("embeddings", "embedder", "conv_stem")
+
+
+class _Stop(Exception):
+    """Raised by a hook once the frozen prefix has run: the upper layers are not needed for the cache."""
+
+
+class CachedInput(nn.Module):
+    """Stands in for the embeddings: returns the cached frozen-prefix output of the current batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.current: torch.Tensor | None = None
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        if self.current is None:
+            raise RuntimeError("frozen-prefix cache: no cached batch was set before the forward pass")
+        return self.current
+
+
+class PassThrough(nn.Module):
+    """Stands in for a frozen layer whose output is already in the cache."""
+
+    def __init__(self, tuple_len: int = 0):
+        super().__init__()
+        self.tuple_len = tuple_len
+
+    def forward(self, hidden_states, *args, **kwargs):
+        if self.tuple_len:
+            return (hidden_states,) + (None,) * (self.tuple_len - 1)
+        return hidden_states
+
+
+def why_not(root: nn.Module, parts: Parts, frozen_prefix: int) -> str | None:
+    """None when caching is exact for this model and strategy; else the reason it is not used."""
+    if frozen_prefix < 0:
+        return "the embeddings train (strategy full)"
+    if parts.shared_layers:
+        return "ALBERT shares its layer weights across depths"
+    conv = getattr(getattr(getattr(root, getattr(root, "base_model_prefix", ""), None), "encoder", None), "conv", None)
+    if conv is not None and frozen_prefix > 0:
+        return "DeBERTa-v2's convolution after layer 0 reads the embeddings"
+    if not any(p.rsplit(".", 1)[-1] in PRIMARY for p in parts.embeddings):
+        return "no embeddings module to stand in for"
+    for name, p in root.named_parameters():
+        g = parts.group_of(name)
+        frozen_group = g == "embeddings" or (g.startswith("layer.") and int(g.split(".")[1]) < frozen_prefix)
+        if frozen_group and p.requires_grad:
+            return f"{name} is in the frozen part but trains"
+    return None
+
+
+class FrozenPrefixCache:
+    """Compute, keep, and serve the frozen-prefix output of every example of every split."""
+
+    def __init__(self, root: nn.Module, parts: Parts, frozen_prefix: int, store_dtype: torch.dtype = torch.float32,
+                 autocast_dtype: torch.dtype | None = None):
+        self.root, self.parts, self.k = root, parts, frozen_prefix
+        self.store_dtype, self.autocast_dtype = store_dtype, autocast_dtype
+        self.primary = next(p for p in parts.embeddings if p.rsplit(".", 1)[-1] in PRIMARY)
+        self.slot = CachedInput()
+        self.swapped: list[tuple[str, nn.Module]] = []
+        self.tuple_len = 0
+
+    # -- keys
+    def frozen_hash(self) -> str:
+        """Hash of the frozen weights and buffers (so a changed checkpoint never reuses a stale cache)."""
+        h = hashlib.sha256(f"{type(self.root).__name__}|{self.k}|{self.store_dtype}|{self.autocast_dtype}".encode())
+        for path in self.parts.embeddings + self.parts.layers[: self.k]:
+            for name, t in sorted(self.root.get_submodule(path).state_dict().items()):
+                h.update(name.encode())
+                h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+                         if t.is_floating_point() else t.cpu().numpy().tobytes())
+        return h.hexdigest()
+
+    @staticmethod
+    def data_hash(encoded) -> str:
+        h = hashlib.sha256()
+        for seq in encoded.input_ids:
+            h.update(np.asarray(seq, dtype=np.int32).tobytes())
+            h.update(b"|")
+        if encoded.token_type_ids is not None:
+            for seq in encoded.token_type_ids:
+                h.update(np.asarray(seq, dtype=np.int8).tobytes())
+        return h.hexdigest()
+
+    # -- computing
+    def _capture(self, store: dict):
+        layers = self.parts.layers
+        if self.k == 0:
+            def pre(module, args, kwargs):
+                store["out"] = args[0] if args else kwargs["hidden_states"]
+                raise _Stop
+            return self.root.get_submodule(layers[0]).register_forward_pre_hook(pre, with_kwargs=True)
+
+        def post(module, args, out):
+            store["out"] = out[0] if isinstance(out, tuple) else out
+            raise _Stop
+        return self.root.get_submodule(layers[self.k - 1]).register_forward_hook(post)
+
+    def _record_layer_output_type(self, batch: dict) -> None:
+        seen = {}
+
+        def hook(module, args, out):
+            seen["len"] = len(out) if isinstance(out, tuple) else 0
+            raise _Stop
+        handle = self.root.get_submodule(self.parts.layers[0]).register_forward_hook(hook)
+        try:
+            self.root(**batch)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        self.tuple_len = seen.get("len", 0)
+
+    @torch.inference_mode()
+    def compute(self, batches, device: torch.device) -> list[torch.Tensor]:
+        """Per-example prefix outputs (unpadded along the sequence), from (indices, batch dict) pairs."""
+        was_training = self.root.training
+        self.root.eval()
+        out: dict[int, torch.Tensor] = {}
+        first = True
+        try:
+            for indices, batch in batches:
+                batch = {k: v.to(device) for k, v in batch.items()}
+                if first:
+                    self._record_layer_output_type(batch)
+                    first = False
+                store: dict = {}
+                handle = self._capture(store)
+                try:
+                    with torch.autocast(device.type, dtype=self.autocast_dtype,
+                                        enabled=self.autocast_dtype is not None):
+                        self.root(**batch)
+                except _Stop:
+                    pass
+                finally:
+                    handle.remove()
+                hidden = store["out"].to(self.store_dtype).cpu()
+                mask = batch.get("attention_mask")
+                for row, i in enumerate(indices):
+                    n = int(mask[row].sum()) if mask is not None and hidden.dim() == 3 else None
+                    out[i] = hidden[row, :n].clone() if n is not None else hidden[row].clone()
+        finally:
+            self.root.train(was_training)
+        return [out[i] for i in range(len(out))]
+
+    # -- disk
+    @staticmethod
+    def cache_dir() -> Path:
+        return Path(os.environ.get("TEXTXFER_CACHE", Path.home() / ".cache" / "textxfer")) / "features"
+
+    def load_or_compute(self, key: str, batches_fn, device: torch.device, use_disk: bool) -> list[torch.Tensor]:
+        from safetensors.torch import load_file, save_file
+
+        path = self.cache_dir() / f"{key}.safetensors"
+        if use_disk and path.is_file():
+            try:
+                data = load_file(path)
+                flat, offsets = data["flat"], data["offsets"].tolist()
+                if data["key"].numpy().tobytes().decode() != key:
+                    raise ValueError("key mismatch")
+                log.info(f"frozen-prefix cache: loaded {len(offsets) - 1} examples from {path}")
+                return [flat[offsets[j]:offsets[j + 1]] for j in range(len(offsets) - 1)]
+            except Exception as e:  # corrupt or foreign file: rebuild, never reuse
+                log.warning(f"frozen-prefix cache: {path} unreadable ({e}); rebuilding it")
+        feats = self.compute(batches_fn(), device)
+        if use_disk and feats and feats[0].dim() == 2:
+            offsets = np.cumsum([0] + [f.shape[0] for f in feats])
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                save_file({"flat": torch.cat(feats), "offsets": torch.as_tensor(offsets),
+                           "key": torch.frombuffer(bytearray(key.encode()), dtype=torch.uint8)}, str(tmp))
+                os.replace(tmp, path)
+            except OSError as e:  # full disk or read-only home: carry on in memory
+                log.warning(f"frozen-prefix cache: could not write {path} ({e}); keeping it in memory only")
+                try:
+                    tmp.unlink(missing_ok=True)
+                except OSError:
+                    pass
+        return feats
+
+    # -- swapping modules
+    def _set(self, path: str, module: nn.Module) -> nn.Module:
+        parent_path, _, name = path.rpartition(".")
+        parent = self.root.get_submodule(parent_path) if parent_path else self.root
+        old = parent[int(name)] if isinstance(parent, nn.ModuleList) else getattr(parent, name)
+        if isinstance(parent, nn.ModuleList):
+            parent[int(name)] = module
+        else:
+            setattr(parent, name, module)
+        return old
+
+    def install(self) -> None:
+        """Take the frozen modules out of the model; the cache serves their output."""
+        if self.swapped:
+            return
+        self.swapped.append((self.primary, self._set(self.primary, self.slot)))
+        for path in self.parts.embeddings:
+            if any(path.endswith(x) for x in SEQUENTIAL_EXTRAS):
+                self.swapped.append((path, self._set(path, nn.Identity())))
+        for path in self.parts.layers[: self.k]:
+            self.swapped.append((path, self._set(path, PassThrough(self.tuple_len))))
+
+    def uninstall(self) -> None:
+        """Put the original modules back (before saving)."""
+        for path, module in reversed(self.swapped):
+            self._set(path, module)
+        self.swapped.clear()
+        self.slot.current = None
+
+
+def pad_features(feats: list[torch.Tensor]) -> torch.Tensor:
+    """Stack per-example cached outputs into a batch, zero-padding the sequence dimension."""
+    if all(f.shape == feats[0].shape for f in feats):
+        return torch.stack(feats)
+    return nn.utils.rnn.pad_sequence(feats, batch_first=True)

@@ -1,0 +1,417 @@
+"""Recipes: typed, validated run configuration read from YAML, with `--set key.path=value` overrides.
+
+Every field is documented where it is declared; the bundled recipes in `recipes/` comment each setting with
+what it trades off. Unknown keys and wrong types are rejected with the key path and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from textxfer.errors import UserError
+
+
+@dataclass
+class ModelConfig:
+    name: str = ""
+    """Checkpoint: a local folder, a Hub id, or `package:<python_module>` for a checkpoint shipped in a package."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) to load."""
+    trust_remote_code: bool = False
+    """Run code from the checkpoint's repository. Off unless you trust its authors."""
+    max_length: int = 128
+    """Tokens per example after truncation. Longer keeps more text, costs time and memory quadratically."""
+    dropout: float | None = None
+    """Override the checkpoint's hidden/attention dropout (null keeps it). 0 makes training deterministic-friendly."""
+
+
+@dataclass
+class DataConfig:
+    train: Any = None
+    """Training data: a file, a folder of class folders of .txt files, `hub:<dataset id>[:split]`,
+    `package:<module>/<path>`, or {label: file or folder} for one source per class."""
+    validation: Any = None
+    """Validation data (same forms as train). If absent, `validation_split` of train is carved out (stratified)."""
+    test: Any = None
+    """Test data, evaluated once with the best model. If absent, `test_split` of train is carved out (0 = none)."""
+    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "text", "prefix"] = "auto"
+    """File format; `auto` goes by the extension (.csv .tsv .json .jsonl .parquet .txt). `prefix` reads lines
+    `LABEL<sep>text` (see label_separator); `text` is one example per line (label from {label: file}, or sniffed
+    as prefix when every line starts with one)."""
+    text_column: int | str = "text"
+    """Column with the text (a name, or a 0-based index for files without a header)."""
+    text_pair_column: int | str | None = None
+    """Second text column for sentence-pair tasks; the tokenizer joins the pair."""
+    label_column: int | str = "label"
+    """Column with the label (name or 0-based index)."""
+    labels: Any = None
+    """Fix the label order: a list of names, a file of names (one per line, or a JSON list), or a mapping
+    {raw value: name} (several raw values may share a name). Integer raw labels with a list of names are read as
+    indices into it (GoEmotions style). Default: the sorted label values of train (or a Hub dataset's names)."""
+    label_level: Literal["full", "coarse"] = "full"
+    """For hierarchical labels `COARSE:fine` (TREC): `coarse` keeps the part before the first `:` (6 classes
+    instead of 50: more examples per class, less detail)."""
+    label_pattern: str | None = None
+    """A regular expression that extracts the label from each raw label value (its group `label`, else its first
+    group, else the whole match), e.g. `^([A-Z]+):` for TREC's coarse class. Rows it does not match are errors."""
+    header: bool | None = None
+    """Whether delimited files have a header row; null: yes when columns are named, sniffed when they are numbers."""
+    delimiter: str | None = None
+    """Field delimiter of delimited files (`\\t` or `tab` for a tab); null: tab for .tsv, sniffed for .csv (`,` unless
+    every sampled line agrees on `;`, `|` or tab)."""
+    quoting: Literal["auto", "quotes", "none"] = "auto"
+    """`quotes`: fields may be wrapped in double quotes (standard CSV); `none`: quote characters are text (GLUE
+    TSVs, tweets). `auto`: none for tab-delimited files, quotes otherwise."""
+    label_separator: str | None = None
+    """For `prefix` text files: what ends the label (`\\t`/`tab`, `space`, `:`...). null: a tab when every line has
+    one, a space when every line starts with `WORD:word` (TREC)."""
+    encoding: str = "utf-8"
+    """File encoding. A file that is not valid UTF-8 falls back to Latin-1, reported as a note and a warning."""
+    hub_config: str | None = None
+    """Configuration name of a Hub dataset (`load_dataset(id, name=...)`)."""
+    hub_revision: str | None = None
+    """Hub dataset revision (branch, tag or commit) to load; pin it for reproducible runs."""
+    validation_split: float = 0.1
+    """Share of train carved out for validation when no validation data is given (stratified, seeded). Larger
+    gives steadier model selection and leaves fewer examples to train on."""
+    test_split: float = 0.0
+    """Share of train carved out for test when no test data is given (stratified, seeded; 0 = no test split).
+    Shares are of the training data as read: 0.1 + 0.2 leaves 70% to train."""
+    max_train_examples: int | None = None
+    """Keep at most this many training examples (stratified by class, seeded). Faster runs, lower accuracy."""
+    examples_per_class: int | None = None
+    """Few-shot: keep exactly this many training examples per class (seeded); an error if a class has fewer."""
+    dedupe: bool = False
+    """Drop repeated texts within train (first kept), then train texts that also occur in validation/test
+    (leakage). Without it, duplicates and overlap are only reported."""
+    multi_label: bool = False
+    """Each example has a set of labels (sigmoid/BCE) instead of exactly one (softmax/cross-entropy). Labels may be
+    lists (JSON/Parquet), delimited strings (`label_delimiter`) or index lists into `labels` (GoEmotions)."""
+    label_delimiter: str = ","
+    """For multi-label data given as a delimited string: what separates the labels."""
+    skip_bad_rows: bool = False
+    """Skip rows with a missing text or label (a warning names them) instead of stopping with an error."""
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8
+    """Adapter rank. Higher adapts more, trains more parameters."""
+    alpha: int = 16
+    """Scaling numerator (effective scale alpha / r)."""
+    dropout: float = 0.1
+    """Dropout on the adapter input."""
+    target_modules: list[str] | None = None
+    """Linear layers to adapt (names as in the model); null picks the architecture's attention and MLP projections."""
+
+
+@dataclass
+class StrategyConfig:
+    name: Literal["head", "freeze", "lora", "full"] = "full"
+    """What trains: `head` only the new classifier (and any new pooler); `freeze` all but the embeddings and the
+    lower `freeze_layers` layers; `lora` low-rank adapters plus the head; `full` everything."""
+    freeze_layers: int = 0
+    """For `freeze`: how many lower encoder layers stay frozen (the embeddings always are)."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA settings (strategy `lora`)."""
+    lora_layers: int | None = None
+    """For `lora`: adapt only the top this-many layers (null: all). The rest is frozen and can be cached."""
+
+
+@dataclass
+class TrainingConfig:
+    epochs: float = 3
+    """Passes over the training data."""
+    batch_size: int = 32
+    """Global batch size (over all processes and accumulation steps)."""
+    gradient_accumulation_steps: int = 1
+    """Split each batch into this many micro-batches: same results, less memory, a little slower."""
+    learning_rate: float = 5e-5
+    """Peak learning rate of the trained body parameters (AdamW)."""
+    head_learning_rate: float | None = None
+    """Learning rate of the new head; null uses learning_rate (head-only runs often want 1e-3 or more)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay, not applied to biases and LayerNorm weights."""
+    warmup_ratio: float = 0.1
+    """Share of steps with linear learning-rate warm-up, then linear decay to zero."""
+    max_grad_norm: float | None = 1.0
+    """Clip gradients to this norm (null: no clipping)."""
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    """`bf16` is faster on recent CPUs and GPUs; `fp16` needs a GPU."""
+    eval_every: int | None = None
+    """Also evaluate every this many optimizer steps (null: once per epoch)."""
+    metric: str = "accuracy"
+    """Validation metric that picks the best model (accuracy, macro_f1, micro_f1, loss...)."""
+    seed: int = 42
+    """Seeds everything, before the model is built, so the new head's initialisation is seeded too."""
+    class_weights: Any = "none"
+    """Loss weights per class: `none`, `balanced` (inverse frequency), or {label: weight}."""
+    balanced_sampler: bool = False
+    """Sample training batches so every class is equally likely (for heavily imbalanced data)."""
+    group_by_length: bool = True
+    """Batch examples of similar length together (random order across batches): far less padding, faster."""
+    cache: Literal["auto", "memory", "off"] = "auto"
+    """Compute the frozen embeddings + lower layers once and train on their cached output, where exact.
+    `auto` also keeps a disk copy (reused by later runs with the same frozen weights and data); `memory` does
+    not; `off` recomputes them every step, like other trainers."""
+    cache_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Storage type of cached activations: 16-bit halves the memory, at a small cost in exactness."""
+    threads: int | None = None
+    """CPU threads for torch (null: the number of physical cores)."""
+    num_workers: int = 0
+    """DataLoader worker processes."""
+    log_every: int = 10
+    """Log the training loss every this many optimizer steps."""
+
+
+@dataclass
+class Recipe:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The pretrained checkpoint and how it reads text."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Where the examples come from and how they become (text, label) pairs."""
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    """What is trained and what stays frozen."""
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    """The optimisation loop."""
+    output_dir: str = "runs/latest"
+    """Where the run is written (model, metrics, recipe, log)."""
+    save_adapter: bool = False
+    """For LoRA: also save the unmerged adapter (with the trained head) next to the merged model."""
+    description: str = ""
+    """Free text about the recipe; copied to the run and the model card."""
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(value: str, key: str = "") -> str:
+    """Expand `${VAR}` and `${VAR:-default}`; an unset variable without default is an error naming the key."""
+
+    def sub(m: re.Match) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in os.environ and os.environ[name] != "":
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise UserError(
+            f"Recipe key `{key}` uses ${{{name}}}, but the environment variable {name} is not set. "
+            f"Set it (e.g. `export {name}=...`) or give a default: ${{{name}:-value}}."
+        )
+
+    return _ENV.sub(sub, value)
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp` and convert where lossless (int -> float, env expansion)."""
+    if isinstance(value, str):
+        value = expand_env(value, key)
+    if tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except UserError as e:
+                errors.append(e)
+        raise UserError(f"Recipe key `{key}` is {value!r}, but it must be {_type_name(tp)}.")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise UserError(
+                f"Recipe key `{key}` is {value!r}; allowed values: {', '.join(repr(a) for a in allowed)}."
+            )
+        return value
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise UserError(f"Recipe key `{key}` must be a list, not {value!r}.")
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"Recipe key `{key}` must be true or false, not {value!r}.")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise UserError(f"Recipe key `{key}` must be a number, not {value!r}.")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise UserError(f"Recipe key `{key}` must be a whole number, not {value!r}.")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise UserError(f"Recipe key `{key}` must be a string, not {value!r}.")
+    return value
+
+
+def _expand_any(value: Any, key: str) -> Any:
+    """Expand environment variables inside free-form values (dicts and lists under `Any` keys)."""
+    if isinstance(value, str):
+        return expand_env(value, key)
+    if isinstance(value, dict):
+        return {k: _expand_any(v, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_any(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _build(cls: type, data: Any, prefix: str = "") -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        where = f"`{prefix}`" if prefix else "The recipe"
+        raise UserError(f"{where} must be a mapping of keys to values, not {data!r}.")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in names:
+            close = [n for n in names if n.startswith(str(k)[:3])]
+            hint = f" Did you mean `{close[0]}`?" if close else ""
+            raise UserError(
+                f"Unknown recipe key `{key}`.{hint} Allowed keys here: {', '.join(names)}."
+            )
+        tp = hints[k]
+        kwargs[k] = _expand_any(v, key) if tp is Any else _coerce(v, tp, key)
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (['a','b','c'], value parsed as YAML so numbers and booleans keep their type)."""
+    if "=" not in text:
+        raise UserError(f"--set {text!r} is not of the form key.path=value (e.g. --set training.epochs=2).")
+    path, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return [p for p in path.strip().split(".") if p], value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[path[-1]] = value
+    return data
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(
+            f"Recipe file {path} does not exist. Give the path of a YAML recipe, or see `textxfer recipes` "
+            "for the bundled ones."
+        )
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise UserError(f"Recipe {path} is not valid YAML{where}: {problem}. Fix the syntax there.") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"Recipe {path} must be a YAML mapping (keys like model:, data:, training:).")
+    return data
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None,
+                data: dict | None = None) -> Recipe:
+    """Read a recipe from YAML (or a dict), apply `key.path=value` overrides, validate and return it."""
+    raw = read_yaml(path) if path is not None else dict(data or {})
+    apply_overrides(raw, list(overrides or []))
+    recipe = _build(Recipe, raw)
+    validate(recipe)
+    return recipe
+
+
+def validate(recipe: Recipe) -> None:
+    """Cross-field checks that types alone cannot express."""
+    if not recipe.model.name:
+        raise UserError("Recipe key `model.name` is missing: give a checkpoint folder or a Hub id.")
+    if recipe.data.train is None:
+        raise UserError("Recipe key `data.train` is missing: give the training data file.")
+    t = recipe.training
+    if t.epochs <= 0:
+        raise UserError(f"Recipe key `training.epochs` must be > 0, not {t.epochs}.")
+    if t.batch_size < 1:
+        raise UserError(f"Recipe key `training.batch_size` must be >= 1, not {t.batch_size}.")
+    if t.gradient_accumulation_steps < 1 or t.batch_size % t.gradient_accumulation_steps:
+        raise UserError(
+            f"`training.batch_size` ({t.batch_size}) must be a multiple of `training.gradient_accumulation_steps` "
+            f"({t.gradient_accumulation_steps})."
+        )
+    if t.learning_rate <= 0:
+        raise UserError(f"Recipe key `training.learning_rate` must be > 0, not {t.learning_rate}.")
+    if not 0 <= t.warmup_ratio < 1:
+        raise UserError(f"Recipe key `training.warmup_ratio` must be in [0, 1), not {t.warmup_ratio}.")
+    if recipe.strategy.freeze_layers < 0:
+        raise UserError("Recipe key `strategy.freeze_layers` must be >= 0.")
+    for k in ("validation_split", "test_split"):
+        v = getattr(recipe.data, k)
+        if not 0 <= v < 1:
+            raise UserError(f"Recipe key `data.{k}` must be in [0, 1), not {v}.")
+    if recipe.model.max_length < 8:
+        raise UserError("Recipe key `model.max_length` must be at least 8 tokens.")
+
+
+def to_dict(recipe: Recipe) -> dict:
+    return dataclasses.asdict(recipe)
+
+
+def save_recipe(recipe: Recipe, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+
+def recipe_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Key paths whose values differ between two recipe dicts (for refusing a resume with a changed recipe)."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        key = f"{prefix}.{k}" if prefix else k
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += recipe_diff(va, vb, key)
+        elif va != vb:
+            out.append(f"{key}: {va!r} -> {vb!r}")
+    return out
