@@ -89,7 +89,7 @@ def save_model(loop, out: Path) -> None:
         tmp = out / f".{ADAPTER_DIR}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp)
-        loop.tokenizer.save_pretrained(tmp)
+        _preprocessor(loop).save_pretrained(tmp)
         meta = {"labels": loop.labels, "id2label": dict(enumerate(loop.labels)),
                 "label2id": {lab: i for i, lab in enumerate(loop.labels)},
                 "problem_type": model.config.problem_type, "base_model": loop.recipe.model.name}
@@ -102,7 +102,7 @@ def save_model(loop, out: Path) -> None:
     tmp = out / f".{MODEL_DIR}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
-    loop.tokenizer.save_pretrained(tmp)
+    _preprocessor(loop).save_pretrained(tmp)
     replace_dir(tmp, out / MODEL_DIR)
 
 
@@ -111,9 +111,10 @@ def write_predictions(loop, split: str, logits: np.ndarray, path: Path) -> None:
     probs = torch.from_numpy(logits).softmax(-1).numpy()
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        for i, (text, target) in enumerate(zip(list(ds["text"]), list(ds["label"]), strict=True)):
+        key = "image" if "image" in ds.column_names else "text"  # images: the file path (or source#row)
+        for i, (text, target) in enumerate(zip(list(ds[key]), list(ds["label"]), strict=True)):
             p = probs[i]
-            row = {"text": text, "label": loop.labels[int(target)], "pred": loop.labels[int(p.argmax())],
+            row = {key: text, "label": loop.labels[int(target)], "pred": loop.labels[int(p.argmax())],
                    "confidence": float(p.max()), "probs": [round(float(x), 6) for x in p]}
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
@@ -134,7 +135,7 @@ def write_run(loop, results: dict, predictions: dict[str, np.ndarray]) -> None:
         "textxfer_version": versions().get("textxfer"), "command": loop.command,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(loop.started)),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "train_seconds": round(loop.train_seconds, 2),
-        "model_name": r.model.name, "model_path": loop.model_path, "task": "text",
+        "model_name": r.model.name, "model_path": loop.model_path, "task": getattr(loop, "task", "text"),
         "strategy": {"name": r.strategy.name, "freeze_layers": r.strategy.freeze_layers,
                      "lora": vars(r.strategy.lora) if r.strategy.name == "lora" else None,
                      "lora_layers": r.strategy.lora_layers},
@@ -145,7 +146,7 @@ def write_run(loop, results: dict, predictions: dict[str, np.ndarray]) -> None:
         "labels": loop.labels, "multi_label": loop.splits.multi_label, "num_processes": loop.acc.num_processes,
         "hardware": hardware(), "versions": versions(), "git_revision": git_revision(),
         "data": {split: {"rows": len(ds), "source": loop.splits.sources.get(split, "carved from train"),
-                         "fingerprint": _fingerprint(ds)} for split, ds in loop.splits.items()},
+                         "fingerprint": _fingerprint(ds, loop, split)} for split, ds in loop.splits.items()},
         "finished": True,
     }
     write_json(out / "run.json", record)
@@ -157,7 +158,16 @@ def write_run(loop, results: dict, predictions: dict[str, np.ndarray]) -> None:
         loop_log(f"warning: could not write plots/report files: {e}")
 
 
-def _fingerprint(ds) -> str:
+def _preprocessor(loop):
+    """What turns raw input into model input, saved next to the model: the tokenizer, or the image processor."""
+    return loop.processor if getattr(loop, "task", "text") == "image" else loop.tokenizer
+
+
+def _fingerprint(ds, loop=None, split: str = "") -> str:
+    if getattr(loop, "task", "text") == "image":  # the images' bytes, not just their names
+        from textxfer.vision import fingerprint
+
+        return fingerprint(loop.encoded[split])
     from textxfer.data import fingerprint
 
     return fingerprint(ds)

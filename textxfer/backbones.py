@@ -251,6 +251,15 @@ def lora_target_regex(model: nn.Module, parts: Parts, names: list[str] | None,
     return regex, len(matched)
 
 
+def input_names(model: nn.Module) -> tuple[str, ...]:
+    """The text inputs this model's forward accepts (DistilBERT takes no token_type_ids)."""
+    import inspect
+
+    root = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = inspect.signature(root.forward).parameters
+    return tuple(k for k in ("input_ids", "attention_mask", "token_type_ids") if k in params)
+
+
 def count_params(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts, counting shared tensors once."""
     seen: dict[int, torch.nn.Parameter] = {}

@@ -88,6 +88,24 @@ def train(recipe, overrides, output_dir, overwrite, num_processes):
     command = "textxfer " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     result = run_train(recipe, list(overrides), output_dir=output_dir, overwrite=overwrite, command=command)
     _print_summary(result)
+    _push_if_asked(result.output_dir)
+
+
+def _push_if_asked(run_dir: Path) -> None:
+    """`hub.push.repo_id` in the recipe: publish the finished run (main process only)."""
+    import yaml
+
+    recipe_file = Path(run_dir) / "recipe.yaml"
+    if not recipe_file.is_file():
+        return
+    hub_cfg = (yaml.safe_load(recipe_file.read_text()) or {}).get("hub")
+    if not hub_cfg or not (hub_cfg.get("push") or {}).get("repo_id"):
+        return
+    from textxfer.hub import push_after_training
+
+    url = push_after_training(run_dir, hub_cfg)
+    if url:
+        click.echo(f"pushed: {url}")
 
 
 def _print_summary(result) -> None:

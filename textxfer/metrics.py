@@ -30,3 +30,67 @@ def classification_metrics(preds: np.ndarray, refs: np.ndarray, labels: list[str
     per_class = {lab: {k: table[k][i] for k in ("precision", "recall", "f1", "support")}
                  for i, lab in enumerate(labels)}
     return out, per_class
+
+
+# ---------------------------------------------------------------------------------------------- multi-label
+
+THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.01), 2)
+
+
+def multilabel_metrics(probs: np.ndarray, targets: np.ndarray, labels: list[str],
+                       thresholds: float | np.ndarray = 0.5) -> tuple[dict, dict]:
+    """(scalar metrics, per-label table) for multi-label data: a label is predicted when its sigmoid probability
+    is >= its threshold (one float for all labels, or one per label).
+
+    Scalars (see metric_modules/multilabel.py): `accuracy` = subset accuracy (the whole label set exactly right),
+    `micro_f1`, `macro_f1`, `samples_f1`, micro/macro precision and recall, `hamming_loss`. The per-label table
+    is {label: {precision, recall, f1, support, threshold}}."""
+    probs = np.asarray(probs, dtype=np.float64)
+    targets = np.asarray(targets) > 0.5
+    th = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (probs.shape[1],))
+    preds = probs >= th
+    out = load_metric("multilabel").compute(predictions=preds.astype(np.int64).tolist(),
+                                            references=targets.astype(np.int64).tolist())
+    table = out.pop("per_class")
+    per_class = {lab: {**{k: table[k][i] for k in ("precision", "recall", "f1", "support")},
+                       "threshold": float(th[i])} for i, lab in enumerate(labels)}
+    return out, per_class
+
+
+def _f1_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+    denom = 2 * tp + fp + fn
+    return np.divide(2 * tp, denom, out=np.zeros_like(tp, dtype=float), where=denom > 0)
+
+
+def tune_thresholds(probs: np.ndarray, targets: np.ndarray, mode: str = "global") -> np.ndarray:
+    """Decision thresholds (one per label, float32) tuned on validation probabilities over a 0.05..0.95 grid.
+
+    `global`: one threshold for every label, the one with the best micro-F1. `per_label`: each label's own best
+    F1; a label with no positive example in validation keeps the global threshold (nothing to tune on). Ties go
+    to the threshold nearest 0.5, so flat regions do not drift to the grid's ends."""
+    if mode not in ("global", "per_label"):
+        raise ValueError(f"threshold mode must be 'global' or 'per_label', not {mode!r}")
+    probs = np.asarray(probs, dtype=np.float64)
+    targets = np.asarray(targets) > 0.5
+    grid = THRESHOLD_GRID
+    positives = targets.sum(0)
+    micro = np.empty(len(grid))
+    per_label = np.empty((len(grid), probs.shape[1]))
+    for g, t in enumerate(grid):
+        pred = probs >= t
+        tp = (pred & targets).sum(0).astype(float)
+        fp = (pred & ~targets).sum(0).astype(float)
+        fn = positives - tp
+        micro[g] = _f1_counts(tp.sum(keepdims=True), fp.sum(keepdims=True), fn.sum(keepdims=True))[0]
+        per_label[g] = _f1_counts(tp, fp, fn)
+    closeness = -np.abs(grid - 0.5)
+
+    def best(scores: np.ndarray) -> float:
+        top = np.flatnonzero(np.isclose(scores, scores.max()))
+        return float(grid[top[np.argmax(closeness[top])]])
+
+    glob = best(micro)
+    if mode == "global":
+        return np.full(probs.shape[1], glob, dtype=np.float32)
+    return np.array([best(per_label[:, j]) if positives[j] > 0 else glob for j in range(probs.shape[1])],
+                    dtype=np.float32)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from textxfer.artifacts import find_model_dir
+from textxfer.backbones import input_names
 from textxfer.batching import Collator, encode, sorted_batches
 
 
@@ -26,6 +27,7 @@ class Classifier:
         self.model = AutoModelForSequenceClassification.from_pretrained(self.dir, use_safetensors=True)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device).eval()
+        self.input_names = input_names(self.model)
         cfg = self.model.config
         self.labels = [cfg.id2label[i] for i in range(cfg.num_labels)]
         self.multi_label = cfg.problem_type == "multi_label_classification"
@@ -42,7 +44,7 @@ class Classifier:
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         for idx in sorted_batches(enc.lengths, batch_size):
             batch = collate(idx)
-            inputs = {k: v.to(self.device) for k, v in batch.items() if k != "targets"}
+            inputs = {k: batch[k].to(self.device) for k in self.input_names if k in batch}
             out[idx] = self.model(**inputs).logits.float().cpu().numpy()
         return out
 

@@ -32,6 +32,10 @@ class ModelConfig:
     """Tokens per example after truncation. Longer keeps more text, costs time and memory quadratically."""
     dropout: float | None = None
     """Override the checkpoint's hidden/attention dropout (null keeps it). 0 makes training deterministic-friendly."""
+    task: Literal["auto", "text", "image"] = "auto"
+    """`text` (sequence classification: tokenizer, text columns) or `image` (image classification: image
+    processor, image files). `auto` takes `image` for checkpoints that only have an image-classification model
+    (ViT, DeiT, ConvNeXt, ResNet, EfficientNet, MobileNetV2, Swin, `convert:efficientnet-lite0`)."""
 
 
 @dataclass
@@ -100,6 +104,21 @@ class DataConfig:
     """For multi-label data given as a delimited string: what separates the labels."""
     skip_bad_rows: bool = False
     """Skip rows with a missing text or label (a warning names them) instead of stopping with an error."""
+    image_column: int | str = "image"
+    """Images: the column of a CSV/JSONL/Parquet file holding image paths (relative to that file's folder, or
+    absolute), or the image column of a Hub dataset."""
+    skip_bad_images: bool = False
+    """Images: skip files that are missing, unreadable or not images (a warning names each) instead of stopping
+    with an error that names the first. Readable placeholders (an 'image not found' GIF) are images: use
+    `exclude_images` for those."""
+    exclude_images: list[str] | None = None
+    """Images: glob patterns of files to leave out, matched against the path relative to the split's folder (or
+    as written in the path column); a pattern without `/` matches the file name. E.g. `[ants/imageNotFound.gif]`."""
+    augment: bool | None = None
+    """Images: random resized crop + horizontal flip of training images (evaluation always uses the processor's
+    resize/crop). null: on, except when the frozen-prefix cache serves the frozen part (cached features are
+    computed once per image, so they cannot be re-augmented each epoch); true forces it on and turns the cache
+    off (slower, often more accurate when a few thousand images train several layers); false: off."""
 
 
 @dataclass
@@ -125,6 +144,16 @@ class StrategyConfig:
     """LoRA settings (strategy `lora`)."""
     lora_layers: int | None = None
     """For `lora`: adapt only the top this-many layers (null: all). The rest is frozen and can be cached."""
+
+
+@dataclass
+class EarlyStoppingConfig:
+    metric: str | None = None
+    """Validation metric to watch (null: `training.metric`). `loss` improves downwards, every other metric up."""
+    patience: int = 3
+    """Stop after this many evaluations in a row without improvement. Larger rides out plateaus, costs time."""
+    min_delta: float = 0.0
+    """An improvement smaller than this does not count (in the metric's units, e.g. 0.002 accuracy)."""
 
 
 @dataclass
@@ -171,6 +200,40 @@ class TrainingConfig:
     """DataLoader worker processes."""
     log_every: int = 10
     """Log the training loss every this many optimizer steps."""
+    checkpoint_every: int | Literal["epoch"] | None = "epoch"
+    """Save a resumable checkpoint (weights that train, optimizer, schedule, random states, data position) every
+    this many optimizer steps, or at each epoch end (`epoch`), under RUN_DIR/checkpoints; null: only when
+    interrupted (SIGINT/SIGTERM). More often loses less work on a crash, costs disk writes."""
+    keep_checkpoints: int = 1
+    """How many of the latest checkpoints to keep; the best one by `metric` is kept as well."""
+    early_stopping: EarlyStoppingConfig | None = None
+    """Stop when the validation metric stops improving, e.g. {patience: 2}; null: train all epochs. The saved
+    model is the best evaluation either way."""
+    log_with: Literal["tensorboard", "wandb", "mlflow", "none"] = "none"
+    """Experiment tracker, through Accelerate (`tensorboard` writes RUN_DIR/logs, offline; wandb and mlflow need
+    their packages and their own configuration)."""
+
+
+@dataclass
+class HubPushConfig:
+    repo_id: str | None = None
+    """Push the finished run to this Hub repo (`user/name`); null: no push."""
+    private: bool = False
+    """Create the repo private (and make an existing public one private)."""
+    revision: str | None = None
+    """Push to this branch instead of main."""
+    adapter_only: bool = False
+    """Push only the LoRA adapter (needs `save_adapter: true`) instead of the merged model."""
+    commit_message: str | None = None
+    """Commit message (default: one naming the run)."""
+    license: str | None = None
+    """License for the model card (default: the base checkpoint's)."""
+
+
+@dataclass
+class HubConfig:
+    push: HubPushConfig = field(default_factory=HubPushConfig)
+    """Publish the run to the Hugging Face Hub after training (token from HF_TOKEN or the login cache)."""
 
 
 @dataclass
@@ -189,6 +252,8 @@ class Recipe:
     """For LoRA: also save the unmerged adapter (with the trained head) next to the merged model."""
     description: str = ""
     """Free text about the recipe; copied to the run and the model card."""
+    hub: HubConfig = field(default_factory=HubConfig)
+    """Optional push to the Hub after training."""
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -394,6 +459,14 @@ def validate(recipe: Recipe) -> None:
             raise UserError(f"Recipe key `data.{k}` must be in [0, 1), not {v}.")
     if recipe.model.max_length < 8:
         raise UserError("Recipe key `model.max_length` must be at least 8 tokens.")
+    if isinstance(t.checkpoint_every, int) and t.checkpoint_every < 1:
+        raise UserError(f"Recipe key `training.checkpoint_every` must be >= 1, `epoch` or null, not {t.checkpoint_every}.")
+    if t.keep_checkpoints < 1:
+        raise UserError(f"Recipe key `training.keep_checkpoints` must be >= 1, not {t.keep_checkpoints}.")
+    if t.early_stopping is not None and t.early_stopping.patience < 1:
+        raise UserError(f"Recipe key `training.early_stopping.patience` must be >= 1, not {t.early_stopping.patience}.")
+    if t.early_stopping is not None and t.early_stopping.min_delta < 0:
+        raise UserError("Recipe key `training.early_stopping.min_delta` must be >= 0.")
 
 
 def to_dict(recipe: Recipe) -> dict:

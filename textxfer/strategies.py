@@ -42,15 +42,15 @@ def frozen_layers_for(cfg: StrategyConfig, parts: Parts) -> int:
     if cfg.name == "head":
         return n
     if cfg.name == "freeze":
-        if cfg.freeze_layers > n:
-            raise UserError(
-                f"`strategy.freeze_layers` is {cfg.freeze_layers}, but this model has only {n} layer groups. "
-                f"Use 0..{n} ({n} freezes every layer, like strategy `head` but training the pooler)."
-            )
         if parts.shared_layers and cfg.freeze_layers not in (0, n):
             raise UserError(
                 "ALBERT shares ONE set of layer weights across all its layers, so 'freeze the lower N layers' "
                 f"cannot be done: use `strategy.freeze_layers: 0` (train the shared layer) or {n} (freeze it)."
+            )
+        if cfg.freeze_layers > n:
+            raise UserError(
+                f"`strategy.freeze_layers` is {cfg.freeze_layers}, but this model has only {n} layer groups. "
+                f"Use 0..{n} ({n} freezes every layer, like strategy `head` but training the pooler)."
             )
         return cfg.freeze_layers
     if cfg.name == "lora":
@@ -73,9 +73,9 @@ def apply_strategy(model: nn.Module, parts: Parts, cfg: StrategyConfig) -> Appli
             train = frozen < 0
         elif group.startswith("layer."):
             train = int(group.split(".")[1]) >= frozen if cfg.name != "lora" else False
-        else:  # head: the classifier, plus the pooler/final norm when a layer below them trains
+        else:  # head group: the classifier always; the pretrained pooler/final norm under freeze and full
             on_top = not group_is_base(model, name)
-            train = on_top or (cfg.name in ("freeze", "full") and frozen < len(parts.layers))
+            train = on_top or cfg.name in ("freeze", "full")
         p.requires_grad_(train)
     if cfg.name != "lora":
         trainable, total = count_params(model)

@@ -45,7 +45,9 @@ def physical_cores() -> int:
         return n
 
 
-def setup_logging(output_dir: Path | None, is_main: bool) -> None:
+def setup_logging(output_dir: Path | None, is_main: bool, append: bool = False) -> None:
+    """Progress on stderr (main process only; the others report warnings) and in RUN_DIR/train.log (appended to
+    when a run resumes)."""
     log.handlers.clear()
     log.setLevel(logging.INFO if is_main else logging.WARNING)
     log.propagate = False
@@ -54,7 +56,7 @@ def setup_logging(output_dir: Path | None, is_main: bool) -> None:
     log.addHandler(console)
     if output_dir is not None and is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(output_dir / "train.log", mode="w", encoding="utf-8")
+        fh = logging.FileHandler(output_dir / "train.log", mode="a" if append else "w", encoding="utf-8")
         fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         log.addHandler(fh)
 
@@ -84,11 +86,23 @@ def make_accelerator(recipe: Recipe):
             "`training.mixed_precision: fp16` needs a GPU; this machine has none. Use `bf16` (fast on recent "
             "CPUs) or `no`."
         )
-    return Accelerator(
+    from textxfer.launch import check_process_count, tracker_kwargs
+
+    # Gradient accumulation is done by Loop.train_step (with no_sync), not by Accelerate: every global batch is
+    # cut into accumulation x processes shards there, so results do not depend on how it is cut.
+    acc = Accelerator(
         mixed_precision=t.mixed_precision, cpu=use_cpu,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
         dataloader_config=DataLoaderConfiguration(split_batches=True, even_batches=True),
+        **tracker_kwargs(t.log_with, Path(recipe.output_dir)),
     )
+    check_process_count(acc)
+    return acc
+
+
+def default_threads() -> int:
+    """Physical cores shared among the processes of this machine (torchrun sets LOCAL_WORLD_SIZE)."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, physical_cores() // max(local, 1))
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -132,6 +146,12 @@ def set_frozen_eval(model: torch.nn.Module, parts, frozen_prefix: int) -> None:
     root = model.get_base_model() if hasattr(model, "get_base_model") else model
     for path in parts.embeddings + parts.layers[:frozen_prefix]:
         root.get_submodule(path).eval()
+    # A BatchNorm with frozen weights (a CNN's last norm under `head`, every norm under `lora`) keeps its running
+    # statistics: in train mode it would normalise by batch statistics and overwrite them.
+    for module in root.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.affine and not any(
+                p.requires_grad for p in module.parameters(recurse=False)):
+            module.eval()
 
 
 def class_weight_tensor(spec, labels: list[str], targets: np.ndarray) -> torch.Tensor | None:
@@ -160,22 +180,32 @@ class Loop:
         self.command = command
         self.history: dict[str, list] = {"train": [], "eval": []}
         self.started = time.time()
+        self.resume_from: Path | None = None
+        """The checkpoint this run continues from (`train(resume=...)`)."""
+        self.cache_key: str | None = None
+        """Hash of the frozen part's weights when the frozen-prefix cache is used (checked on resume)."""
 
     # -- data and model
     def build(self) -> None:
         from accelerate.utils import set_seed
 
-        from textxfer.backbones import load_classifier, resolve_model_name
+        from textxfer.backbones import input_names, load_classifier, resolve_model_name
         from textxfer.data import load_splits
         from textxfer.strategies import apply_strategy
 
         r = self.recipe
-        threads = r.training.threads or physical_cores()
+        threads = r.training.threads or default_threads()
         if not torch.cuda.is_available():
             torch.set_num_threads(threads)
         self.acc = make_accelerator(r)
-        setup_logging(self.out, self.acc.is_main_process)
+        setup_logging(self.out, self.acc.is_main_process, append=self.resume_from is not None)
         set_seed(r.training.seed)
+        from textxfer import vision
+
+        self.task = vision.task_of(r)
+        if self.task == "image":  # image files, the image processor and pixel batches; the same strategies
+            vision.build(self)
+            return
         self.splits = load_splits(r.data, r.training.seed)
         for note in self.splits.notes:
             log.info(note)
@@ -190,6 +220,7 @@ class Loop:
             trust_remote_code=r.model.trust_remote_code, dropout=r.model.dropout)
         self.applied = apply_strategy(model, self.parts, r.strategy)
         self.model = self.applied.model
+        self.input_names = input_names(self.model)
         log.info(f"model {r.model.name}: {len(self.parts.layers)} layer groups; strategy {r.strategy.name}; "
                  + self.applied.summary())
         self.encoded: dict[str, Encoded] = {}
@@ -222,6 +253,7 @@ class Loop:
         device = self.acc.device
         root.to(device)
         weights_key = cache.frozen_hash()
+        self.cache_key = weights_key  # a resumed run must find the same frozen part (checkpoint.restore)
         started = time.time()
         features = {}
         for split, enc in self.encoded.items():
@@ -231,8 +263,7 @@ class Loop:
             def batches(enc=enc, collate=collate):
                 for idx in sorted_batches(enc.lengths, 64):
                     b = collate(idx)
-                    b.pop("targets")
-                    yield idx, b
+                    yield idx, {k: b[k] for k in self.input_names if k in b}
             features[split] = cache.load_or_compute(key, batches, device, use_disk=r.training.cache == "auto")
         log.info(f"frozen-prefix cache: embeddings + {self.applied.frozen_prefix} layers computed once for "
                  f"{sum(len(f) for f in features.values())} examples in {time.time() - started:.1f}s; "
@@ -242,6 +273,10 @@ class Loop:
         return features
 
     def loader(self, split: str, train: bool, batch_size: int):
+        if getattr(self, "task", "text") == "image":
+            from textxfer import vision
+
+            return vision.loader(self, split, train, batch_size)
         r = self.recipe
         enc = self.encoded[split]
         plan = BatchPlan(enc.lengths, batch_size, seed=r.training.seed, shuffle=train,
@@ -256,7 +291,7 @@ class Loop:
     def prepare(self) -> None:
         from transformers import get_linear_schedule_with_warmup
 
-        r, t = self.recipe, self.recipe.training
+        t = self.recipe.training
         micro = t.batch_size // t.gradient_accumulation_steps
         if micro % self.acc.num_processes:
             raise UserError(
@@ -286,7 +321,11 @@ class Loop:
                  f"{self.steps_per_epoch} optimizer steps per epoch, {self.total_steps} in all")
 
     def logits(self, batch: dict) -> torch.Tensor:
-        inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        if getattr(self, "task", "text") == "image":
+            from textxfer import vision
+
+            return vision.logits(self, batch)
+        inputs = {k: batch[k] for k in self.input_names if k in batch}
         if self.cache is not None:
             self.cache.slot.current = batch["prefix"].to(self.acc.device, torch.float32)
         return self.model(**inputs).logits
@@ -301,7 +340,7 @@ class Loop:
     def fit(self) -> None:
         from tqdm.auto import tqdm
 
-        r, t = self.recipe, self.recipe.training
+        t = self.recipe.training
         self.best: dict | None = None
         self.best_state: dict | None = None
         step, epoch_float = 0, 0.0

@@ -1,0 +1,120 @@
+"""End to end on tiny models: train -> run directory -> predict; pipeline agreement; LoRA merge/adapter; cache."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_recipe, write_tiny_dataset
+
+import textxfer
+from textxfer.recipe import load_recipe
+from textxfer.training import Loop
+
+
+def test_train_writes_a_run_that_transformers_loads(tiny_models, tiny_data, tmp_path):
+    from transformers import pipeline
+
+    out = tmp_path / "run"
+    data = write_tiny_dataset(tmp_path / "data96", n=96)
+    result = textxfer.train(tiny_recipe(tiny_models["bert"], data, out, training__epochs=6,
+                                        training__learning_rate=5e-3))
+    for name in ("model/config.json", "model/model.safetensors", "model/tokenizer.json", "recipe.yaml",
+                 "metrics.json", "run.json", "history.json", "train.log", "predictions/validation.jsonl"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["best"]["accuracy"] == max(e["accuracy"] for e in json.loads(
+        (out / "history.json").read_text())["eval"])
+    assert "macro_f1" in metrics["validation"] and set(metrics["per_class"]["validation"]) == {"neg", "pos", "sport"}
+    config = json.loads((out / "model/config.json").read_text())
+    assert config["id2label"] == {"0": "neg", "1": "pos", "2": "sport"}
+    assert result.metrics["validation"]["accuracy"] > 0.5  # learnable words: well above chance (1/3)
+
+    texts = ["the film was good", "a very awful plot", "goal", "the ball is happy"]
+    plain = pipeline("text-classification", model=str(out / "model"))
+    ours = textxfer.load(out).predict(texts)
+    assert [p["label"] for p in plain(texts)] == [r[0]["label"] for r in ours]
+    np.testing.assert_allclose([p["score"] for p in plain(texts)], [r[0]["score"] for r in ours], atol=1e-5)
+
+
+def test_seeded_runs_are_identical(tiny_models, tiny_data, tmp_path):
+    a = textxfer.train(tiny_recipe(tiny_models["bert"], tiny_data, tmp_path / "a"))
+    b = textxfer.train(tiny_recipe(tiny_models["bert"], tiny_data, tmp_path / "b"))
+    assert a.metrics["validation"] == b.metrics["validation"]
+    wa = (tmp_path / "a/model/model.safetensors").read_bytes()
+    wb = (tmp_path / "b/model/model.safetensors").read_bytes()
+    assert wa == wb
+
+
+@pytest.mark.parametrize("arch", ["bert", "deberta-v2"])
+def test_lora_merged_equals_unmerged_and_adapter_reloads(arch, tiny_models, tiny_data, tmp_path):
+    from peft import AutoPeftModelForSequenceClassification
+
+    out = tmp_path / "run"
+    recipe = tiny_recipe(tiny_models[arch], tiny_data, out, strategy__name="lora", save_adapter=True,
+                         training__epochs=3)
+    recipe["training"]["learning_rate"] = 5e-3
+    textxfer.train(recipe)
+    labels = json.loads((out / "adapter/textxfer_labels.json").read_text())
+    assert labels["labels"] == ["neg", "pos", "sport"]
+    texts = ["the film was good", "a very awful plot", "goal ball"]
+    merged = textxfer.load(out)
+    peft_model = AutoPeftModelForSequenceClassification.from_pretrained(
+        out / "adapter", id2label=dict(enumerate(labels["labels"])), label2id=labels["label2id"]).eval()
+    enc = merged.tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        unmerged_logits = peft_model(**{k: v for k, v in enc.items() if k in merged.input_names}).logits.numpy()
+    np.testing.assert_allclose(merged.logits(texts), unmerged_logits, atol=1e-4)
+    assert peft_model.config.id2label[0] == "neg"
+    # the trained head was saved with the adapter, not re-initialised: predictions match the run's own
+    run_preds = [json.loads(line)["pred"] for line in (out / "predictions/validation.jsonl").read_text().splitlines()]
+    val_texts = [json.loads(line)["text"] for line in (out / "predictions/validation.jsonl").read_text().splitlines()]
+    assert [merged.labels[i] for i in merged.logits(val_texts).argmax(-1)] == run_preds
+
+
+@pytest.mark.parametrize("strategy,layers", [("head", 0), ("freeze", 1)])
+def test_cache_gives_the_same_logits_and_weights(strategy, layers, tiny_models, tiny_data, tmp_path):
+    """Frozen-prefix cache on vs off: same trained weights and logits within 1e-5 (dropout off in frozen parts,
+    and here off everywhere so the two runs consume the same random numbers)."""
+    results = {}
+    for cache in ("memory", "off"):
+        recipe = load_recipe(data=tiny_recipe(
+            tiny_models["bert"], tiny_data, tmp_path / cache, strategy__name=strategy,
+            strategy__freeze_layers=layers, training__cache=cache, model__dropout=0.0, training__epochs=2))
+        loop = Loop(recipe, tmp_path / cache)
+        loop.build()
+        assert (loop.cache is not None) == (cache == "memory")
+        loop.prepare()
+        loop.fit()
+        logits, _, _ = loop.predict_split("validation")
+        if loop.cache is not None:
+            loop.cache.uninstall()
+        state = {n: p.detach().clone() for n, p in loop.acc.unwrap_model(loop.model).named_parameters()}
+        results[cache] = (logits, state)
+    np.testing.assert_allclose(results["memory"][0], results["off"][0], atol=1e-5)
+    for n, p in results["off"][1].items():
+        torch.testing.assert_close(results["memory"][1][n], p, atol=1e-5, rtol=0)
+
+
+def test_cache_on_disk_is_keyed_and_reused(tiny_models, tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("TEXTXFER_CACHE", str(tmp_path / "cache"))
+    recipe = tiny_recipe(tiny_models["bert"], tiny_data, tmp_path / "a", strategy__name="head", training__cache="auto")
+    textxfer.train(recipe)
+    files = sorted((tmp_path / "cache/features").glob("*.safetensors"))
+    assert len(files) == 2  # train and validation
+    # corrupt one: the next run detects it, rebuilds, never reuses it
+    files[0].write_bytes(b"not a safetensors file")
+    recipe["output_dir"] = str(tmp_path / "b")
+    b = textxfer.train(recipe)
+    assert "unreadable" in (tmp_path / "b/train.log").read_text()
+    a_metrics = json.loads((tmp_path / "a/metrics.json").read_text())
+    assert abs(a_metrics["validation"]["accuracy"] - b.metrics["validation"]["accuracy"]) < 1e-9
+
+
+def test_class_weights_balanced_are_inverse_frequency():
+    from textxfer.training import class_weight_tensor
+
+    w = class_weight_tensor("balanced", ["a", "b"], np.array([0, 0, 0, 1]))
+    torch.testing.assert_close(w, torch.tensor([4 / 6, 4 / 2]))
