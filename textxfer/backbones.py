@@ -52,6 +52,11 @@ LORA_TARGETS = {
     "vit": ["query", "key", "value", "dense"],
     "deit": ["query", "key", "value", "dense"],
     "swin": ["query", "key", "value", "dense"],
+    # vision CNNs: peft adapts Conv2d too; only full (groups=1) convolutions, never the depthwise ones
+    "convnext": ["pwconv1", "pwconv2"],
+    "resnet": ["convolution"],
+    "efficientnet": ["expand_conv", "project_conv"],
+    "mobilenet_v2": ["expand_1x1.convolution", "reduce_1x1.convolution"],
 }
 
 
@@ -113,6 +118,10 @@ def resolve_package_path(ref: str) -> Path:
 def resolve_model_name(name: str) -> str:
     if name.startswith("package:"):
         return str(resolve_package_path(name))
+    if name.startswith("convert:"):  # a checkpoint converted from pip-installed weights, once, into the cache
+        from textxfer.vision import converted_model_dir
+
+        return str(converted_model_dir(name))
     path = Path(name).expanduser()
     looks_local = name.startswith((".", "/", "~")) or path.exists() or name.count("/") > 1
     if looks_local:
@@ -242,7 +251,8 @@ def lora_target_regex(model: nn.Module, parts: Parts, names: list[str] | None,
         )
     layer_re = "|".join(re.escape(p) for p in chosen)
     regex = rf"^(?:{layer_re})\..*\b(?:{'|'.join(re.escape(n) for n in names)})$"
-    matched = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and re.match(regex, n)]
+    matched = [n for n, m in model.named_modules()
+               if (isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1)) and re.match(regex, n)]
     if not matched:
         raise UserError(
             f"LoRA targets {names} match no linear layer inside the chosen layers of this `{model_type}` "

@@ -504,9 +504,10 @@ def _rows(table: Table, cfg: DataConfig, notes: list[str], declared: set[str]) -
         if pairs is not None and _missing(pairs[i]):
             problems.append(f"second text (column `{cfg.text_pair_column}`)")
         label = raw[i]
-        if _missing(label) or (isinstance(label, str) and label.strip() in MISSING_LABELS
-                               and label.strip() not in declared):
-            problems.append(f"label (column `{cfg.label_column}`: {label!r})")
+        if _missing(label):
+            problems.append(f"label (column `{cfg.label_column}` is empty)")
+        elif isinstance(label, str) and label.strip() in MISSING_LABELS and label.strip() not in declared:
+            problems.append(f"label (column `{cfg.label_column}` holds {label.strip()!r})")
         if problems:
             bad.append((i, " and ".join(problems)))
     skipped = [f"{table.where(i)}: no {what}" for i, what in bad]

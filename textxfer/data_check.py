@@ -196,11 +196,11 @@ def render(report: dict, recipe_path: str, all_labels: bool = False) -> str:
     labels = report["labels"]
     out = [f"data check: {recipe_path}  (loaded in {report['load_seconds']:.1f} s)",
            f"labels ({len(labels)}, {'multi-label' if multi else 'single-label'}): "
-           + ", ".join(labels[:MAX_LISTED_LABELS]) + (" ..." if len(labels) > MAX_LISTED_LABELS else ""),
+           + (", ".join(labels) if len(labels) <= MAX_LISTED_LABELS else ", ".join(labels[:8]) + ", ..."),
            f"lengths: {report['tokenizer']}; truncation at model.max_length {report['max_length']}"]
     if report["notes"]:
         out.append("notes:")
-        out += ["  - " + line for note in report["notes"] for line in [note]]
+        out += ["  - " + note for note in report["notes"]]
     pad = "               "
     for name, s in report["splits"].items():
         out.append("")

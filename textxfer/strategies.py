@@ -65,6 +65,9 @@ def frozen_layers_for(cfg: StrategyConfig, parts: Parts) -> int:
 def apply_strategy(model: nn.Module, parts: Parts, cfg: StrategyConfig) -> Applied:
     """Set `requires_grad` (or wrap with peft) as the strategy says."""
     frozen = frozen_layers_for(cfg, parts)
+    # Modules the checkpoint says must never train, whatever the strategy (the converted EfficientNet-Lite's
+    # squeeze-excite layers are exact pass-throughs only while their weights stay as converted).
+    kept = tuple(m + "." for m in getattr(model.config, "textxfer_frozen_modules", None) or ())
     for name, p in model.named_parameters():
         group = parts.group_of(name)
         if name in parts.new_params:
@@ -76,7 +79,7 @@ def apply_strategy(model: nn.Module, parts: Parts, cfg: StrategyConfig) -> Appli
         else:  # head group: the classifier always; the pretrained pooler/final norm under freeze and full
             on_top = not group_is_base(model, name)
             train = on_top or cfg.name in ("freeze", "full")
-        p.requires_grad_(train)
+        p.requires_grad_(train and not name.startswith(kept))
     if cfg.name != "lora":
         trainable, total = count_params(model)
         return Applied(model, frozen, trainable, total)
@@ -92,7 +95,7 @@ def _apply_lora(model: nn.Module, parts: Parts, cfg: StrategyConfig, frozen: int
     from peft import LoraConfig, get_peft_model
 
     regex, _ = lora_target_regex(model, parts, cfg.lora.target_modules, cfg.lora_layers)
-    task = "SEQ_CLS" if not hasattr(model.config, "image_size") else None
+    task = None if getattr(model, "main_input_name", "input_ids") == "pixel_values" else "SEQ_CLS"
     lcfg = LoraConfig(
         r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, target_modules=regex,
         modules_to_save=parts.head_modules(model), task_type=task, bias="none",

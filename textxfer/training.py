@@ -7,6 +7,7 @@ folder that plain `transformers` loads.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from textxfer.batching import BatchPlan, Collator, Encoded, encode, sorted_batches
+from textxfer.checkpoint import Progress
 from textxfer.errors import UserError
 from textxfer.recipe import Recipe, load_recipe, save_recipe, to_dict
 
@@ -61,18 +63,35 @@ def setup_logging(output_dir: Path | None, is_main: bool, append: bool = False) 
         log.addHandler(fh)
 
 
-def prepare_output_dir(path: Path, overwrite: bool) -> None:
+def prepare_output_dir(path: Path, overwrite: bool, resuming: bool = False) -> None:
+    """Refuse to mix a new run into a finished one, or into an interrupted one's checkpoints (never lose a run)."""
+    from textxfer import checkpoint
+
     run_json = path / "run.json"
+    finished = False
     if run_json.is_file():
         try:
             finished = json.loads(run_json.read_text()).get("finished", False)
         except (OSError, json.JSONDecodeError):
             finished = False
-        if finished and not overwrite:
-            raise UserError(
-                f"Output directory {path} already holds a finished run. Pick another `--output-dir`, or pass "
-                "`--overwrite` to replace it."
-            )
+    if finished and resuming:
+        raise UserError(f"The run in {path} already finished: there is nothing to resume. Train again with "
+                        "`--overwrite`, or in another `--output-dir`.")
+    if finished and not overwrite:
+        raise UserError(
+            f"Output directory {path} already holds a finished run. Pick another `--output-dir`, or pass "
+            "`--overwrite` to replace it."
+        )
+    saved = sorted(checkpoint.root_of(path).glob("step-*")) if checkpoint.root_of(path).is_dir() else []
+    if saved and not resuming and not overwrite:
+        raise UserError(
+            f"Output directory {path} holds checkpoints of an unfinished run (newest: {saved[-1].name}). Continue "
+            "it with `--resume`, or pass `--overwrite` to start over (its checkpoints are deleted)."
+        )
+    if saved and overwrite and not resuming and os.environ.get("RANK", "0") == "0":
+        import shutil
+
+        shutil.rmtree(checkpoint.root_of(path), ignore_errors=True)
 
 
 def make_accelerator(recipe: Recipe):
@@ -152,6 +171,22 @@ def set_frozen_eval(model: torch.nn.Module, parts, frozen_prefix: int) -> None:
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.affine and not any(
                 p.requires_grad for p in module.parameters(recurse=False)):
             module.eval()
+
+
+def shard(indices: list[int], accumulation: int, processes: int, rank: int) -> list[tuple[list[int], int]]:
+    """This process's part of each micro-step of a global batch, as (indices, how many are real examples).
+
+    The batch is cut into accumulation x processes contiguous pieces; micro-step m of process r takes piece
+    m * processes + r. An empty piece (a batch smaller than the number of pieces) is one example at weight 0.
+    """
+    pieces = accumulation * processes
+    bounds = [j * len(indices) // pieces for j in range(pieces + 1)]
+    out = []
+    for m in range(accumulation):
+        j = m * processes + rank
+        part = list(indices[bounds[j]:bounds[j + 1]])
+        out.append((part, len(part)) if part else ([indices[0]], 0))
+    return out
 
 
 def class_weight_tensor(spec, labels: list[str], targets: np.ndarray) -> torch.Tensor | None:
@@ -292,22 +327,34 @@ class Loop:
         from transformers import get_linear_schedule_with_warmup
 
         t = self.recipe.training
+        n_proc = self.acc.num_processes
         micro = t.batch_size // t.gradient_accumulation_steps
-        if micro % self.acc.num_processes:
+        if micro % n_proc:
             raise UserError(
                 f"`training.batch_size` {t.batch_size} / accumulation {t.gradient_accumulation_steps} = {micro} "
-                f"cannot be split over {self.acc.num_processes} processes; make it a multiple of that."
+                f"cannot be split over {n_proc} processes; make it a multiple of that."
             )
-        self.plan, train_dl = self.loader("train", True, micro)
-        self.steps_per_epoch = math.ceil(len(self.plan) / t.gradient_accumulation_steps)
+        # The plan yields GLOBAL batches; train_step cuts each into accumulation x processes shards.
+        self.plan, self.train_dl = self.loader("train", True, t.batch_size)
+        n_train = len(self.train_dl.dataset)
+        if n_train < n_proc:
+            raise UserError(
+                f"{n_proc} processes were asked for, but the training data has only {n_train} examples: every "
+                f"process needs at least one. Use fewer processes (--num-processes {max(n_train, 1)}) or more data."
+            )
+        self.steps_per_epoch = len(self.plan)
         self.total_steps = max(1, math.ceil(self.steps_per_epoch * t.epochs))
+        if n_proc > 1:
+            self.freeze_unused()
         optimizer = torch.optim.AdamW(
             param_groups(self.model, self.parts, t.learning_rate, t.head_learning_rate, t.weight_decay),
             lr=t.learning_rate)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(t.warmup_ratio * self.total_steps),
                                                     self.total_steps)
-        self.model, self.optimizer, self.train_dl, self.scheduler = self.acc.prepare(
-            self.model, optimizer, train_dl, scheduler)
+        self.model, self.optimizer, self.scheduler = self.acc.prepare(self.model, optimizer, scheduler)
+        self.progress = Progress()
+        self.best: dict | None = None
+        self.best_state: dict | None = None
         self.eval_dls = {}
         for split in ("validation", "test"):
             if split in self.encoded:
@@ -316,9 +363,39 @@ class Loop:
         weights = class_weight_tensor(t.class_weights, self.labels, self.encoded["train"].targets) \
             if not self.splits.multi_label else None
         self.class_weights = weights.to(self.acc.device) if weights is not None else None
-        log.info(f"batch: {t.batch_size} global = {micro // self.acc.num_processes} per device x "
-                 f"{self.acc.num_processes} processes x {t.gradient_accumulation_steps} accumulation; "
+        if n_proc > 1:
+            log.info(f"distributed: {n_proc} processes (num_processes: {n_proc}, {self.acc.distributed_type.value}, "
+                     f"backend {self.acc.state.backend}); only process 0 writes files")
+        log.info(f"batch: {t.batch_size} global = {micro // n_proc} per device x "
+                 f"{n_proc} processes x {t.gradient_accumulation_steps} accumulation; "
                  f"{self.steps_per_epoch} optimizer steps per epoch, {self.total_steps} in all")
+
+    def freeze_unused(self) -> None:
+        """DDP wants a gradient for every trainable parameter at every step. One forward/backward on two examples
+        (random state put back) finds trainable parameters the forward never uses (a head part this model does
+        not call); they are frozen, which changes nothing: AdamW skips parameters without a gradient."""
+        self.model.to(self.acc.device)
+        trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        cpu_rng = torch.random.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        try:
+            batch = self.to_device(self.train_dl.collate_fn(list(range(min(2, len(self.train_dl.dataset))))))
+            self.train_mode()
+            with self.acc.autocast():
+                self.logits(batch).float().sum().backward()
+            unused = [n for n, p in trainable if p.grad is None]
+        finally:
+            for _, p in trainable:
+                p.grad = None
+            torch.random.set_rng_state(cpu_rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state_all(cuda_rng)
+        for n, p in trainable:
+            if n in unused:
+                p.requires_grad_(False)
+        if unused:
+            log.info(f"frozen {len(unused)} trainable parameters that the forward pass never uses (DDP needs a "
+                     f"gradient for each): {', '.join(unused[:4])}{' ...' if len(unused) > 4 else ''}")
 
     def logits(self, batch: dict) -> torch.Tensor:
         if getattr(self, "task", "text") == "image":
@@ -330,57 +407,194 @@ class Loop:
             self.cache.slot.current = batch["prefix"].to(self.acc.device, torch.float32)
         return self.model(**inputs).logits
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """The mean loss, or with reduction `none` one (class-weighted) value per example."""
         logits = logits.float()
         if self.splits.multi_label:
-            return torch.nn.functional.binary_cross_entropy_with_logits(logits, targets.float())
-        return torch.nn.functional.cross_entropy(logits, targets, weight=self.class_weights)
+            per_label = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets.float(), reduction="none")
+            return per_label.mean() if reduction == "mean" else per_label.mean(-1)
+        return torch.nn.functional.cross_entropy(logits, targets, weight=self.class_weights, reduction=reduction)
 
     # -- the loop
     def fit(self) -> None:
+        """Train until the planned steps are done or early stopping says stop, from where `progress` stands
+        (zero, or a restored checkpoint). SIGINT/SIGTERM save a checkpoint at the end of the step, then exit."""
         from tqdm.auto import tqdm
 
+        from textxfer import checkpoint
+
         t = self.recipe.training
-        self.best: dict | None = None
-        self.best_state: dict | None = None
-        step, epoch_float = 0, 0.0
-        bar = tqdm(total=self.total_steps, desc="train", leave=False,
+        p = self.progress
+        self.start_tracking()
+        bar = tqdm(total=self.total_steps, initial=p.step, desc="train", leave=False,
                    disable=not (self.acc.is_main_process and sys.stderr.isatty()))
-        running, seen = 0.0, 0
-        epoch = 0
-        while step < self.total_steps:
-            self.plan.set_epoch(epoch)
-            self.model.train()
-            set_frozen_eval(self.acc.unwrap_model(self.model), self.parts, self.applied.frozen_prefix)
-            for batch in self.train_dl:
-                with self.acc.accumulate(self.model):
-                    loss = self.loss(self.logits(batch), batch["targets"])
-                    self.acc.backward(loss)
-                    if self.acc.sync_gradients and t.max_grad_norm:
-                        self.acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
-                    self.optimizer.step()
-                    self.scheduler.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                running += loss.detach().float().item()
-                seen += 1
-                if not self.acc.sync_gradients:
-                    continue
-                step += 1
-                epoch_float = step / self.steps_per_epoch
-                bar.update(1)
-                if step % t.log_every == 0 or step == self.total_steps:
-                    mean = running / max(seen, 1)
-                    self.history["train"].append({"step": step, "epoch": round(epoch_float, 4), "loss": mean,
-                                                  "learning_rate": self.scheduler.get_last_lr()[0]})
-                    bar.set_postfix(loss=f"{mean:.4f}")
-                    running, seen = 0.0, 0
-                if t.eval_every and step % t.eval_every == 0 and step < self.total_steps:
-                    self.evaluate_and_track(step, epoch_float)
-                if step >= self.total_steps:
-                    break
-            epoch += 1
-            self.evaluate_and_track(step, epoch_float)
+        with checkpoint.StopSignals() as signals:
+            while p.step < self.total_steps and p.stopped_early is None:
+                batches = self.epoch_batches(p.epoch)
+                self.train_mode()
+                for i in range(p.batch, len(batches)):
+                    p.running += self.train_step(batches[i])
+                    p.seen += 1
+                    p.step, p.batch = p.step + 1, i + 1
+                    bar.update(1)
+                    epoch_float = p.step / self.steps_per_epoch
+                    end = p.batch == len(batches) or p.step >= self.total_steps
+                    if p.step % t.log_every == 0 or p.step == self.total_steps:
+                        self.log_train(epoch_float, bar)
+                    evaluated = end or bool(t.eval_every and p.step % t.eval_every == 0)
+                    if evaluated:
+                        self.evaluate_and_track(p.step, epoch_float)
+                        self.after_eval()
+                    if p.batch == len(batches):
+                        p.epoch, p.batch = p.epoch + 1, 0
+                    if self.checkpoint_due():
+                        checkpoint.save(self)
+                    signum = self.signal_received(signals)
+                    if signum:
+                        self.interrupt(signum)
+                    if end or p.stopped_early is not None:
+                        break
+                    if evaluated:
+                        self.train_mode()
         bar.close()
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """The global batches of an epoch: a pure function of (seed, epoch), so resume can skip to any batch."""
+        self.plan.set_epoch(epoch)
+        return [list(b) for b in self.plan]
+
+    def train_mode(self) -> None:
+        self.model.train()
+        set_frozen_eval(self.acc.unwrap_model(self.model), self.parts, self.applied.frozen_prefix)
+
+    def to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.acc.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def batch_weight(self, indices: list[int]) -> float:
+        """What a global batch's summed example losses are divided by: its size, or its summed class weights."""
+        if self.class_weights is None or self.splits.multi_label:
+            return float(len(indices))
+        targets = torch.as_tensor(np.asarray(self.encoded["train"].targets)[indices], device=self.class_weights.device)
+        return float(self.class_weights[targets].sum())
+
+    def train_step(self, indices: list[int]) -> float:
+        """One optimizer step on one global batch; returns this process's share of the batch's mean loss.
+
+        The batch is cut the same way whatever the set-up: into accumulation x processes shards, each example's
+        loss divided by the whole batch's weight. So 1 process x 2 accumulation steps and 2 processes x 1 add up
+        the same gradient, and an uneven last batch needs no duplicated examples (a process left without one runs
+        an example at weight 0)."""
+        t = self.recipe.training
+        accum, n_proc = t.gradient_accumulation_steps, self.acc.num_processes
+        norm = self.batch_weight(indices)
+        share = 0.0
+        for m, (idx, real) in enumerate(shard(indices, accum, n_proc, self.acc.process_index)):
+            batch = self.to_device(self.train_dl.collate_fn(idx))
+            sync = contextlib.nullcontext() if m == accum - 1 else self.acc.no_sync(self.model)
+            with sync:
+                per_example = self.loss(self.logits(batch), batch["targets"], reduction="none")
+                weight = torch.zeros(len(idx), device=per_example.device)
+                weight[:real] = 1.0
+                loss = (per_example * weight).sum() / norm
+                self.acc.backward(loss * n_proc)  # DDP averages the processes' gradients; we want their sum
+            share += loss.detach().item()
+        if t.max_grad_norm:
+            self.acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return share
+
+    def log_train(self, epoch: float, bar) -> None:
+        """Record the mean training loss since the last record (summed over processes: the global batch loss)."""
+        p = self.progress
+        total = torch.tensor([p.running], dtype=torch.float64, device=self.acc.device)
+        if self.acc.num_processes > 1:
+            total = self.acc.reduce(total, reduction="sum")
+        mean = float(total.item()) / max(p.seen, 1)
+        lr = self.scheduler.get_last_lr()[0]
+        self.history["train"].append({"step": p.step, "epoch": round(epoch, 4), "loss": mean, "learning_rate": lr})
+        self.acc.log({"train/loss": mean, "train/learning_rate": lr}, step=p.step)
+        bar.set_postfix(loss=f"{mean:.4f}")
+        p.running, p.seen = 0.0, 0
+
+    def after_eval(self) -> None:
+        """Send the evaluation to the trackers; count evaluations without improvement for early stopping."""
+        p, t = self.progress, self.recipe.training
+        entry = self.history["eval"][-1] if self.history["eval"] else None
+        if entry is None or entry["step"] != p.step:
+            return
+        self.acc.log({f"validation/{k}": v for k, v in entry.items()
+                      if k not in ("step", "epoch", "split") and isinstance(v, (int, float))}, step=p.step)
+        es = t.early_stopping
+        if es is None:
+            return
+        name = es.metric or t.metric
+        if name not in entry:
+            available = ", ".join(k for k in entry if k not in ("step", "epoch", "split"))
+            raise UserError(f"`training.early_stopping.metric` is {name!r}; available: {available}.")
+        value, lower_better = entry[name], name == "loss"
+        gain = None if p.watch_best is None else (p.watch_best - value if lower_better else value - p.watch_best)
+        if gain is None or gain > es.min_delta:
+            p.watch_best, p.bad_evals = value, 0
+            return
+        p.bad_evals += 1
+        if p.bad_evals >= es.patience and p.step < self.total_steps:
+            p.stopped_early = {"step": p.step, "epoch": entry["epoch"], "metric": name, "best": p.watch_best}
+            log.info(f"early stopping at step {p.step}: validation {name} has not improved by more than "
+                     f"{es.min_delta} for {p.bad_evals} evaluations (best {p.watch_best:.4f})")
+
+    def checkpoint_due(self) -> bool:
+        every, p = self.recipe.training.checkpoint_every, self.progress
+        if every is None or not self.checkpoints_supported():
+            return False
+        if every == "epoch":
+            return p.batch == 0
+        return p.step % every == 0
+
+    def checkpoints_supported(self) -> bool:
+        kind = self.acc.distributed_type.value
+        if kind in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+            if not getattr(self, "_warned_sharded", False):
+                log.warning(f"warning: textxfer checkpoints cover single-process and DDP runs; with {kind} they are "
+                            "not written (the final model still is)")
+                self._warned_sharded = True
+            return False
+        return True
+
+    def signal_received(self, signals) -> int:
+        """The signal number if any process got SIGINT/SIGTERM (agreed by all processes), else 0."""
+        signum = signals.received or 0
+        if self.acc.num_processes > 1:
+            flags = self.acc.gather(torch.tensor([signum], device=self.acc.device))
+            signum = int(flags.max().item())
+        return signum
+
+    def interrupt(self, signum: int) -> None:
+        """Save a checkpoint, say how to resume, and exit with 128 + the signal number."""
+        import signal as signal_module
+
+        from textxfer import checkpoint
+
+        saved = checkpoint.save(self, reason=signal_module.Signals(signum).name) if self.checkpoints_supported() \
+            else None
+        self.end_tracking()
+        if saved is not None:
+            log.warning(f"stopped at step {self.progress.step} of {self.total_steps}; continue with: textxfer train "
+                        f"RECIPE --resume {self.out}")
+        raise SystemExit(128 + signum)
+
+    def start_tracking(self) -> None:
+        if self.recipe.training.log_with == "none":
+            return
+        from textxfer.launch import flat_config
+
+        self.acc.init_trackers("textxfer", config=flat_config(to_dict(self.recipe)))
+
+    def end_tracking(self) -> None:
+        for tracker in self.acc.trackers:
+            tracker.finish()
+        self.acc.trackers = []
 
     @torch.inference_mode()
     def predict_split(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -446,6 +660,9 @@ class Loop:
         results: dict = {"best_metric": self.recipe.training.metric, "num_processes": self.acc.num_processes}
         if self.best is not None:
             results["best"] = {k: v for k, v in self.best.items() if k != "split"}
+        if self.progress.stopped_early is not None:
+            results["stopped_early"] = self.progress.stopped_early
+        self.end_tracking()
         predictions = {}
         per_class_all = {}
         for split in self.eval_dls:
@@ -463,8 +680,14 @@ class Loop:
 
 
 def train(recipe: Recipe | str | Path | dict, overrides: list[str] | None = None, output_dir: str | Path | None = None,
-          overwrite: bool = False, command: str | None = None) -> RunResult:
-    """Train as the recipe says and write the run directory. Python twin of `textxfer train`."""
+          overwrite: bool = False, command: str | None = None, resume: str | Path | bool | None = None) -> RunResult:
+    """Train as the recipe says and write the run directory. Python twin of `textxfer train`.
+
+    `resume`: True (or "") continues from the newest complete checkpoint in the output directory; a path names a
+    run directory or one checkpoint folder, whose run directory is then the output directory unless one is given.
+    """
+    from textxfer import checkpoint
+
     if isinstance(recipe, (str, Path)):
         recipe = load_recipe(recipe, overrides)
     elif isinstance(recipe, dict):
@@ -473,14 +696,37 @@ def train(recipe: Recipe | str | Path | dict, overrides: list[str] | None = None
         recipe = load_recipe(data=to_dict(recipe), overrides=overrides)
     if output_dir is not None:
         recipe.output_dir = str(output_dir)
+    ckpt, notes = None, []
+    if resume is not None and resume is not False:
+        where = Path(recipe.output_dir) if resume in (True, "") else Path(resume)
+        ckpt, notes = checkpoint.find(where)
+        if output_dir is None:
+            recipe.output_dir = str(ckpt.parent.parent)
+        saved = checkpoint.read_state(ckpt).get("recipe", {})
+        notes += checkpoint.check_recipe(_with_defaults(saved), to_dict(recipe))
     out = Path(recipe.output_dir)
-    prepare_output_dir(out, overwrite)
+    prepare_output_dir(out, overwrite, resuming=ckpt is not None)
     loop = Loop(recipe, out, command)
+    loop.resume_from = ckpt
     loop.build()
+    for note in notes:
+        log.info(note)
     if loop.acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_recipe(recipe, out / "recipe.yaml")
     loop.prepare()
+    if ckpt is not None:
+        checkpoint.restore(loop, ckpt)
     loop.fit()
     metrics = loop.finish()
     return RunResult(out, metrics)
+
+
+def _with_defaults(saved: dict) -> dict:
+    """A checkpoint's recipe with today's defaults filled in (keys added since it was written are not changes)."""
+    import copy
+
+    try:
+        return to_dict(load_recipe(data=copy.deepcopy(saved)))
+    except UserError:
+        return saved

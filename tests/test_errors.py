@@ -1,0 +1,161 @@
+"""Bad input gets one clear paragraph and exit code 2, never a traceback (issue: textxfer end to end)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from conftest import tiny_recipe
+
+from textxfer.cli import cli
+from textxfer.recipe import load_recipe
+
+
+def run_cli(*args: str):
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.output + (result.stderr if hasattr(result, "stderr") else "")
+
+
+def write_recipe(tmp_path: Path, recipe: dict) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.fixture
+def good(tiny_models, tiny_data, tmp_path) -> dict:
+    return tiny_recipe(tiny_models["bert"], tiny_data, tmp_path / "out", training__epochs=1)
+
+
+def expect_error(tmp_path, recipe: dict | None, *extra: str, match: str, path: Path | None = None):
+    target = path or write_recipe(tmp_path, recipe)
+    code, out = run_cli("train", str(target), *extra)
+    assert code == 2, out
+    assert "Traceback" not in out
+    assert match in out, out
+    return out
+
+
+def test_missing_recipe_file(tmp_path):
+    expect_error(tmp_path, None, match="does not exist", path=tmp_path / "nope.yaml")
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  name: x\ntraining: [1, 2\n")
+    out = expect_error(tmp_path, None, match="not valid YAML", path=bad)
+    assert "line" in out
+
+
+def test_unknown_key_lists_allowed_keys(tmp_path, good):
+    good["training"]["epochz"] = 3
+    out = expect_error(tmp_path, good, match="Unknown recipe key `training.epochz`")
+    assert "epochs" in out
+
+
+def test_wrong_type_names_key_and_type(tmp_path, good):
+    good["training"]["batch_size"] = "many"
+    expect_error(tmp_path, good, match="`training.batch_size`")
+
+
+def test_bad_literal_lists_allowed_values(tmp_path, good):
+    good["strategy"]["name"] = "magic"
+    out = expect_error(tmp_path, good, match="`strategy.name`")
+    assert "'lora'" in out
+
+
+def test_model_path_that_does_not_exist(tmp_path, good):
+    good["model"]["name"] = str(tmp_path / "no-model")
+    expect_error(tmp_path, good, match="does not exist")
+
+
+def test_model_that_cannot_classify_text(tmp_path, good):
+    from transformers import ViTConfig, ViTModel
+
+    folder = tmp_path / "vit"
+    ViTModel(ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8,
+                       image_size=8, patch_size=4)).save_pretrained(folder)
+    good["model"]["name"] = str(folder)
+    expect_error(tmp_path, good, match="no sequence-classification model")
+
+
+def test_folder_without_config(tmp_path, good):
+    (tmp_path / "empty-model").mkdir()
+    good["model"]["name"] = str(tmp_path / "empty-model")
+    expect_error(tmp_path, good, match="no config.json")
+
+
+def test_missing_data_file(tmp_path, good):
+    good["data"]["train"] = str(tmp_path / "missing.csv")
+    expect_error(tmp_path, good, match="missing.csv")
+
+
+def test_empty_data_file(tmp_path, good):
+    (tmp_path / "empty.csv").write_text("")
+    good["data"]["train"] = str(tmp_path / "empty.csv")
+    expect_error(tmp_path, good, match="empty")
+
+
+def test_absent_text_column_lists_columns(tmp_path, good):
+    good["data"]["text_column"] = "sentence"
+    out = expect_error(tmp_path, good, match="no column `sentence`")
+    assert "text" in out and "label" in out
+
+
+def test_absent_label_column(tmp_path, good):
+    good["data"]["label_column"] = "category"
+    expect_error(tmp_path, good, match="no column `category`")
+
+
+def test_finished_run_is_not_overwritten(tmp_path, good):
+    out = Path(good["output_dir"])
+    out.mkdir(parents=True)
+    (out / "run.json").write_text(json.dumps({"finished": True}))
+    expect_error(tmp_path, good, match="--overwrite")
+
+
+def test_freeze_layers_beyond_depth(tmp_path, good):
+    good["strategy"] = {"name": "freeze", "freeze_layers": 9}
+    expect_error(tmp_path, good, match="only 2 layer groups")
+
+
+def test_fp16_on_cpu(tmp_path, good):
+    good["training"]["mixed_precision"] = "fp16"
+    expect_error(tmp_path, good, match="needs a GPU")
+
+
+def test_set_overrides_and_env_expansion(tmp_path, good, monkeypatch):
+    monkeypatch.setenv("TX_EPOCHS_DIR", str(tmp_path / "env-out"))
+    good["output_dir"] = "${TX_EPOCHS_DIR}"
+    good["data"]["encoding"] = "${TX_UNSET_VAR:-utf-8}"
+    path = write_recipe(tmp_path, good)
+    recipe = load_recipe(path, ["training.epochs=2.5", "strategy.name=head", "training.metric=macro_f1"])
+    assert recipe.output_dir == str(tmp_path / "env-out")
+    assert recipe.data.encoding == "utf-8"
+    assert recipe.training.epochs == 2.5 and recipe.strategy.name == "head"
+    good["output_dir"] = "${TX_SURELY_UNSET}"
+    expect_error(tmp_path, good, match="TX_SURELY_UNSET")
+
+
+def test_predict_on_a_folder_that_is_not_a_model(tmp_path):
+    code, out = run_cli("predict", str(tmp_path), "--input", "-")
+    assert code == 2 and "neither a textxfer run directory nor a model folder" in out
+
+
+def test_help_is_quick_and_lists_commands():
+    """`textxfer --help` must not import torch/transformers/evaluate (seconds each)."""
+    code = ("import sys, textxfer.cli as c; from click.testing import CliRunner; "
+            "r = CliRunner().invoke(c.cli, ['--help']); assert r.exit_code == 0, r.output; "
+            "heavy = [m for m in ('torch', 'transformers', 'evaluate', 'datasets') if m in sys.modules]; "
+            "assert not heavy, heavy; print(r.output)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert r.returncode == 0, r.stderr
+    for command in ("train", "predict", "evaluate", "recipes", "info"):
+        assert command in r.stdout
