@@ -118,3 +118,29 @@ def test_class_weights_balanced_are_inverse_frequency():
 
     w = class_weight_tensor("balanced", ["a", "b"], np.array([0, 0, 0, 1]))
     torch.testing.assert_close(w, torch.tensor([4 / 6, 4 / 2]))
+
+
+def test_balanced_sampler_draws_classes_equally():
+    from textxfer.batching import length_grouped_batches
+
+    classes = np.array([0] * 90 + [1] * 10)
+    lengths = np.arange(100) % 7 + 3
+    drawn = [i for e in range(20) for b in length_grouped_batches(lengths, 10, 0, e, classes=classes) for i in b]
+    share = np.mean(classes[drawn] == 1)
+    assert 0.4 < share < 0.6  # 10% of the data, drawn about half the time
+    plain = [i for b in length_grouped_batches(lengths, 10, 0, 0) for i in b]
+    assert sorted(plain) == list(range(100))  # without it: every example exactly once
+
+
+def test_length_grouping_cuts_padding():
+    from textxfer.batching import length_grouped_batches
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 60, size=2000)
+
+    def padded(batches):
+        return sum(len(b) * lengths[b].max() for b in batches) / lengths.sum()
+
+    grouped = length_grouped_batches(lengths, 32, 0, 0, group_by_length=True)
+    random_ = length_grouped_batches(lengths, 32, 0, 0, group_by_length=False)
+    assert padded(grouped) < 1.1 < padded(random_)

@@ -44,11 +44,20 @@ def encode(tokenizer, texts: list[str], pairs: list[str] | None, targets, max_le
 
 
 def length_grouped_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
-                           group_by_length: bool = True, mega: int = 50) -> list[list[int]]:
+                           group_by_length: bool = True, mega: int = 50,
+                           classes: np.ndarray | None = None) -> list[list[int]]:
     """Batches of indices for one epoch: shuffled; with grouping, sorted by length inside mega-batches of
-    `mega` batches, then the batch order shuffled again. Deterministic in (seed, epoch)."""
+    `mega` batches, then the batch order shuffled again. Deterministic in (seed, epoch).
+
+    With `classes` (one class id per example), the epoch is drawn class-balanced instead: the same number of
+    examples, each class equally likely, examples of rare classes repeated (with replacement)."""
     rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(len(lengths))
+    if classes is not None:
+        counts = np.bincount(classes)
+        weights = 1.0 / counts[classes]
+        order = rng.choice(len(lengths), size=len(lengths), replace=True, p=weights / weights.sum())
+    else:
+        order = rng.permutation(len(lengths))
     if group_by_length:
         span = batch_size * mega
         chunks = [order[i:i + span] for i in range(0, len(order), span)]
@@ -78,9 +87,11 @@ class BatchPlan(torch.utils.data.Sampler):
     """
 
     def __init__(self, lengths: np.ndarray, batch_size: int, seed: int = 0, shuffle: bool = True,
-                 group_by_length: bool = True):
+                 group_by_length: bool = True, classes: np.ndarray | None = None):
         self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
         self.shuffle, self.group_by_length = shuffle, group_by_length
+        self.classes = classes
+        """Class id per example for a class-balanced epoch (training.balanced_sampler), else None."""
         self.drop_last = False
         self.epoch = 0
 
@@ -90,7 +101,8 @@ class BatchPlan(torch.utils.data.Sampler):
     def batches(self) -> list[list[int]]:
         if not self.shuffle:
             return sorted_batches(self.lengths, self.batch_size)
-        return length_grouped_batches(self.lengths, self.batch_size, self.seed, self.epoch, self.group_by_length)
+        return length_grouped_batches(self.lengths, self.batch_size, self.seed, self.epoch, self.group_by_length,
+                                      classes=self.classes)
 
     def __iter__(self):
         return iter(self.batches())

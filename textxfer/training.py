@@ -314,8 +314,10 @@ class Loop:
             return vision.loader(self, split, train, batch_size)
         r = self.recipe
         enc = self.encoded[split]
+        balanced = train and r.training.balanced_sampler and not self.splits.multi_label
         plan = BatchPlan(enc.lengths, batch_size, seed=r.training.seed, shuffle=train,
-                         group_by_length=r.training.group_by_length)
+                         group_by_length=r.training.group_by_length,
+                         classes=np.asarray(enc.targets, dtype=np.int64) if balanced else None)
         features = self.features.get(split) if self.features else None
         dl = torch.utils.data.DataLoader(range(len(enc)), batch_sampler=plan,
                                          collate_fn=Collator(enc, self.tokenizer.pad_token_id, with_index=True,
