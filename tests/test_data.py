@@ -193,6 +193,8 @@ def test_hub_dataset_class_names(monkeypatch):
     assert calls == [("org/sst", "default", "train", "abc"), ("org/sst", "default", "dev[:50%]", "abc")]
     assert Counter(column(s.train, "label")) == {0: 10, 1: 10}
     assert s.sources["validation"] == "hub:org/sst:dev[:50%]"
+    by_number = load(train="hub:org/sst", text_column=0, label_column=1)  # columns by position work too
+    assert by_number.labels == ["negative", "positive"]
 
 
 def test_hub_offline_is_a_user_error():

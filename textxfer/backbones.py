@@ -49,9 +49,10 @@ LORA_TARGETS = {
     "albert": ["query", "key", "value", "dense", "ffn", "ffn_output"],
     "deberta-v2": ["query_proj", "key_proj", "value_proj", "dense"],
     "deberta": ["in_proj", "dense"],
-    "vit": ["query", "key", "value", "dense"],
-    "deit": ["query", "key", "value", "dense"],
-    "swin": ["query", "key", "value", "dense"],
+    # ViT-style attention and MLP: transformers 5 names (q/k/v/o_proj, fc1/fc2), and the 4.x names
+    "vit": ["q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2", "query", "key", "value", "dense"],
+    "deit": ["q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2", "query", "key", "value", "dense"],
+    "swin": ["q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2", "query", "key", "value", "dense"],
     # vision CNNs: peft adapts Conv2d too; only full (groups=1) convolutions, never the depthwise ones
     "convnext": ["pwconv1", "pwconv2"],
     "resnet": ["convolution"],

@@ -112,7 +112,7 @@ def _cpu_copy(items) -> dict[str, torch.Tensor]:
     out, seen = {}, set()
     for name, t in items:
         t = t.detach()
-        ptr = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.numel() else None
+        ptr = t.untyped_storage().data_ptr() if t.numel() else None
         t = t.to("cpu", copy=t.device.type == "cpu" and ptr in seen).contiguous()
         if ptr is not None:
             seen.add(ptr)
@@ -420,23 +420,33 @@ def _load_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], ckpt: P
 # ------------------------------------------------------------------------------------------------ signals
 
 class StopSignals:
-    """Turn the first SIGINT/SIGTERM into a request to save a checkpoint and stop at the end of the step.
+    """Turn SIGINT/SIGTERM into a request to save a checkpoint and stop at the end of the current step.
 
-    A second signal acts as usual (the handlers are restored after the first), so Ctrl-C twice still quits
-    at once, without saving.
+    Under a launcher one Ctrl-C arrives twice (from the terminal, then passed on by torchrun's agent), so repeats
+    within `grace` seconds count as the same request. A signal after that means "now": Ctrl-C raises
+    KeyboardInterrupt, SIGTERM exits, without saving.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self):
+    def __init__(self, grace: float = 3.0):
         self.received: int | None = None
+        self.grace = grace
+        self._first = 0.0
         self._old: dict = {}
 
     def _handler(self, signum, frame) -> None:
-        self.received = signum
+        if self.received is None:
+            self.received, self._first = signum, time.monotonic()
+            log.info(f"{signal.Signals(signum).name} received: saving a checkpoint at the end of this step, then "
+                        "stopping (send it again to quit at once, without saving)")
+            return
+        if time.monotonic() - self._first < self.grace:
+            return
         self._restore()
-        log.warning(f"{signal.Signals(signum).name} received: saving a checkpoint at the end of this step, then "
-                    "stopping (send it again to quit at once, without saving)")
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
 
     def _restore(self) -> None:
         for sig, old in self._old.items():

@@ -70,7 +70,10 @@ def cli():
 @click.option("--output-dir", type=click.Path(file_okay=False), help="Where to write the run (overrides output_dir).")
 @click.option("--overwrite", is_flag=True, help="Replace a finished run in the output directory.")
 @click.option("--num-processes", type=int, default=None, help="Train with N processes (DDP) through Accelerate.")
-def train(recipe, overrides, output_dir, overwrite, num_processes):
+@click.option("--resume", is_flag=False, flag_value="", default=None, metavar="[DIR]",
+              help="Continue an interrupted run from its newest complete checkpoint (in the output directory, or "
+                   "in DIR: a run directory or one checkpoint folder).")
+def train(recipe, overrides, output_dir, overwrite, num_processes, resume):
     """Train a classifier as RECIPE says and write a run directory.
 
     \b
@@ -78,15 +81,22 @@ def train(recipe, overrides, output_dir, overwrite, num_processes):
       textxfer train recipes/quickstart.yaml
       textxfer train recipes/sst2.yaml --set strategy.name=head --set training.epochs=1
       textxfer train recipes/sst2.yaml --num-processes 2
+      textxfer train recipes/sst2.yaml --resume
     """
-    if num_processes and num_processes > 1:
+    import os
+
+    if num_processes is not None and num_processes != 1:
         from textxfer.launch import launch_train
 
-        sys.exit(launch_train(recipe, list(overrides), output_dir, overwrite, num_processes))
+        sys.exit(launch_train(recipe, list(overrides), output_dir, overwrite, num_processes, resume))
+    from textxfer.launch import ENV_COMMAND
     from textxfer.training import train as run_train
 
-    command = "textxfer " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    result = run_train(recipe, list(overrides), output_dir=output_dir, overwrite=overwrite, command=command)
+    command = os.environ.get(ENV_COMMAND) or "textxfer " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    result = run_train(recipe, list(overrides), output_dir=output_dir, overwrite=overwrite, command=command,
+                       resume=resume)
+    if os.environ.get("RANK", "0") != "0":  # one of several processes: process 0 reports and pushes
+        return
     _print_summary(result)
     _push_if_asked(result.output_dir)
 

@@ -115,7 +115,7 @@ def _resolve_path(value: str) -> Path:
 def _read_table(value: Any, cfg: DataConfig, split: str, notes: list[str]) -> Table:
     """Dispatch one recipe value (`data.train` etc.) to its reader."""
     if isinstance(value, dict):
-        return _read_per_class({str(k): v for k, v in value.items()}, notes)
+        return _read_per_class({str(k): v for k, v in value.items()}, cfg, notes)
     if not isinstance(value, str):
         raise UserError(f"`data.{split}` is {value!r}: give a file, a folder, `hub:<dataset id>`, or "
                         "{label: file} for one file per class.")
@@ -127,7 +127,7 @@ def _read_table(value: Any, cfg: DataConfig, split: str, notes: list[str]) -> Ta
         if not classes:
             raise UserError(f"Data folder {path} has no class folders (expected {path}/<label>/*.txt). Point "
                             f"`data.{split}` at a file, or put one folder per class in it.")
-        return _read_per_class({c.name: c for c in classes}, notes, source=str(path))
+        return _read_per_class({c.name: c for c in classes}, cfg, notes, source=str(path))
     if not path.is_file():
         raise UserError(f"Data file {path} does not exist (recipe key `data.{split}`). Check the path; recipes "
                         "for the shared datasets read them under ${TEXTXFER_DATA}.")
@@ -348,7 +348,7 @@ def _read_prefix(path: Path, content: str, cfg: DataConfig, fmt: str, notes: lis
                  rows=[n for n, _ in lines], fixed=True)
 
 
-def _read_per_class(mapping: dict[str, Any], notes: list[str], source: str | None = None) -> Table:
+def _read_per_class(mapping: dict[str, Any], cfg: DataConfig, notes: list[str], source: str | None = None) -> Table:
     """{label: file with one example per line, or folder with one .txt file per example}."""
     texts, labels, files, rows = [], [], [], []
     kinds = set()
@@ -360,13 +360,13 @@ def _read_per_class(mapping: dict[str, Any], notes: list[str], source: str | Non
                 raise UserError(f"Class folder {path} (label {label!r}) holds no .txt files. Add examples or "
                                 "remove the folder.")
             for f in found:
-                texts.append(_decode(f, DataConfig(), notes).strip())
+                texts.append(_decode(f, cfg, notes).strip())
                 labels.append(label)
                 files.append(str(f))
                 rows.append(0)
             kinds.add("file")
         elif path.is_file():
-            lines = [(n, line) for n, line in enumerate(_decode(path, DataConfig(), notes).splitlines(), 1)
+            lines = [(n, line) for n, line in enumerate(_decode(path, cfg, notes).splitlines(), 1)
                      if line.strip()]
             if not lines:
                 raise UserError(f"Data file {path} (label {label!r}) is empty. Put one example per line in it.")
@@ -427,11 +427,11 @@ def _pick(table: Table, key: Any, what: str) -> list:
                             "files have one text per line.")
         return table.columns["text" if what == "text_column" else "label"]
     if key in table.columns:
-        values = table.columns[key]
+        col = key
     elif isinstance(key, str) and key.isdigit() and int(key) in table.columns:
-        values = table.columns[int(key)]
+        col = int(key)
     elif isinstance(key, int) and table.header and 0 <= key < len(table.names) and table.names[key] in table.columns:
-        values = table.columns[table.names[key]]
+        col = table.names[key]
     else:
         shown = ", ".join(map(str, table.names[:30])) + (" ..." if len(table.names) > 30 else "")
         if not table.header:
@@ -444,9 +444,9 @@ def _pick(table: Table, key: Any, what: str) -> list:
                     "`data.header: false` and use 0-based column numbers.")
         raise UserError(f"{table.source} has no column `{key}` (recipe key `data.{what}`). Columns that exist: "
                         f"{shown}.{hint}")
-    if key in table.class_names:
-        names = table.class_names[key]
-        return [_class_name(v, names) for v in values]
+    values = table.columns[col]
+    if col in table.class_names:
+        return [_class_name(v, table.class_names[col]) for v in values]
     return values
 
 
@@ -460,6 +460,8 @@ def _class_name(value: Any, names: list[str]) -> Any:
 
 
 def _missing(value: Any) -> bool:
+    if type(value) is str:
+        return not value.strip()
     if value is None:
         return True
     if isinstance(value, float) and math.isnan(value):
@@ -534,7 +536,7 @@ def _check_text_column(values: list, key: Any, what: str, table: Table) -> None:
     for i, v in present:
         if not isinstance(v, str):
             raise UserError(f"{table.where(i)}: the text column `{key}` (recipe key `data.{what}`) holds "
-                            f"{type(v).__name__} {str(v)[:60]!r}, not text. Point `data.{what}` at the column with "
+                            f"{type(v).__name__} {repr(v)[:60]}, not text. Point `data.{what}` at the column with "
                             f"the text (columns: {', '.join(map(str, table.names))}).")
     if present and all(_is_number_text(v) for _, v in present):
         i, v = present[0]
@@ -577,6 +579,8 @@ class LabelSpace:
 
 def _key(value: Any) -> str:
     """A raw label atom as a string key: 3, 3.0 and '3' are the same class."""
+    if type(value) is str:
+        return value.strip()
     if isinstance(value, bool):
         return str(value)
     if isinstance(value, (int, np.integer)):
@@ -884,13 +888,15 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
     given = [n for n in SPLITS if getattr(cfg, n) is not None]
     rows = {n: _rows(_read_table(getattr(cfg, n), cfg, n, notes), cfg, notes, declared) for n in given}
     keys = {n: _normalise(r, cfg, declared, notes) for n, r in rows.items()}
-    class_names = rows["train"].table.class_names.get(cfg.label_column)
+    train_table = rows["train"].table
+    label_col = train_table.names[cfg.label_column] \
+        if isinstance(cfg.label_column, int) and train_table.header and cfg.label_column < len(train_table.names) \
+        else cfg.label_column
+    class_names = train_table.class_names.get(label_col)
     space = _label_space(cfg, keys["train"], class_names, list(keys.values()))
     ids = {n: _encode(keys[n], rows[n], space, n) for n in given}
     names, multi = space.names, cfg.multi_label
-    freq = np.zeros(len(names), dtype=np.int64)
-    for row in ids["train"]:
-        freq[row] += 1
+    freq = _label_freq(ids["train"], len(names))
     info = {n: {"source": r.table.source, "rows_read": r.rows_read, "skipped_rows": len(r.skipped),
                 "label_counts_read": _counts(ids[n], names)} for n, r in rows.items()}
     for n in given[1:]:
@@ -924,10 +930,13 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
                   multi_label=multi, sources={n: rows[n].table.source for n in given}, notes=notes, info=info)
 
 
+def _label_freq(ids: list[list[int]], num_labels: int) -> np.ndarray:
+    """Rows per label (a multi-label row counts once for each of its labels)."""
+    return np.bincount(np.fromiter((j for row in ids for j in row), dtype=np.int64), minlength=num_labels)
+
+
 def _counts(ids: list[list[int]], names: list[str]) -> dict[str, int]:
-    c = np.zeros(len(names), dtype=np.int64)
-    for row in ids:
-        c[row] += 1
+    c = _label_freq(ids, len(names))
     return {n: int(c[i]) for i, n in enumerate(names)}
 
 
@@ -939,7 +948,7 @@ def _check_seen(split: str, ids: list[list[int]], rows: _Rows, freq: np.ndarray,
             if freq[j] == 0:
                 unseen.setdefault(j, []).append(i)
     if unseen:
-        listed = "; ".join(f"{names[j]!r} ({len(r)} rows, first at {rows.where(r[0])})"
+        listed = "; ".join(f"{names[j]!r} ({len(r)} row(s), first at {rows.where(r[0])})"
                            for j, r in list(unseen.items())[:10])
         raise UserError(f"The {split} data has classes that never occur in train: {listed}. Add training examples "
                         f"of them, drop those {split} rows, or merge the classes with a `data.labels` mapping.")
@@ -990,20 +999,19 @@ def _few_shot(train: _Split, cfg: DataConfig, seed: int, names: list[str], multi
 
 
 def _dataset(split: _Split, num_labels: int, multi: bool):
-    from datasets import Dataset, Features, List, Value
+    """Columns built as Arrow arrays: `from_dict(..., features=...)` would encode every row in Python."""
+    import pyarrow as pa
+    from datasets import Dataset
 
-    cols: dict[str, Any] = {"text": split.texts}
-    feats: dict[str, Any] = {"text": Value("string")}
+    cols: dict[str, Any] = {"text": pa.array(split.texts, pa.string())}
     if split.pairs is not None:
-        cols["text_pair"] = split.pairs
-        feats["text_pair"] = Value("string")
+        cols["text_pair"] = pa.array(split.pairs, pa.string())
     if multi:
         hot = np.zeros((len(split.ids), num_labels), dtype=np.float32)
-        for i, row in enumerate(split.ids):
-            hot[i, row] = 1.0
-        cols["labels"] = hot.tolist()
-        feats["labels"] = List(Value("float32"))
+        rows = np.repeat(np.arange(len(split.ids)), [len(r) for r in split.ids])
+        hot[rows, [j for r in split.ids for j in r]] = 1.0
+        offsets = np.arange(0, hot.size + 1, num_labels, dtype=np.int32)
+        cols["labels"] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(hot.ravel()))
     else:
-        cols["label"] = [row[0] for row in split.ids]
-        feats["label"] = Value("int64")
-    return Dataset.from_dict(cols, features=Features(feats))
+        cols["label"] = pa.array([row[0] for row in split.ids], pa.int64())
+    return Dataset.from_dict(cols)

