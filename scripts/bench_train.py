@@ -60,10 +60,10 @@ def write_tsv(rows: list[tuple[str, int]], path: Path) -> None:
             f.write(f"{text}\t{label}\n")
 
 
-def make_slices(work: Path, n_train: int, n_dev: int | None, seed: int) -> tuple[Path, Path]:
+def make_slices(data: Path, work: Path, n_train: int, n_dev: int | None, seed: int) -> tuple[Path, Path]:
     """A seeded slice of SST-2 train (and the first `n_dev` dev sentences, all by default) as TSV files."""
-    train = read_tsv(DATA / "train.tsv")
-    dev = read_tsv(DATA / "dev.tsv")
+    train = read_tsv(data / "train.tsv")
+    dev = read_tsv(data / "dev.tsv")
     rows = random.Random(seed).sample(train, min(n_train, len(train)))
     write_tsv(rows, work / "train.tsv")
     write_tsv(dev[:n_dev] if n_dev else dev, work / "dev.tsv")
@@ -86,7 +86,7 @@ def run_textxfer(a) -> dict:
     if a.strategy == "lora":
         strategy["lora"] = dict(LORA)
     recipe = {
-        "model": {"name": MODEL, "max_length": MAX_LENGTH},
+        "model": {"name": a.model, "max_length": MAX_LENGTH},
         "data": {"train": a.train, "validation": a.dev_file, "format": "tsv", "text_column": "sentence",
                  "label_column": "label"},
         "strategy": strategy,
@@ -109,9 +109,12 @@ def run_textxfer(a) -> dict:
         marks["train_end"] = time.perf_counter()
 
     Loop.build_cache, Loop.fit = timed_cache, timed_fit
-    started = time.perf_counter()
-    result = textxfer.train(recipe, overwrite=True)
-    total = time.perf_counter() - started
+    try:
+        started = time.perf_counter()
+        result = textxfer.train(recipe, overwrite=True)
+        total = time.perf_counter() - started
+    finally:
+        Loop.build_cache, Loop.fit = build_cache, fit
     run = json.loads((result.output_dir / "run.json").read_text())
     history = json.loads((result.output_dir / "history.json").read_text())
     accs = [e["accuracy"] for e in history["eval"]]
@@ -128,12 +131,13 @@ def trainable_for_trainer(model, strategy: str):
         return get_peft_model(model, LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
                                                 target_modules=LORA["target_modules"], task_type="SEQ_CLS",
                                                 bias="none"))
+    base = model.base_model_prefix  # "bert": BERT-style names (MiniLM is a BERT)
     for name, p in model.named_parameters():
         if strategy == "head":
-            p.requires_grad_(name.startswith("classifier."))
+            p.requires_grad_(not name.startswith(base + "."))
         elif strategy == "freeze":
-            frozen = name.startswith("bert.embeddings.") or any(
-                name.startswith(f"bert.encoder.layer.{i}.") for i in range(FREEZE_LAYERS))
+            frozen = name.startswith(f"{base}.embeddings.") or any(
+                name.startswith(f"{base}.encoder.layer.{i}.") for i in range(FREEZE_LAYERS))
             p.requires_grad_(not frozen)
         else:
             p.requires_grad_(True)
@@ -153,7 +157,7 @@ def run_trainer(a, grouped: bool) -> dict:
 
     from textxfer.backbones import resolve_model_name
 
-    path = resolve_model_name(MODEL)
+    path = resolve_model_name(a.model)
     started = time.perf_counter()
     set_seed(a.seed)
     tok = AutoTokenizer.from_pretrained(path)
@@ -219,27 +223,31 @@ def matmul_peak(threads: int, n: int = 2048, reps: int = 7) -> float:
     return float(out.stdout.strip())
 
 
-def token_stats(train: Path, dev: Path) -> dict:
-    """Real (unpadded) token counts and the attention term, for the useful-work fraction."""
-    from transformers import AutoTokenizer
+def token_stats(model: str, train: Path, dev: Path) -> dict:
+    """Real (unpadded) token counts and the attention term per split, and the model's sizes, for the useful-work
+    fraction."""
+    from transformers import AutoConfig, AutoTokenizer
 
     from textxfer.backbones import resolve_model_name
 
-    tok = AutoTokenizer.from_pretrained(resolve_model_name(MODEL))
-    out = {}
-    for name, path in (("train", train), ("dev", dev)):
-        lengths = [len(x) for x in tok([r[0] for r in read_tsv(path)], truncation=True,
+    path = resolve_model_name(model)
+    tok = AutoTokenizer.from_pretrained(path)
+    cfg = AutoConfig.from_pretrained(path)
+    out: dict = {"sizes": {"hidden": cfg.hidden_size, "layers": cfg.num_hidden_layers,
+                           "ffn": cfg.intermediate_size}}
+    for name, file in (("train", train), ("dev", dev)):
+        lengths = [len(x) for x in tok([r[0] for r in read_tsv(file)], truncation=True,
                                        max_length=MAX_LENGTH)["input_ids"]]
         out[name] = {"tokens": sum(lengths), "squares": sum(n * n for n in lengths), "n": len(lengths)}
     return out
 
 
-def forward_flops(stats: dict) -> float:
-    """Forward FLOPs of MiniLM-L6 (hidden 384, 6 layers, FFN 1536) on real tokens only: 2 x matmul parameters per
-    token, plus the attention scores and weighted sum (4 x hidden x length per token per layer)."""
-    hidden, layers, ffn = 384, 6, 1536
+def forward_flops(split: dict, sizes: dict) -> float:
+    """Forward FLOPs of a BERT encoder on real tokens only: 2 x the layers' matmul parameters per token, plus the
+    attention scores and weighted sum (4 x hidden x length per token per layer)."""
+    hidden, layers, ffn = sizes["hidden"], sizes["layers"], sizes["ffn"]
     per_token = 2 * layers * (4 * hidden * hidden + 2 * hidden * ffn)
-    return per_token * stats["tokens"] + layers * 4 * hidden * stats["squares"]
+    return per_token * split["tokens"] + layers * 4 * hidden * split["squares"]
 
 
 def spawn(system: str, strategy: str, a, train: Path, dev: Path, work: Path) -> dict:
@@ -247,7 +255,8 @@ def spawn(system: str, strategy: str, a, train: Path, dev: Path, work: Path) -> 
     result = run_dir / "result.json"
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                TEXTXFER_CACHE=str(run_dir / "cache"))
-    cmd = [sys.executable, __file__, "--worker", system, "--strategy", strategy, "--train", str(train),
+    cmd = [sys.executable, __file__, "--worker", system, "--strategy", strategy, "--model", a.model,
+           "--train", str(train),
            "--dev-file", str(dev), "--epochs", str(a.epochs), "--seed", str(a.seed), "--work", str(run_dir),
            "--result", str(result)]
     load = os.getloadavg()[0]
@@ -277,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strategies", default=",".join(STRATEGIES))
     p.add_argument("--systems", default=",".join(SYSTEMS))
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--model", default=MODEL, help="a BERT-family checkpoint (default: MiniLM-L6)")
+    p.add_argument("--data", type=Path, default=DATA, help="folder with SST-2's train.tsv and dev.tsv")
     p.add_argument("--json", help="also write every measurement to this file")
     # internal: one run in a fresh process
     p.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)
@@ -301,10 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="textxfer-bench-") as tmp:
         work = Path(tmp)
-        train, dev = make_slices(work, n_train, a.dev or None, a.seed)
-        stats = token_stats(train, dev)
+        train, dev = make_slices(a.data, work, n_train, a.dev or None, a.seed)
+        stats = token_stats(a.model, train, dev)
         peak = matmul_peak(threads)
-        print(f"bench_train: MiniLM-L6 ({MODEL}), SST-2 slice of {stats['train']['n']} train (seed {a.seed}), "
+        print(f"bench_train: {a.model}, SST-2 slice of {stats['train']['n']} train (seed {a.seed}), "
               f"{stats['dev']['n']} dev, {a.epochs:g} epochs, batch {BATCH}, max length {MAX_LENGTH}; "
               f"{threads} torch threads; fp32 matmul peak {peak:.0f} GFLOP/s; load {os.getloadavg()[0]:.2f}",
               flush=True)
@@ -356,10 +367,10 @@ def report_row(strategy: str, systems: list[str], runs: dict, stats: dict, epoch
     if len(trainable) > 1:
         print(f"  WARNING: trainable parameter counts differ between systems: {sorted(trainable)}")
     if strategy == "full":
-        train_flops = 3 * forward_flops(stats["train"]) * epochs
+        train_flops = 3 * forward_flops(stats["train"], stats["sizes"]) * epochs
         for y in systems:
             evals = med(y, "evals")
-            useful = train_flops + forward_flops(stats["dev"]) * evals
+            useful = train_flops + forward_flops(stats["dev"], stats["sizes"]) * evals
             print(f"  useful work ({y}): {useful / 1e12:.2f} TFLOP on real tokens (training fwd+bwd, {evals:g} dev "
                   f"evaluations) in {sec[y]:.1f} s = {useful / sec[y] / 1e9:.0f} GFLOP/s, "
                   f"{100 * useful / sec[y] / 1e9 / peak:.0f}% of the fp32 matmul peak", flush=True)

@@ -144,3 +144,40 @@ def test_length_grouping_cuts_padding():
     grouped = length_grouped_batches(lengths, 32, 0, 0, group_by_length=True)
     random_ = length_grouped_batches(lengths, 32, 0, 0, group_by_length=False)
     assert padded(grouped) < 1.1 < padded(random_)
+
+
+def test_multilabel_run_end_to_end(tiny_models, tmp_path):
+    """Sigmoid/BCE, thresholds tuned on validation, saved in the config; predict returns every label above them;
+    plain transformers sees a multi-label model."""
+    from transformers import AutoConfig
+
+    rows = ["text\tlabels"]
+    words = {"pos": "good", "neg": "bad", "sport": "goal"}
+    import itertools
+    import random
+
+    rng = random.Random(0)
+    combos = [c for n in (1, 2) for c in itertools.combinations(words, n)]
+    for i in range(120):
+        combo = combos[i % len(combos)]
+        text = " ".join(rng.sample(["the", "a", "film", "was"], 2) + [words[c] for c in combo])
+        rows.append(f"{text}\t{','.join(combo)}")
+    (tmp_path / "train.tsv").write_text("\n".join(rows[:91]) + "\n")
+    (tmp_path / "dev.tsv").write_text("\n".join([rows[0]] + rows[91:]) + "\n")
+    recipe = tiny_recipe(tiny_models["bert"], {"train": tmp_path / "train.tsv", "validation": tmp_path / "dev.tsv"},
+                         tmp_path / "run", training__epochs=8, training__learning_rate=5e-3, training__metric="micro_f1")
+    recipe["data"].update({"multi_label": True, "label_column": "labels", "format": "tsv"})
+    result = textxfer.train(recipe)
+    m = result.metrics
+    assert {"micro_f1", "macro_f1", "accuracy"} <= set(m["validation"]) and len(m["thresholds"]) == 3
+    config = AutoConfig.from_pretrained(tmp_path / "run/model")
+    assert config.problem_type == "multi_label_classification"
+    assert config.textxfer_thresholds == pytest.approx(m["thresholds"], abs=1e-4)
+    clf = textxfer.load(tmp_path / "run")
+    preds = clf.predict(["the film was good goal", "a bad film"])
+    assert all(isinstance(p, list) for p in preds)
+    rows_out = [json.loads(x) for x in (tmp_path / "run/predictions/validation.jsonl").read_text().splitlines()]
+    assert isinstance(rows_out[0]["label"], list) and isinstance(rows_out[0]["pred"], list)
+    # the run's predictions are what the saved model predicts
+    again = clf.predict([r["text"] for r in rows_out])
+    assert [sorted(x["label"] for x in p) for p in again] == [sorted(r["pred"]) for r in rows_out]

@@ -85,6 +85,9 @@ def hardware() -> dict:
 def save_model(loop, out: Path) -> None:
     """The merged model folder (plain transformers), and for LoRA with `save_adapter` the adapter too."""
     model = loop.acc.unwrap_model(loop.model)
+    thresholds = getattr(loop, "thresholds", None)
+    if loop.splits.multi_label and thresholds is not None:  # predict/pipeline users get the tuned thresholds
+        model.config.textxfer_thresholds = [float(t) for t in thresholds]
     if loop.applied.is_peft and loop.recipe.save_adapter:
         tmp = out / f".{ADAPTER_DIR}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -107,15 +110,27 @@ def save_model(loop, out: Path) -> None:
 
 
 def write_predictions(loop, split: str, logits: np.ndarray, path: Path) -> None:
+    from textxfer.data import column
+
     ds = getattr(loop.splits, split)
-    probs = torch.from_numpy(logits).softmax(-1).numpy()
+    multi = loop.splits.multi_label
+    scores = torch.from_numpy(logits)
+    probs = (scores.sigmoid() if multi else scores.softmax(-1)).numpy()
     tmp = path.with_name(f".{path.name}.tmp")
+    key = "image" if "image" in ds.column_names else "text"  # images: the file path (or source#row)
+    items, targets = column(ds, key), column(ds, "labels" if multi else "label")
     with open(tmp, "w", encoding="utf-8") as f:
-        key = "image" if "image" in ds.column_names else "text"  # images: the file path (or source#row)
-        for i, (text, target) in enumerate(zip(list(ds[key]), list(ds["label"]), strict=True)):
+        for i, (item, target) in enumerate(zip(items, targets, strict=True)):
             p = probs[i]
-            row = {key: text, "label": loop.labels[int(target)], "pred": loop.labels[int(p.argmax())],
-                   "confidence": float(p.max()), "probs": [round(float(x), 6) for x in p]}
+            if multi:
+                chosen = np.flatnonzero(p >= np.asarray(loop.thresholds))
+                label = [loop.labels[j] for j in np.flatnonzero(np.asarray(target) > 0.5)]
+                pred = [loop.labels[j] for j in chosen]
+                confidence = float(p[chosen].min()) if len(chosen) else float(1 - p.max())
+            else:
+                label, pred, confidence = loop.labels[int(target)], loop.labels[int(p.argmax())], float(p.max())
+            row = {key: item, "label": label, "pred": pred, "confidence": confidence,
+                   "probs": [round(float(x), 6) for x in p]}
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
 

@@ -35,9 +35,14 @@ def encode(tokenizer, texts: list[str], pairs: list[str] | None, targets, max_le
     """Tokenise with the fast tokenizer in one batched call; count the examples that truncation cut."""
     kwargs = dict(truncation=True, max_length=max_length, padding=False)
     enc = tokenizer(texts, pairs, **kwargs) if pairs is not None else tokenizer(texts, **kwargs)
-    full = tokenizer(texts, pairs, truncation=False, padding=False) if pairs is not None else \
-        tokenizer(texts, truncation=False, padding=False)
-    truncated = sum(len(a) > max_length for a in full["input_ids"])
+    # Only an example that fills max_length can have been cut: re-tokenise just those, untruncated, to count.
+    full_length = [i for i, a in enumerate(enc["input_ids"]) if len(a) >= max_length]
+    truncated = 0
+    if full_length:
+        some = [texts[i] for i in full_length]
+        full = tokenizer(some, [pairs[i] for i in full_length], truncation=False, padding=False) \
+            if pairs is not None else tokenizer(some, truncation=False, padding=False)
+        truncated = sum(len(a) > max_length for a in full["input_ids"])
     tt = enc.get("token_type_ids")
     return Encoded(list(enc["input_ids"]), list(tt) if tt is not None else None,
                    np.asarray(targets), truncated)

@@ -12,6 +12,10 @@
 A checkpoint is written into `.tmp-step-...`, flushed to disk, and renamed into place, so a folder named
 `step-...` is complete; resume still checks the manifest and skips (and names) any folder that is not.
 If a save fails (a full disk), the partial folder is removed, the earlier checkpoints stay, training goes on.
+
+With several processes, process 0 writes the weights and optimizer state (the same on every DDP process) and
+each process its own random state, so on several machines RUN_DIR must be on a shared file system. FSDP and
+DeepSpeed shard the weights and are not covered (the final model is still saved).
 """
 
 from __future__ import annotations
@@ -174,7 +178,7 @@ def save(loop, reason: str = "scheduled") -> Path | None:
         except OSError as e:
             problem = e
     if not _all_ok(acc, problem is None):
-        return _failed(final, problem or "another process could not write")
+        return _failed(acc, final, problem or "another process could not write")
     try:
         _save_torch(rng_state(), tmp / f"rng-{acc.process_index}.pt")
         if acc.is_main_process:
@@ -204,14 +208,16 @@ def save(loop, reason: str = "scheduled") -> Path | None:
             shutil.rmtree(tmp, ignore_errors=True)
     ok = _all_ok(acc, ok)
     if not ok:
-        return _failed(final, problem or "another process could not write its part")
+        return _failed(acc, final, problem or "another process could not write its part")
     if acc.is_main_process:
         rotate(root, loop.recipe.training.keep_checkpoints, lower_better=loop.recipe.training.metric == "loss")
     log.info(f"checkpoint saved: {final} ({reason})")
     return final
 
 
-def _failed(final: Path, problem) -> None:
+def _failed(acc, final: Path, problem) -> None:
+    if not acc.is_main_process:
+        return None
     earlier = complete_checkpoints(final.parent)
     kept = f"; the earlier checkpoint {earlier[-1]} is intact" if earlier else ""
     log.warning(f"warning: could not save checkpoint {final.name}: {problem}{kept}. Training goes on; free disk "

@@ -625,14 +625,17 @@ def _label_transform(cfg: DataConfig):
 
 
 def _normalise(rows: _Rows, cfg: DataConfig, declared: set[str], notes: list[str]) -> list[list[str]]:
-    """Raw label values -> lists of string keys; type errors (floats, mixed, lists) name the row."""
+    """Raw label values -> lists of string keys; type errors (floats, mixed, lists) name the row.
+
+    Work is done once per distinct scalar value (labels repeat): the first row holding a value is the one an
+    error names, the same row a row-by-row pass would stop at."""
     multi = cfg.multi_label
     transform = _label_transform(cfg)
     col = f"`{cfg.label_column}`" if not rows.table.fixed else "(the label)"
-    out: list[list[str]] = []
-    first_id = first_name = None
-    whole_floats = 0
-    for i, value in enumerate(rows.raw):
+    first: dict[str, tuple[int, str]] = {}  # kind ("id", "name") -> first (row, key)
+    floats: list[int] = []
+
+    def keys_of(i: int, value: Any) -> list[str]:
         if isinstance(value, dict):
             raise UserError(f"{rows.where(i)}: the label {col} is an object {str(value)[:60]!r}; give a class name, "
                             "an integer id, or (multi-label) a list.")
@@ -644,10 +647,10 @@ def _normalise(rows: _Rows, cfg: DataConfig, declared: set[str], notes: list[str
                             "`data.multi_label: true` (and `data.label_delimiter` if they are not separated by `,`).")
         keys = []
         for atom in _atoms(value, multi, cfg.label_delimiter):
-            if isinstance(atom, (float, np.floating)) and not float(atom).is_integer():
-                _float_error(rows, i, col, atom)
             if isinstance(atom, (float, np.floating)):
-                whole_floats += 1
+                if not float(atom).is_integer():
+                    _float_error(rows, i, col, atom)
+                floats.append(i)
             key = _key(atom)
             if isinstance(atom, str) and transform is not None and key not in declared:
                 new = transform(key)
@@ -657,22 +660,34 @@ def _normalise(rows: _Rows, cfg: DataConfig, declared: set[str], notes: list[str
                 key = new.strip()
             if key not in declared:
                 if _INT.match(key):
-                    first_id = first_id or (i, key)
+                    first.setdefault("id", (i, key))
                 elif _FLOAT.match(key):
                     _float_error(rows, i, col, key)
                 else:
-                    first_name = first_name or (i, key)
+                    first.setdefault("name", (i, key))
             keys.append(key)
-        out.append(keys)
-    if first_id and first_name and not declared:
-        (a, va), (b, vb) = first_id, first_name
+        return keys
+
+    memo: dict[tuple[type, Any], list[str]] = {}
+    out: list[list[str]] = []
+    for i, value in enumerate(rows.raw):
+        if isinstance(value, (str, int, float, np.integer, np.floating)):
+            tag = (type(value), value)
+            keys = memo.get(tag)
+            if keys is None:
+                keys = memo[tag] = keys_of(i, value)
+            out.append(keys)
+        else:
+            out.append(keys_of(i, value))
+    if "id" in first and "name" in first and not declared:
+        (a, va), (b, vb) = first["id"], first["name"]
         raise UserError(
             f"{rows.table.source}: the label column {col} mixes integer ids and names ({va!r} at "
             f"{rows.where(a).removeprefix(rows.table.source + ', ')}, {vb!r} at "
             f"{rows.where(b).removeprefix(rows.table.source + ', ')}). Use one kind throughout, or list every class "
             "in `data.labels`."
         )
-    if whole_floats:
+    if floats:
         _note(notes, f"{rows.table.source}: label column {col} holds whole numbers stored as floats (e.g. 1.0); "
                      "read as integer class ids.")
     return out

@@ -16,9 +16,21 @@ def evaluate_file(model_dir: str | Path, data_file: str, text_column: str, label
     from textxfer.predict import load
 
     clf = load(model_dir)
-    cfg = DataConfig(train=data_file, text_column=text_column, label_column=label_column)
+    cfg = DataConfig(train=data_file, text_column=text_column, label_column=label_column,
+                     multi_label=clf.multi_label)
     texts, pairs, raw, source = _read_split(data_file, cfg)
     index = {lab: i for i, lab in enumerate(clf.labels)}
+    if clf.multi_label:
+        from textxfer.metrics import multilabel_metrics
+
+        refs = np.zeros((len(raw), len(clf.labels)), dtype=np.float32)
+        for row, values in enumerate(raw):
+            for value in values:
+                if str(value) not in index:
+                    raise UserError(f"{source}, row {row + 1}: label {value!r} is not one of the model's labels "
+                                    f"({', '.join(clf.labels)}).")
+                refs[row, index[str(value)]] = 1.0
+        return multilabel_metrics(clf.probabilities(texts, pairs), refs, clf.labels, clf.thresholds)
     refs = []
     for row, value in enumerate(raw):
         key = str(value)

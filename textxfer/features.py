@@ -97,8 +97,9 @@ class FrozenPrefixCache:
         for path in self.parts.embeddings + self.parts.layers[: self.k]:
             for name, t in sorted(self.root.get_submodule(path).state_dict().items()):
                 h.update(name.encode())
-                h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
-                         if t.is_floating_point() else t.cpu().numpy().tobytes())
+                # hashed in place (no bytes copy: the word embeddings alone are ~50 MB of a small model's peak)
+                h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy()
+                         if t.is_floating_point() else np.ascontiguousarray(t.cpu().numpy()))
         return h.hexdigest()
 
     @staticmethod
@@ -142,12 +143,18 @@ class FrozenPrefixCache:
         self.tuple_len = seen.get("len", 0)
 
     @torch.inference_mode()
-    def compute(self, batches, device: torch.device) -> list[torch.Tensor]:
-        """Per-example prefix outputs (unpadded along the sequence), from (indices, batch dict) pairs."""
+    def compute(self, batches, device: torch.device, lengths: np.ndarray | None = None) -> list[torch.Tensor]:
+        """Per-example prefix outputs (unpadded along the sequence), from (indices, batch dict) pairs.
+
+        With the examples' token counts (`lengths`), the outputs are written straight into one flat
+        (tokens x hidden) tensor and returned as views of it: no per-example copies, and the disk copy is written
+        from it without concatenating (peak memory holds the features once, not twice)."""
         was_training = self.root.training
         self.root.eval()
         out: dict[int, torch.Tensor] = {}
         first = True
+        offsets = np.concatenate([[0], np.cumsum(lengths)]) if lengths is not None else None
+        flat: torch.Tensor | None = None
         try:
             for indices, batch in batches:
                 batch = {k: v.to(device) for k, v in batch.items()}
@@ -166,11 +173,23 @@ class FrozenPrefixCache:
                     handle.remove()
                 hidden = store["out"].to(self.store_dtype).cpu()
                 mask = batch.get("attention_mask")
+                if offsets is not None and mask is not None and hidden.dim() == 3:
+                    if flat is None:
+                        flat = torch.empty((int(offsets[-1]), hidden.shape[-1]), dtype=self.store_dtype)
+                    for row, i in enumerate(indices):
+                        n = int(lengths[i])
+                        if int(mask[row].sum()) != n:
+                            raise RuntimeError(f"frozen-prefix cache: example {i} has {int(mask[row].sum())} "
+                                               f"tokens in its batch but length {n}")
+                        flat[offsets[i]:offsets[i] + n] = hidden[row, :n]
+                    continue
                 for row, i in enumerate(indices):
                     n = int(mask[row].sum()) if mask is not None and hidden.dim() == 3 else None
                     out[i] = hidden[row, :n].clone() if n is not None else hidden[row].clone()
         finally:
             self.root.train(was_training)
+        if flat is not None:
+            return [flat[offsets[i]:offsets[i + 1]] for i in range(len(lengths))]
         return [out[i] for i in range(len(out))]
 
     # -- disk
@@ -178,7 +197,8 @@ class FrozenPrefixCache:
     def cache_dir() -> Path:
         return Path(os.environ.get("TEXTXFER_CACHE", Path.home() / ".cache" / "textxfer")) / "features"
 
-    def load_or_compute(self, key: str, batches_fn, device: torch.device, use_disk: bool) -> list[torch.Tensor]:
+    def load_or_compute(self, key: str, batches_fn, device: torch.device, use_disk: bool,
+                        lengths: np.ndarray | None = None) -> list[torch.Tensor]:
         from safetensors.torch import load_file, save_file
 
         path = self.cache_dir() / f"{key}.safetensors"
@@ -192,13 +212,17 @@ class FrozenPrefixCache:
                 return [flat[offsets[j]:offsets[j + 1]] for j in range(len(offsets) - 1)]
             except Exception as e:  # corrupt or foreign file: rebuild, never reuse
                 log.warning(f"frozen-prefix cache: {path} unreadable ({e}); rebuilding it")
-        feats = self.compute(batches_fn(), device)
+        feats = self.compute(batches_fn(), device, lengths) if lengths is not None else \
+            self.compute(batches_fn(), device)
         if use_disk and feats and feats[0].dim() == 2:
             offsets = np.cumsum([0] + [f.shape[0] for f in feats])
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                save_file({"flat": torch.cat(feats), "offsets": torch.as_tensor(offsets),
+                base = feats[0]._base  # the flat tensor that compute(lengths=...) filled, if it did
+                whole = base is not None and base.dim() == 2 and base.shape[0] == offsets[-1] and all(
+                    f._base is base for f in feats)
+                save_file({"flat": base if whole else torch.cat(feats), "offsets": torch.as_tensor(offsets),
                            "key": torch.frombuffer(bytearray(key.encode()), dtype=torch.uint8)}, str(tmp))
                 os.replace(tmp, path)
             except OSError as e:  # full disk or read-only home: carry on in memory

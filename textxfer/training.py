@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from textxfer.batching import BatchPlan, Collator, Encoded, encode, sorted_batches
+from textxfer.data import column
 from textxfer.checkpoint import Progress
 from textxfer.errors import UserError
 from textxfer.recipe import Recipe, load_recipe, save_recipe, to_dict
@@ -286,9 +287,9 @@ class Loop:
                  + self.applied.summary())
         self.encoded: dict[str, Encoded] = {}
         for name, ds in self.splits.items():
-            targets = list(ds["labels"] if self.splits.multi_label else ds["label"])
-            pairs = list(ds["text_pair"]) if "text_pair" in ds.column_names else None
-            self.encoded[name] = encode(self.tokenizer, list(ds["text"]), pairs, targets, r.model.max_length)
+            targets = column(ds, "labels" if self.splits.multi_label else "label")
+            pairs = column(ds, "text_pair") if "text_pair" in ds.column_names else None
+            self.encoded[name] = encode(self.tokenizer, column(ds, "text"), pairs, targets, r.model.max_length)
             enc = self.encoded[name]
             log.info(f"{name}: {len(enc)} examples, {enc.truncated} ({100 * enc.truncated / len(enc):.1f}%) "
                      f"truncated at {r.model.max_length} tokens")
@@ -330,7 +331,8 @@ class Loop:
                 for idx in sorted_batches(enc.lengths, 64):
                     b = collate(idx)
                     yield idx, {k: b[k] for k in self.input_names if k in b}
-            features[split] = cache.load_or_compute(key, batches, device, use_disk=r.training.cache == "auto")
+            features[split] = cache.load_or_compute(key, batches, device, use_disk=r.training.cache == "auto",
+                                                    lengths=enc.lengths)
         log.info(f"frozen-prefix cache: embeddings + {self.applied.frozen_prefix} layers computed once for "
                  f"{sum(len(f) for f in features.values())} examples in {time.time() - started:.1f}s; "
                  "training runs only the layers above")
@@ -457,6 +459,9 @@ class Loop:
 
         t = self.recipe.training
         p = self.progress
+        if t.early_stopping is not None and "validation" not in self.eval_dls:
+            raise UserError("`training.early_stopping` watches the validation metrics, but this run has no validation "
+                            "split: give `data.validation` or a `data.validation_split` above 0, or drop early stopping.")
         self.start_tracking()
         bar = tqdm(total=self.total_steps, initial=p.step, desc="train", leave=False,
                    disable=not (self.acc.is_main_process and sys.stderr.isatty()))
@@ -651,9 +656,27 @@ class Loop:
 
         logits, targets, _ = self.predict_split(split)
         loss = float(self.loss(torch.from_numpy(logits), torch.from_numpy(targets)).item())
-        metrics, per_class = classification_metrics(logits.argmax(-1), targets, self.labels)
+        if self.splits.multi_label:
+            metrics, per_class = self.multilabel_scores(split, logits, targets)
+        else:
+            metrics, per_class = classification_metrics(logits.argmax(-1), targets, self.labels)
         metrics["loss"] = loss
         return metrics, per_class, logits
+
+    def multilabel_scores(self, split: str, logits: np.ndarray, targets: np.ndarray) -> tuple[dict, dict]:
+        """Sigmoid probabilities; thresholds tuned on validation (then applied unchanged to test)."""
+        from textxfer.metrics import multilabel_metrics, tune_thresholds
+
+        probs = 1.0 / (1.0 + np.exp(-logits))
+        mode = self.recipe.training.threshold
+        if isinstance(mode, (int, float)) and not isinstance(mode, bool):
+            self.thresholds = np.full(len(self.labels), float(mode), dtype=np.float32)
+        elif mode in ("global", "per_label"):
+            if split == "validation" or getattr(self, "thresholds", None) is None:
+                self.thresholds = tune_thresholds(probs, targets.astype(np.float32), mode)
+        else:
+            raise UserError(f"`training.threshold` is {mode!r}; use global, per_label or a number in (0, 1).")
+        return multilabel_metrics(probs, targets, self.labels, self.thresholds)
 
     def evaluate_and_track(self, step: int, epoch: float) -> None:
         if "validation" not in self.eval_dls:
@@ -710,6 +733,8 @@ class Loop:
             per_class_all[split] = per_class
             predictions[split] = logits
         results["per_class"] = per_class_all
+        if self.splits.multi_label and getattr(self, "thresholds", None) is not None:
+            results["thresholds"] = [round(float(t), 4) for t in self.thresholds]
         if self.cache is not None:
             self.cache.uninstall()
         if self.acc.is_main_process:

@@ -108,13 +108,39 @@ def load_processor(name: str, recipe: Recipe):
     from transformers import AutoImageProcessor
 
     try:
-        return AutoImageProcessor.from_pretrained(name, revision=recipe.model.revision,
-                                                  trust_remote_code=recipe.model.trust_remote_code)
+        processor = AutoImageProcessor.from_pretrained(name, revision=recipe.model.revision,
+                                                       trust_remote_code=recipe.model.trust_remote_code)
     except (OSError, ValueError) as e:
         raise UserError(
             f"Could not load the image processor of `{name}`: {str(e).strip().splitlines()[0]} An image "
             "checkpoint needs its preprocessor_config.json (resize, crop and normalisation) next to config.json."
         ) from None
+    return resized_processor(processor, recipe.model.image_size) if recipe.model.image_size else processor
+
+
+def resized_processor(processor, size: int):
+    """The same processor making `size` x `size` pictures: with a centre crop, the resize before it scales by the
+    same factor (the crop keeps its share of the picture); without one, the resize goes straight to the size."""
+    if size < 16:
+        raise UserError(f"`model.image_size` is {size}; use at least 16 pixels.")
+    settings = processor.to_dict()
+    old = settings.get("size") or {}
+    if settings.get("do_center_crop") and settings.get("crop_size"):
+        crop = settings["crop_size"]
+        scale = size / min(crop.get("height", size), crop.get("width", size))
+        settings["size"] = {k: max(size, round(v * scale)) if k in ("shortest_edge", "height", "width") else v
+                            for k, v in old.items() if v is not None}
+        settings["crop_size"] = {"height": size, "width": size}
+    elif "shortest_edge" in old and settings.get("crop_pct") is not None:  # ConvNeXt: resize, then crop_pct crop
+        settings["size"] = {"shortest_edge": size}
+    else:
+        settings["size"] = {"height": size, "width": size}
+    settings.pop("image_processor_type", None)
+    new = type(processor).from_dict(settings)
+    if output_size(new) != (size, size):
+        raise UserError(f"`model.image_size: {size}`: this checkpoint's {type(processor).__name__} makes "
+                        f"{output_size(new)} pictures with it. Remove `model.image_size`.")
+    return new
 
 
 # ------------------------------------------------------------------------------------------------ images
@@ -876,6 +902,8 @@ def build(loop) -> None:
     model, loop.parts = load_classifier(
         loop.model_path, loop.labels, task="image", revision=r.model.revision,
         trust_remote_code=r.model.trust_remote_code, dropout=r.model.dropout)
+    if r.model.image_size:
+        check_size(model, loop.transforms.size, r.model.name)
     from textxfer import smalldata
 
     loop.parts = smalldata.prepare_model(model, loop.parts, r)  # strategy.reinit_layers
@@ -890,6 +918,20 @@ def build(loop) -> None:
     log.info(f"images: {loop.transforms.size[0]}x{loop.transforms.size[1]}; training augmentation "
              + ("on (random resized crop + flip)" if loop.augment else
                 "off (the frozen-prefix cache serves fixed features)" if loop.features is not None else "off"))
+
+
+def check_size(model: nn.Module, size: tuple[int, int], name: str) -> None:
+    """`model.image_size` must be a size the backbone runs at (ViT-style position embeddings fix theirs)."""
+    was = model.training
+    try:
+        model.eval()
+        with torch.inference_mode():
+            model(pixel_values=torch.zeros(1, 3, *size))
+    except Exception as e:  # the model's own complaint, passed on with the fix
+        raise UserError(f"`model.image_size` {size[0]} does not fit `{name}`: {str(e).strip().splitlines()[0]} "
+                        "Remove `model.image_size` or pick the checkpoint's own size.") from None
+    finally:
+        model.train(was)
 
 
 def loader(loop, split: str, train: bool, batch_size: int):

