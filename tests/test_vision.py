@@ -440,6 +440,8 @@ def test_unsupported_options_for_images_are_refused(vit, folders, tmp_path):
         train(recipe(vit, folders, tmp_path / "r1", data={"multi_label": True}))
     with pytest.raises(UserError, match="model.pooling"):
         train({**recipe(vit, folders, tmp_path / "r2"), "model": {"name": str(vit), "pooling": "mean"}})
+    with pytest.raises(UserError, match="`data.dedupe` apply to text data only"):
+        train(recipe(vit, folders, tmp_path / "r3", data={"dedupe": True}))
 
 
 @pytest.mark.slow
@@ -454,3 +456,41 @@ def test_converted_checkpoint_reference_is_converted_once(tmp_path, monkeypatch)
     assert (first / "model.safetensors").stat().st_mtime_ns == stamp
     with pytest.raises(UserError, match="efficientnet-lite0"):
         resolve_model_name("convert:efficientnet-b9")
+
+
+def test_image_size_resizes_the_processor_and_the_saved_one(folders, tmp_path):
+    from transformers import AutoImageProcessor
+
+    from textxfer.training import train
+    from textxfer.vision import output_size
+
+    resnet = tiny_vision_checkpoint("resnet", tmp_path / "resnet")
+    spec = recipe(resnet, folders, tmp_path / "run", epochs=1)
+    spec["model"]["image_size"] = 24
+    train(spec)
+    saved = AutoImageProcessor.from_pretrained(tmp_path / "run/model")
+    assert output_size(saved) == (24, 24)
+    assert "images: 24x24" in (tmp_path / "run/train.log").read_text()
+
+
+def test_image_size_a_vit_cannot_take_is_refused(vit, folders, tmp_path):
+    from textxfer.training import train
+
+    spec = recipe(vit, folders, tmp_path / "run")
+    spec["model"]["image_size"] = 48
+    with pytest.raises(UserError, match="`model.image_size` 48 does not fit"):
+        train(spec)
+
+
+def test_evaluate_images_scores_a_folder_and_refuses_unknown_classes(vit, folders, tmp_path):
+    from textxfer.training import train
+    from textxfer.vision import evaluate_images
+
+    out = tmp_path / "run"
+    train(recipe(vit, folders, out))
+    metrics, per_class = evaluate_images(out, str(folders / "val"))
+    assert metrics["accuracy"] == 1.0 and set(per_class) == {"blue", "red"}
+    (folders / "val/green").mkdir()
+    colour_image("red", np.random.default_rng(8)).save(folders / "val/green/g.png")
+    with pytest.raises(UserError, match="green are not among the model's labels"):
+        evaluate_images(out, str(folders / "val"))

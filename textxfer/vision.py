@@ -50,6 +50,7 @@ SPLITS = ("train", "validation", "test")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 TABLE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".ndjson", ".parquet")
 MAX_LISTED = 5  # bad files named in one error message (all of them go to the log)
+TEXT_ONLY = ("text_pair_column", "label_pattern", "label_level", "dedupe", "label_separator")
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -526,12 +527,19 @@ def load_image_splits(cfg: DataConfig, seed: int):
 
     if cfg.multi_label:
         raise UserError("Multi-label image classification is not supported yet: set `data.multi_label: false`.")
+    defaults = DataConfig()
+    text_only = [k for k in TEXT_ONLY if getattr(cfg, k, None) != getattr(defaults, k, None)]
+    if text_only:  # refused rather than silently ignored
+        raise UserError(f"{', '.join(f'`data.{k}`' for k in text_only)} apply to text data only; remove them from "
+                        "this image recipe.")
     hits: set[str] = set()
     given = [n for n in SPLITS if getattr(cfg, n) is not None]
     read = {n: _read(getattr(cfg, n), cfg, n, hits) for n in given}
-    notes = []
+    notes, skipped_counts = [], {}
     for n in given:
+        rows = len(read[n].items)
         read[n], skipped = _check_files(read[n], cfg, n)
+        skipped_counts[n] = rows - len(read[n].items)
         notes += skipped
     for p in cfg.exclude_images or []:
         matched = [h for h in hits if _excluded(h, [p])]
@@ -540,7 +548,8 @@ def load_image_splits(cfg: DataConfig, seed: int):
     names, mapping = _label_names(cfg, read["train"])
     data = {n: ImageSplit(read[n].items, _encode(read[n], mapping, names, n, read["train"]), read[n].names,
                           read[n].source) for n in given}
-    info = {n: {"source": read[n].source, "rows_read": len(read[n].items), "skipped_rows": 0,
+    info = {n: {"source": read[n].source, "rows_read": len(read[n].items) + skipped_counts[n],
+                "skipped_rows": skipped_counts[n],
                 "label_counts_read": {names[j]: int(c) for j, c in
                                       enumerate(np.bincount(data[n].targets, minlength=len(names))) if c}}
             for n in given}
@@ -834,7 +843,10 @@ def build_cache(loop) -> dict[str, list] | None:
         log.info(f"frozen-prefix cache: not used ({reason})")
         return None
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(r.training.mixed_precision)
+    from textxfer.training import effective_mixed_precision
+
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+        effective_mixed_precision(r.training.mixed_precision))
     cache = VisionPrefixCache(root, loop.parts, loop.applied.frozen_prefix, dtypes[r.training.cache_dtype], autocast)
     device = loop.acc.device
     root.to(device)
@@ -1027,3 +1039,24 @@ def predict_images(model_dir: str, source: str, output: str | None, top_k: int =
     paths = image_inputs(source)
     results = ImageClassifier(model_dir).predict(paths, top_k=top_k)
     write_predictions([str(p) for p in paths], results, output, key="image")
+
+
+def evaluate_images(model_dir: str | Path, data: str, image_column: str = "image",
+                    label_column: str = "label") -> tuple[dict, dict]:
+    """`textxfer evaluate` for image models: a folder of class folders (or a CSV/JSONL with image paths) scored
+    with the same metrics as training. Every file is checked first; labels must be the model's."""
+    from textxfer.metrics import classification_metrics
+
+    clf = ImageClassifier(model_dir)
+    cfg = DataConfig(train=data, image_column=image_column, label_column=label_column)
+    read, _ = _check_files(_read(data, cfg, "evaluate", set()), cfg, "evaluate")
+    index = {lab: i for i, lab in enumerate(clf.labels)}
+    unknown = sorted({r for r in read.raw if r not in index})
+    if unknown:
+        raise UserError(f"{data}: label(s) {', '.join(unknown[:10])} are not among the model's labels "
+                        f"({', '.join(clf.labels[:20])}). Evaluate on data with the classes the model was trained on.")
+    refs = np.asarray([index[r] for r in read.raw])
+    split = ImageSplit(read.items, refs, read.names, read.source)
+    images = [x if isinstance(x, Path) else split.load(i) for i, x in enumerate(read.items)]
+    preds = clf.probabilities(images).argmax(-1)
+    return classification_metrics(preds, refs, clf.labels)
