@@ -235,7 +235,7 @@ def run_system(system: str, subset: dict, seed: int, args, tmp: Path) -> dict:
            "--threads", str(args.threads)]
     if system == "setfit" and args.setfit_iterations:
         cmd += ["--setfit-iterations", str(args.setfit_iterations)]
-    for s in args.set or []:
+    for s in (args.set or []) + ([f"training.threads={args.threads}"] if args.threads and system == "textxfer" else []):
         cmd += ["--set", s]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
     started = time.time()

@@ -218,6 +218,11 @@ def test_pair_batches_are_linear_and_cover_every_example():
     assert with_pos >= 60
     assert pair_batches(targets, 16, 4, 0, 1) != batches  # reshuffled each pass
     assert pair_batches(targets, 16, 4, 0, 0) == batches  # deterministic
+    lengths = np.random.default_rng(0).integers(3, 60, size=70)
+    grouped = pair_batches(targets, 16, 4, 0, 0, lengths=lengths)
+    assert sorted(i for b in grouped for i in b) == list(range(70))
+    padded = lambda bs: sum(len(b) * int(lengths[b].max()) for b in bs)  # noqa: E731
+    assert padded(grouped) < padded(batches)  # length-grouped: less padding
 
 
 def test_pair_loss_is_zero_when_classes_are_separated():
@@ -225,7 +230,7 @@ def test_pair_loss_is_zero_when_classes_are_separated():
     perfect = torch.tensor([[1.0, 0], [2.0, 0], [0, 1.0], [0, 3.0]])
     assert float(pair_loss(perfect, y, "cosine")) == pytest.approx(0.0, abs=1e-6)
     mixed = torch.tensor([[1.0, 0], [0, 1.0], [1.0, 0], [0, 1.0]])
-    assert float(pair_loss(mixed, y, "cosine")) > 0.9
+    assert float(pair_loss(mixed, y, "cosine")) == pytest.approx(0.75)  # positives 1.0, negatives 0.5
     assert float(pair_loss(perfect, y, "supcon", 0.1)) < float(pair_loss(mixed, y, "supcon", 0.1))
 
 

@@ -494,3 +494,30 @@ def test_evaluate_images_scores_a_folder_and_refuses_unknown_classes(vit, folder
     colour_image("red", np.random.default_rng(8)).save(folders / "val/green/g.png")
     with pytest.raises(UserError, match="green are not among the model's labels"):
         evaluate_images(out, str(folders / "val"))
+
+
+def test_lora_adapter_reloads_and_matches_the_merged_model(folders, tmp_path):
+    """A conv LoRA (ResNet): the saved adapter (with its trained head) on the base checkpoint gives the merged
+    model's logits, and both folders carry the image processor."""
+    from peft import PeftModel
+    from transformers import AutoModelForImageClassification
+
+    from textxfer.training import train
+    from textxfer.vision import ImageClassifier
+
+    resnet = tiny_vision_checkpoint("resnet", tmp_path / "resnet")
+    spec = recipe(resnet, folders, tmp_path / "run", strategy="lora", epochs=2)
+    spec["save_adapter"] = True
+    train(spec)
+    adapter = tmp_path / "run/adapter"
+    assert (adapter / "adapter_config.json").is_file() and (adapter / "preprocessor_config.json").is_file()
+    merged = ImageClassifier(tmp_path / "run")
+    base = AutoModelForImageClassification.from_pretrained(
+        resnet, num_labels=2, id2label={0: "blue", 1: "red"}, label2id={"blue": 0, "red": 1})
+    unmerged = PeftModel.from_pretrained(base, adapter).eval()
+    images = sorted((folders / "val").rglob("*.png"))
+    pixels = merged.processor(images=[Image.open(p).convert("RGB") for p in images], return_tensors="pt")
+    with torch.inference_mode():
+        a = merged.model(**pixels).logits
+        b = unmerged(**pixels).logits
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

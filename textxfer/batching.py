@@ -80,6 +80,25 @@ def sorted_batches(lengths: np.ndarray, batch_size: int) -> list[list[int]]:
     return [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
 
 
+def token_budget_batches(lengths: np.ndarray, max_tokens: int, max_batch: int = 512) -> list[list[int]]:
+    """Longest first, each batch at most `max_tokens` padded tokens (and `max_batch` examples): many short texts
+    in one batch (fewer, larger matmuls), few long ones (bounded activation memory)."""
+    order = np.argsort(-lengths, kind="stable")
+    batches: list[list[int]] = []
+    current: list[int] = []
+    width = 0
+    for i in order.tolist():
+        if current and ((len(current) + 1) * width > max_tokens or len(current) >= max_batch):
+            batches.append(current)
+            current = []
+        if not current:
+            width = max(int(lengths[i]), 1)  # sorted longest first: the first example sets the batch's width
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
 def steps_per_epoch(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)
 

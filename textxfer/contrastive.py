@@ -32,20 +32,31 @@ log = logging.getLogger("textxfer")
 
 # ------------------------------------------------------------------------------------------ pairs and loss
 
-def pair_batches(targets: np.ndarray, batch_size: int, per_class: int, seed: int, epoch: int) -> list[list[int]]:
+def pair_batches(targets: np.ndarray, batch_size: int, per_class: int, seed: int, epoch: int,
+                 lengths: np.ndarray | None = None, mega: int = 8) -> list[list[int]]:
     """One pass over the examples as batches built from shuffled same-class groups of `per_class` examples.
 
-    Every example appears once per pass; the work is linear in the number of examples."""
+    Every example appears once per pass; the work is linear in the number of examples. With `lengths`, groups of
+    similar length share a batch (within windows of `mega` batches, then the batch order is shuffled): far less
+    padding, the same pairs in expectation."""
     rng = np.random.default_rng([seed, epoch, 7919])
     targets = np.asarray(targets)
     groups = []
     for y in np.unique(targets):
         idx = rng.permutation(np.flatnonzero(targets == y))
         groups += [idx[i:i + per_class] for i in range(0, len(idx), per_class)]
-    flat = np.concatenate([groups[i] for i in rng.permutation(len(groups))]) if groups else np.zeros(0, int)
+    groups = [groups[i] for i in rng.permutation(len(groups))]
+    if lengths is not None and groups:
+        window = max(1, mega * batch_size // per_class)
+        lengths = np.asarray(lengths)
+        groups = [g for i in range(0, len(groups), window)
+                  for g in sorted(groups[i:i + window], key=lambda g: -int(lengths[g].max()))]
+    flat = np.concatenate(groups) if groups else np.zeros(0, int)
     batches = [flat[i:i + batch_size].tolist() for i in range(0, len(flat), batch_size)]
     if len(batches) > 1 and len(batches[-1]) < 2:  # a lone example has no pair: join it to the batch before
         batches[-2] += batches.pop()
+    if lengths is not None:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
     return batches
 
 
@@ -116,6 +127,8 @@ def run_stage(loop) -> dict:
                         "examples of other classes, or remove `training.contrastive`.")
     model, device = loop.model, loop.acc.device
     model.to(device)
+    if loop.recipe.training.cache != "off":  # the stage reads only train: cache the frozen prefix of train alone
+        cache_prefix(loop, loop.parts, loop.applied.frozen_prefix, ["train"])
     n_layers = len(loop.parts.layers)
     body = [(name, p) for name, p in model.named_parameters() if p.requires_grad and not _is_head(model, loop.parts, name)]
     if not body:
@@ -128,7 +141,8 @@ def run_stage(loop) -> dict:
         groups.setdefault(rate, []).append(p)
     optimizer = torch.optim.AdamW([{"params": ps, "lr": lr} for lr, ps in groups.items()],
                                   lr=c.learning_rate, weight_decay=t.weight_decay)
-    per_epoch = len(pair_batches(targets, c.batch_size, c.same_class_per_batch, t.seed, 0))
+    lengths = enc.lengths if t.group_by_length else None
+    per_epoch = len(pair_batches(targets, c.batch_size, c.same_class_per_batch, t.seed, 0, lengths))
     total = max(1, math.ceil(per_epoch * c.epochs))
     warm = max(1, int(0.1 * total))
     scheduler = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up over 10% of the steps, then linear decay
@@ -143,7 +157,7 @@ def run_stage(loop) -> dict:
     while step < total:
         model.train()
         set_frozen_eval(_root(model), loop.parts, loop.applied.frozen_prefix)
-        for idx in pair_batches(targets, c.batch_size, c.same_class_per_batch, t.seed, epoch):
+        for idx in pair_batches(targets, c.batch_size, c.same_class_per_batch, t.seed, epoch, lengths):
             batch = {k: v.to(device) for k, v in collate(idx).items()}
             with loop.acc.autocast():
                 z = embed(loop, batch)
@@ -171,6 +185,11 @@ def run_stage(loop) -> dict:
                                          "body_params": sum(p.numel() for p in params), "loss": c.loss}
     if c.then == "head":
         freeze_body_and_cache(loop)
+    else:  # the frozen prefix did not change: the run's usual cache (every split, disk copy as configured)
+        if loop.cache is not None:
+            loop.cache.uninstall()
+        loop.cache, loop.features = None, None
+        loop.features = loop.build_cache()
     return {"steps": total, "seconds": seconds}
 
 
@@ -194,29 +213,37 @@ def freeze_body_and_cache(loop) -> None:
 
 
 def cache_whole_body(loop) -> None:
-    """Cache the output of every layer (and of the pooling layer) for every split, in memory: the tuned weights
-    are this run's own, so a disk copy would never be reused."""
-    from textxfer.batching import Collator, sorted_batches
-    from textxfer.features import FrozenPrefixCache, why_not
+    """Cache the output of every layer (and of the pooling layer) for every split."""
     from textxfer.smalldata import POOL_CONFIG_KEY
 
-    root = _root(loop.model)
-    pool = getattr(root.config, POOL_CONFIG_KEY, None)
+    pool = getattr(_root(loop.model).config, POOL_CONFIG_KEY, None)
     parts = Parts(embeddings=loop.parts.embeddings, layers=loop.parts.layers + ([pool] if pool else []),
                   shared_layers=loop.parts.shared_layers, new_params=loop.parts.new_params)
-    k = len(parts.layers)
+    cache_prefix(loop, parts, len(parts.layers), list(loop.encoded))
+
+
+def cache_prefix(loop, parts: Parts, k: int, splits: list[str]) -> None:
+    """Compute the output of the embeddings + lower k layers of `parts` for these splits and install the cache.
+
+    In memory only: the contrastive stage's weights are this run's own, so a disk copy would never be reused."""
+    from textxfer.batching import Collator, sorted_batches
+    from textxfer.features import FrozenPrefixCache, why_not
+
+    root = _root(loop.model)
     reason = why_not(root, parts, k)
     if reason:
-        log.info(f"frozen-prefix cache: not used after the contrastive stage ({reason})")
+        log.info(f"frozen-prefix cache: not used for the contrastive stage or after it ({reason})")
         return
     t = loop.recipe.training
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.mixed_precision)
     cache = FrozenPrefixCache(root, parts, k, dtypes[t.cache_dtype], autocast)
     device = loop.acc.device
+    root.to(device)
     started = time.time()
     features = {}
-    for split, enc in loop.encoded.items():
+    for split in splits:
+        enc = loop.encoded[split]
         collate = Collator(enc, loop.tokenizer.pad_token_id)
 
         def batches(enc=enc, collate=collate):
@@ -227,5 +254,5 @@ def cache_whole_body(loop) -> None:
     cache.install()
     loop.cache, loop.features = cache, features
     loop.cache_key = cache.frozen_hash()
-    log.info(f"frozen-prefix cache: the tuned body's output computed once for "
-             f"{sum(len(f) for f in features.values())} examples in {time.time() - started:.1f}s")
+    log.info(f"frozen-prefix cache: embeddings + {k} layers computed once for {sum(len(f) for f in features.values())} "
+             f"examples ({', '.join(splits)}) in {time.time() - started:.1f}s")

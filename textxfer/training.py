@@ -314,11 +314,13 @@ class Loop:
             enc = self.encoded[name]
             log.info(f"{name}: {len(enc)} examples, {enc.truncated} ({100 * enc.truncated / len(enc):.1f}%) "
                      f"truncated at {r.model.max_length} tokens")
-        self.features = self.build_cache()
-        if r.training.contrastive is not None:  # SetFit-style body tuning before the classifier trains
+        if r.training.contrastive is not None:  # SetFit-style body tuning, then the classifier (caches itself)
             from textxfer.contrastive import run_stage
 
+            self.cache, self.features = None, None
             run_stage(self)
+        else:
+            self.features = self.build_cache()
 
     def build_cache(self) -> dict[str, list] | None:
         """Frozen-prefix outputs of every split, computed once (or read from disk); None where not exact."""
