@@ -76,11 +76,12 @@ def test_model_path_that_does_not_exist(tmp_path, good):
 
 
 def test_model_that_cannot_classify_text(tmp_path, good):
-    from transformers import ViTConfig, ViTModel
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-    folder = tmp_path / "vit"
-    ViTModel(ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8,
-                       image_size=8, patch_size=4)).save_pretrained(folder)
+    folder = tmp_path / "wav2vec2"  # a speech encoder: no text (or image) classification head exists for it
+    Wav2Vec2Model(Wav2Vec2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8,
+                                 conv_dim=(8, 8), conv_stride=(5, 2), conv_kernel=(10, 3),
+                                 num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2)).save_pretrained(folder)
     good["model"]["name"] = str(folder)
     expect_error(tmp_path, good, match="no sequence-classification model")
 

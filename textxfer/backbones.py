@@ -154,6 +154,20 @@ def load_config(name: str, revision: str | None = None, trust_remote_code: bool 
         raise UserError(f"`{name}` is not a checkpoint textxfer can load: {str(e).splitlines()[0]}") from None
 
 
+def check_classifiable(config, name: str, task: str = "text") -> None:
+    """Refuse, before anything heavy loads, a checkpoint that has no classification model for the task."""
+    from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
+
+    auto = AutoModelForImageClassification if task == "image" else AutoModelForSequenceClassification
+    if type(config) not in auto._model_mapping:
+        kind, examples = (("image", "ViT, ConvNeXt, ResNet, EfficientNet, ...") if task == "image"
+                          else ("sequence", "BERT, RoBERTa, DeBERTa, ..."))
+        raise UserError(
+            f"`{name}` is a `{config.model_type}` checkpoint, which has no {kind}-classification model in "
+            f"transformers. Pick a checkpoint of a family that has one ({examples})."
+        )
+
+
 def load_classifier(name: str, labels: list[str], *, multi_label: bool = False, task: str = "text",
                     revision: str | None = None, trust_remote_code: bool = False,
                     dropout: float | None = None) -> tuple[nn.Module, Parts]:
@@ -172,12 +186,7 @@ def load_classifier(name: str, labels: list[str], *, multi_label: bool = False, 
                     "classifier_dropout", "seq_classif_dropout", "hidden_dropout"):
             if hasattr(config, key):
                 setattr(config, key, dropout)
-    if type(config) not in auto._model_mapping:
-        kind = "image" if task == "image" else "sequence"
-        raise UserError(
-            f"`{name}` is a `{config.model_type}` checkpoint, which has no {kind}-classification model in "
-            f"transformers. Pick an encoder checkpoint (BERT, RoBERTa, DeBERTa, ...)."
-        )
+    check_classifiable(config, name, task)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # textxfer reports new parameters itself, in one line

@@ -266,7 +266,8 @@ class Loop:
     def build(self) -> None:
         from accelerate.utils import set_seed
 
-        from textxfer.backbones import input_names, load_classifier, resolve_model_name
+        from textxfer.backbones import (check_classifiable, input_names, load_classifier, load_config,
+                                        resolve_model_name)
         from textxfer.data import load_splits
         from textxfer.strategies import apply_strategy
 
@@ -293,6 +294,8 @@ class Loop:
         if len(self.labels) < 2:
             raise UserError(f"The training data has only one label ({self.labels}); a classifier needs two or more.")
         self.model_path = resolve_model_name(r.model.name)
+        check_classifiable(load_config(self.model_path, r.model.revision, r.model.trust_remote_code),
+                           r.model.name, "text")
         self.tokenizer = build_tokenizer(self.model_path, r)
         set_seed(r.training.seed)  # seeded right before the model is built: the new head is reproducible
         model, self.parts = load_classifier(
