@@ -226,7 +226,8 @@ def write_predictions(items: list[str], results: list[list[dict]], output: str |
 @cli.command()
 @click.argument("model_dir", type=click.Path(exists=True))
 @click.option("--data", "data_file", required=True, help="Labelled CSV/TSV/JSONL/Parquet file to evaluate on.")
-@click.option("--text-column", default="text", show_default=True)
+@click.option("--text-column", default="text", show_default=True,
+              help="Text column (image models: the image-path column, default `image`).")
 @click.option("--label-column", default="label", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def evaluate(model_dir, data_file, text_column, label_column, as_json):
@@ -237,9 +238,15 @@ def evaluate(model_dir, data_file, text_column, label_column, as_json):
       textxfer evaluate runs/sst2 --data ../shared/data/sst2/dev.tsv --text-column sentence
       textxfer evaluate runs/sst2/model --data test.csv --json
     """
-    from textxfer.evaluation import evaluate_file
+    if _is_image_model(model_dir):
+        from textxfer.vision import evaluate_images
 
-    metrics, per_class = evaluate_file(model_dir, data_file, text_column, label_column)
+        image_column = "image" if text_column == "text" else text_column
+        metrics, per_class = evaluate_images(model_dir, data_file, image_column, label_column)
+    else:
+        from textxfer.evaluation import evaluate_file
+
+        metrics, per_class = evaluate_file(model_dir, data_file, text_column, label_column)
     if as_json:
         click.echo(json.dumps({**metrics, "per_class": per_class}, indent=2))
         return
@@ -248,7 +255,7 @@ def evaluate(model_dir, data_file, text_column, label_column, as_json):
     click.echo(f"{'label':>24} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>7}")
     for lab, row in per_class.items():
         click.echo(f"{lab[:24]:>24} {row['precision']:9.3f} {row['recall']:7.3f} {row['f1']:7.3f} "
-                   f"{row['support']:7d}")
+                   f"{int(row['support']):7d}")
 
 
 @cli.command()

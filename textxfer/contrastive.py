@@ -125,6 +125,9 @@ def run_stage(loop) -> dict:
         raise UserError(f"`training.contrastive` learns from pairs of examples of different classes, but the training "
                         f"data has only one class ({loop.labels[int(present[0])] if len(present) else 'none'}). Add "
                         "examples of other classes, or remove `training.contrastive`.")
+    if loop.acc.num_processes > 1:
+        raise UserError("`training.contrastive` runs in one process for now (the stage does not synchronise "
+                        "processes); train with one process, or remove `training.contrastive`.")
     model, device = loop.model, loop.acc.device
     model.to(device)
     if loop.recipe.training.cache != "off":  # the stage reads only train: cache the frozen prefix of train alone
@@ -143,13 +146,13 @@ def run_stage(loop) -> dict:
                                   lr=c.learning_rate, weight_decay=t.weight_decay)
     lengths = enc.lengths if t.group_by_length else None
     per_epoch = len(pair_batches(targets, c.batch_size, c.same_class_per_batch, t.seed, 0, lengths))
-    total = max(1, math.ceil(per_epoch * c.epochs))
+    total = max(1, math.ceil(per_epoch * c.epochs), c.min_steps)
     warm = max(1, int(0.1 * total))
     scheduler = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up over 10% of the steps, then linear decay
         optimizer, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm)))
     collate = Collator(enc, loop.tokenizer.pad_token_id, features=loop.features.get("train") if loop.features else None)
     started = time.time()
-    log.info(f"contrastive stage: {c.epochs:g} passes over {len(enc)} examples ({c.batch_size - 1} pairs per example "
+    log.info(f"contrastive stage: {total / per_epoch:g} passes over {len(enc)} examples ({c.batch_size - 1} pairs per example "
              f"per pass, {total} steps), {sum(p.numel() for _, p in body):,} body parameters, loss {c.loss}")
     history = loop.history.setdefault("contrastive", [])
     step, running, seen, epoch = 0, 0.0, 0, 0

@@ -64,9 +64,9 @@ def column(ds, name: str) -> list:
 
 
 def fingerprint(ds) -> str:
-    """A stable hash of a split's texts and labels (for caches and for the run record)."""
+    """A stable hash of a split's texts (or image paths) and labels (for caches and for the run record)."""
     h = hashlib.sha256()
-    for col in ("text", "text_pair", "label", "labels"):
+    for col in ("text", "text_pair", "image", "label", "labels"):
         if col in ds.column_names:
             h.update(json.dumps(column(ds, col), ensure_ascii=False).encode())
     return h.hexdigest()[:16]

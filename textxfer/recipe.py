@@ -188,6 +188,9 @@ class ContrastiveConfig:
     pull the classes further apart; the cost is linear in epochs x examples."""
     batch_size: int = 16
     """Examples per step (all pairs among them are used). Larger = more pairs per step, fewer steps."""
+    min_steps: int = 0
+    """Run at least this many steps, whatever `epochs` gives: with 8 examples per class a few passes are only a
+    handful of steps. The extra cost stays small because such data sets are small."""
     same_class_per_batch: int = 4
     """Batches are built from groups of this many same-class examples, so every example has positive pairs even
     with many classes (77 intents, 8 examples each). 1 = plain random batches."""

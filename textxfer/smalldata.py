@@ -76,6 +76,8 @@ def validate_recipe(recipe: Recipe) -> None:
         if not 1 <= c.same_class_per_batch <= c.batch_size:
             raise UserError(f"Recipe key `training.contrastive.same_class_per_batch` must be 1..batch_size "
                             f"({c.batch_size}), not {c.same_class_per_batch}.")
+        if c.min_steps < 0:
+            raise UserError(f"Recipe key `training.contrastive.min_steps` must be >= 0, not {c.min_steps}.")
         if c.learning_rate <= 0 or c.temperature <= 0:
             raise UserError("Recipe keys `training.contrastive.learning_rate` and `.temperature` must be > 0.")
         if s.name == "head":

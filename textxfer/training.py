@@ -266,8 +266,13 @@ class Loop:
     def build(self) -> None:
         from accelerate.utils import set_seed
 
-        from textxfer.backbones import (check_classifiable, input_names, load_classifier, load_config,
-                                        resolve_model_name)
+        from textxfer.backbones import (
+            check_classifiable,
+            input_names,
+            load_classifier,
+            load_config,
+            resolve_model_name,
+        )
         from textxfer.data import load_splits
         from textxfer.strategies import apply_strategy
 
