@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, WORDS
 
 STRATEGIES = ("head", "freeze", "lora", "full")
