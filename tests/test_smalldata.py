@@ -258,6 +258,23 @@ def test_contrastive_run_end_to_end(tiny_models, tiny_data, tmp_path):
     _assert_pipeline_agrees(tmp_path / "run")
 
 
+def test_contrastive_stage_skipped_below_min_examples(tiny_models, tiny_data, tmp_path):
+    """Too few examples: no stage, the body stays pretrained and only the classifier trains (as strategy head)."""
+    from textxfer.training import train
+
+    common = dict(model__pooling="mean", training__epochs=2, training__checkpoint_every=None, training__seed=3)
+    train(tiny_recipe(tiny_models["bert"], tiny_data, tmp_path / "skip", strategy__name="freeze",
+                      strategy__freeze_layers=1, training__contrastive={"epochs": 3, "min_examples": 10_000}, **common))
+    train(tiny_recipe(tiny_models["bert"], tiny_data, tmp_path / "head", strategy__name="head", **common))
+    hist = json.loads((tmp_path / "skip" / "history.json").read_text())
+    assert hist["contrastive_stage"]["skipped"] is True and not hist.get("contrastive")
+    assert "contrastive stage: skipped" in (tmp_path / "skip" / "train.log").read_text()
+    skip, head = _weights(tmp_path / "skip" / "model"), _weights(tmp_path / "head" / "model")
+    assert skip.keys() == head.keys()
+    for name in skip:
+        torch.testing.assert_close(skip[name], head[name], atol=1e-6, rtol=0)
+
+
 def test_contrastive_single_class_training_set(tiny_models, tmp_path):
     from textxfer.training import train
 

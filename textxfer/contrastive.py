@@ -130,6 +130,16 @@ def run_stage(loop) -> dict:
                         "processes); train with one process, or remove `training.contrastive`.")
     model, device = loop.model, loop.acc.device
     model.to(device)
+    if len(enc) < c.min_examples:
+        log.info(f"contrastive stage: skipped ({len(enc)} training examples, fewer than "
+                 f"`training.contrastive.min_examples` {c.min_examples})")
+        loop.history["contrastive_stage"] = {"skipped": True, "examples": len(enc), "min_examples": c.min_examples}
+        if c.then == "head":  # the pretrained body, frozen: the run's usual cache (reusable from disk)
+            freeze_body(loop)
+            loop.features = loop.build_cache()
+        else:
+            finish_stage(loop)
+        return {"steps": 0, "seconds": 0.0}
     if loop.recipe.training.cache != "off":  # the stage reads only train: cache the frozen prefix of train alone
         cache_prefix(loop, loop.parts, loop.applied.frozen_prefix, ["train"])
     n_layers = len(loop.parts.layers)
@@ -186,18 +196,31 @@ def run_stage(loop) -> dict:
     log.info(f"contrastive stage: done in {seconds:.1f}s (last loss {loss_text})")
     loop.history["contrastive_stage"] = {"seconds": round(seconds, 2), "steps": total,
                                          "body_params": sum(p.numel() for p in params), "loss": c.loss}
-    if c.then == "head":
-        freeze_body_and_cache(loop)
-    else:  # the frozen prefix did not change: the run's usual cache (every split, disk copy as configured)
-        if loop.cache is not None:
-            loop.cache.uninstall()
-        loop.cache, loop.features = None, None
-        loop.features = loop.build_cache()
+    finish_stage(loop)
     return {"steps": total, "seconds": seconds}
+
+
+def finish_stage(loop) -> None:
+    """What trains after the stage: the classifier alone on the body's cached embeddings (`then: head`), or the
+    strategy's parameters with the run's usual cache (the frozen prefix did not change)."""
+    if loop.recipe.training.contrastive.then == "head":
+        freeze_body_and_cache(loop)
+        return
+    if loop.cache is not None:
+        loop.cache.uninstall()
+    loop.cache, loop.features = None, None
+    loop.features = loop.build_cache()
 
 
 def freeze_body_and_cache(loop) -> None:
     """After the stage: only the classifier trains; the whole body (and a pooling layer) is computed once."""
+    freeze_body(loop)
+    if loop.recipe.training.cache != "off":
+        cache_whole_body(loop)
+
+
+def freeze_body(loop) -> None:
+    """Only the classifier trains from here on."""
     from textxfer.strategies import Applied
 
     model = loop.model
@@ -211,8 +234,6 @@ def freeze_body_and_cache(loop) -> None:
     n = len(loop.parts.layers)
     loop.applied = Applied(model, n, trainable, total, is_peft=loop.applied.is_peft)
     log.info(f"contrastive stage: body frozen; the classifier trains on its embeddings ({loop.applied.summary()})")
-    if loop.recipe.training.cache != "off":
-        cache_whole_body(loop)
 
 
 def cache_whole_body(loop) -> None:

@@ -191,6 +191,10 @@ class ContrastiveConfig:
     min_steps: int = 0
     """Run at least this many steps, whatever `epochs` gives: with 8 examples per class a few passes are only a
     handful of steps. The extra cost stays small because such data sets are small."""
+    min_examples: int = 0
+    """Skip the stage when the training set has fewer examples than this (the classifier then trains as after
+    the stage). A few dozen examples give too few pairs to move the body usefully: on SST-2 with 8 per class the
+    stage scored 0.629 against 0.621 without it (3 seeds, spread ±0.06) at 4x the cost. 0 always runs it."""
     same_class_per_batch: int = 4
     """Batches are built from groups of this many same-class examples, so every example has positive pairs even
     with many classes (77 intents, 8 examples each). 1 = plain random batches."""
