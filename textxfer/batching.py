@@ -99,6 +99,18 @@ def token_budget_batches(lengths: np.ndarray, max_tokens: int, max_batch: int = 
     return batches
 
 
+CACHE_BATCH_TOKENS = 2048
+
+
+def prefix_batches(enc: Encoded, pad_id: int, input_names: list[str]):
+    """(indices, model inputs) of the frozen-prefix cache pass, longest first. At most 2,048 padded tokens (and 64
+    examples) a batch: the activation memory of a training batch, not twice it."""
+    collate = Collator(enc, pad_id)
+    for idx in token_budget_batches(enc.lengths, CACHE_BATCH_TOKENS, max_batch=64):
+        b = collate(idx)
+        yield idx, {k: b[k] for k in input_names if k in b}
+
+
 def steps_per_epoch(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)
 

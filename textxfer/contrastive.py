@@ -250,31 +250,23 @@ def cache_prefix(loop, parts: Parts, k: int, splits: list[str]) -> None:
     """Compute the output of the embeddings + lower k layers of `parts` for these splits and install the cache.
 
     In memory only: the contrastive stage's weights are this run's own, so a disk copy would never be reused."""
-    from textxfer.batching import Collator, sorted_batches
+    from textxfer.batching import prefix_batches
     from textxfer.features import FrozenPrefixCache, why_not
+    from textxfer.training import cache_dtypes
 
     root = _root(loop.model)
     reason = why_not(root, parts, k)
     if reason:
         log.info(f"frozen-prefix cache: not used for the contrastive stage or after it ({reason})")
         return
-    t = loop.recipe.training
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.mixed_precision)
-    cache = FrozenPrefixCache(root, parts, k, dtypes[t.cache_dtype], autocast)
+    cache = FrozenPrefixCache(root, parts, k, *cache_dtypes(loop.recipe.training))
     device = loop.acc.device
     root.to(device)
     started = time.time()
     features = {}
     for split in splits:
-        enc = loop.encoded[split]
-        collate = Collator(enc, loop.tokenizer.pad_token_id)
-
-        def batches(enc=enc, collate=collate):
-            for idx in sorted_batches(enc.lengths, 64):
-                b = collate(idx)
-                yield idx, {name: b[name] for name in loop.input_names if name in b}
-        features[split] = cache.compute(batches(), device)
+        batches = prefix_batches(loop.encoded[split], loop.tokenizer.pad_token_id, loop.input_names)
+        features[split] = cache.compute(batches, device)
     cache.install()
     loop.cache, loop.features = cache, features
     loop.cache_key = cache.frozen_hash()

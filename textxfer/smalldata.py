@@ -147,11 +147,8 @@ def add_mean_pooling(model: nn.Module, parts: Parts) -> Parts:
                     roles["ffn_out"] += 1
                 if module.bias is not None:
                     module.bias.zero_()
-            elif isinstance(module, nn.LayerNorm) or "LayerNorm" in type(module).__name__:
-                if getattr(module, "weight", None) is not None:
-                    module.weight.fill_(1.0)
-                if getattr(module, "bias", None) is not None:
-                    module.bias.zero_()
+            elif is_layer_norm(module):
+                reset_layer_norm(module)
     if min(roles.values()) == 0:
         raise UserError(f"`model.pooling: mean` does not know the layer layout of `{model.config.model_type}` "
                         f"models (found {roles}); use `model.pooling: cls`.")
@@ -225,12 +222,23 @@ def reinit_top_layers(model: nn.Module, parts: Parts, cfg: StrategyConfig) -> No
                     module.weight.normal_(0.0, std)
                     if module.bias is not None:
                         module.bias.zero_()
-                elif isinstance(module, nn.LayerNorm) or "LayerNorm" in type(module).__name__:
-                    if getattr(module, "weight", None) is not None:
-                        module.weight.fill_(1.0)
-                    if getattr(module, "bias", None) is not None:
-                        module.bias.zero_()
+                elif is_layer_norm(module):
+                    reset_layer_norm(module)
     log.info(f"strategy.reinit_layers: re-initialised the top {k} layer group(s) (seeded)")
+
+
+def is_layer_norm(module: nn.Module) -> bool:
+    """torch's LayerNorm or a model's own (DeBERTa, some ports define their class)."""
+    return isinstance(module, nn.LayerNorm) or "LayerNorm" in type(module).__name__
+
+
+@torch.no_grad()
+def reset_layer_norm(module: nn.Module) -> None:
+    """Identity scale and zero shift: a layer norm as freshly initialised."""
+    if getattr(module, "weight", None) is not None:
+        module.weight.fill_(1.0)
+    if getattr(module, "bias", None) is not None:
+        module.bias.zero_()
 
 
 def gradual_floor(cfg: StrategyConfig, parts: Parts) -> int:

@@ -8,6 +8,7 @@ folder that plain `transformers` loads.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from textxfer.batching import BatchPlan, Collator, Encoded, encode, token_budget_batches
+from textxfer.batching import BatchPlan, Collator, Encoded, encode, prefix_batches
 from textxfer.checkpoint import Progress
 from textxfer.data import column
 from textxfer.errors import UserError
@@ -37,9 +38,6 @@ class RunResult:
 
 
 # ------------------------------------------------------------------------------------------------ set-up
-
-CACHE_BATCH_TOKENS = 2048
-
 
 def physical_cores() -> int:
     """Physical cores this process may run on: CPUs in its affinity mask, hyper-threads of one core counted
@@ -153,6 +151,12 @@ def effective_mixed_precision(setting: str) -> str:
     native = any(getattr(torch.cpu, name, lambda: False)()
                  for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
     return "bf16" if native else "no"
+
+
+def cache_dtypes(t) -> tuple[torch.dtype, torch.dtype | None]:
+    """(storage dtype, autocast dtype or None) of a frozen-prefix cache pass under these training settings."""
+    store = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[t.cache_dtype]
+    return store, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(effective_mixed_precision(t.mixed_precision))
 
 
 def fused_adamw(model: torch.nn.Module) -> dict:
@@ -346,11 +350,7 @@ class Loop:
         if reason:
             log.info(f"frozen-prefix cache: not used ({reason})")
             return None
-        dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-        autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
-            effective_mixed_precision(r.training.mixed_precision))
-        cache = FrozenPrefixCache(root, self.parts, self.applied.frozen_prefix, dtypes[r.training.cache_dtype],
-                                  autocast)
+        cache = FrozenPrefixCache(root, self.parts, self.applied.frozen_prefix, *cache_dtypes(r.training))
         device = self.acc.device
         root.to(device)
         weights_key = cache.frozen_hash()
@@ -359,13 +359,7 @@ class Loop:
         features = {}
         for split, enc in self.encoded.items():
             key = hashlib.sha256(f"{weights_key}|{cache.data_hash(enc)}".encode()).hexdigest()[:32]
-            collate = Collator(enc, self.tokenizer.pad_token_id)
-
-            def batches(enc=enc, collate=collate):
-                # at most 2,048 padded tokens a batch: the activation memory of a training batch, not twice it
-                for idx in token_budget_batches(enc.lengths, CACHE_BATCH_TOKENS, max_batch=64):
-                    b = collate(idx)
-                    yield idx, {k: b[k] for k in self.input_names if k in b}
+            batches = functools.partial(prefix_batches, enc, self.tokenizer.pad_token_id, self.input_names)
             features[split] = cache.load_or_compute(key, batches, device, use_disk=r.training.cache == "auto",
                                                     lengths=enc.lengths)
         log.info(f"frozen-prefix cache: embeddings + {self.applied.frozen_prefix} layers computed once for "

@@ -842,12 +842,9 @@ def build_cache(loop) -> dict[str, list] | None:
     if reason:
         log.info(f"frozen-prefix cache: not used ({reason})")
         return None
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    from textxfer.training import effective_mixed_precision
+    from textxfer.training import cache_dtypes
 
-    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
-        effective_mixed_precision(r.training.mixed_precision))
-    cache = VisionPrefixCache(root, loop.parts, loop.applied.frozen_prefix, dtypes[r.training.cache_dtype], autocast)
+    cache = VisionPrefixCache(root, loop.parts, loop.applied.frozen_prefix, *cache_dtypes(r.training))
     device = loop.acc.device
     root.to(device)
     train = loop.encoded["train"]
