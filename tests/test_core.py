@@ -74,18 +74,25 @@ def test_lora_merged_equals_unmerged_and_adapter_reloads(arch, tiny_models, tiny
     assert [merged.labels[i] for i in merged.logits(val_texts).argmax(-1)] == run_preds
 
 
-@pytest.mark.parametrize("strategy,layers", [("head", 0), ("freeze", 1)])
-def test_cache_gives_the_same_logits_and_weights(strategy, layers, tiny_models, tiny_data, tmp_path):
+@pytest.mark.parametrize("strategy,layers,arch,pooling", [
+    ("head", 0, "bert", "cls"), ("freeze", 1, "bert", "cls"), ("head", 0, "bert", "mean"),
+    ("head", 0, "distilbert", "cls"), ("head", 0, "roberta", "cls"), ("head", 0, "electra", "cls"),
+    ("head", 0, "deberta-v2", "cls"), ("freeze", 1, "deberta-v2", "cls")])
+def test_cache_gives_the_same_logits_and_weights(strategy, layers, arch, pooling, tiny_models, tiny_data, tmp_path):
     """Frozen-prefix cache on vs off: same trained weights and logits within 1e-5 (dropout off in frozen parts,
-    and here off everywhere so the two runs consume the same random numbers)."""
+    and here off everywhere so the two runs consume the same random numbers). With the whole body frozen
+    (strategy head) only position 0 is kept, and with mean pooling it is the pooling layer's output."""
     results = {}
     for cache in ("memory", "off"):
         recipe = load_recipe(data=tiny_recipe(
-            tiny_models["bert"], tiny_data, tmp_path / cache, strategy__name=strategy,
+            tiny_models[arch], tiny_data, tmp_path / cache, strategy__name=strategy, model__pooling=pooling,
             strategy__freeze_layers=layers, training__cache=cache, model__dropout=0.0, training__epochs=2))
         loop = Loop(recipe, tmp_path / cache)
         loop.build()
         assert (loop.cache is not None) == (cache == "memory")
+        if loop.cache is not None:
+            assert loop.cache.first_only == (strategy == "head")
+            assert all(f.shape[0] == 1 for f in loop.features["train"]) == (strategy == "head")
         loop.prepare()
         loop.fit()
         logits, _, _ = loop.predict_split("validation")
@@ -96,6 +103,27 @@ def test_cache_gives_the_same_logits_and_weights(strategy, layers, tiny_models, 
     np.testing.assert_allclose(results["memory"][0], results["off"][0], atol=1e-5)
     for n, p in results["off"][1].items():
         torch.testing.assert_close(results["memory"][1][n], p, atol=1e-5, rtol=0)
+
+
+def test_cache_keeps_the_whole_sequence_for_a_head_that_reads_it(tiny_models, tiny_data, tmp_path):
+    """Keeping position 0 alone is tried, not assumed: a head that averages every position gets the whole sequence."""
+    from textxfer.batching import probe_batch
+    from textxfer.features import FrozenPrefixCache
+
+    class MeanPooler(torch.nn.Module):
+        def forward(self, hidden):
+            return hidden.mean(1)
+
+    recipe = load_recipe(data=tiny_recipe(tiny_models["bert"], tiny_data, tmp_path / "run", strategy__name="head"))
+    loop = Loop(recipe, tmp_path / "run")
+    loop.build()
+    assert loop.cache.first_only
+    loop.cache.uninstall()
+    loop.model.bert.pooler = MeanPooler()
+    cache = FrozenPrefixCache(loop.model, loop.parts, len(loop.parts.layers))
+    cache.prepare(probe_batch(loop.encoded["train"], loop.tokenizer.pad_token_id, loop.input_names),
+                  torch.device("cpu"))
+    assert not cache.first_only
 
 
 def test_cache_on_disk_is_keyed_and_reused(tiny_models, tiny_data, tmp_path, monkeypatch):

@@ -111,6 +111,15 @@ def prefix_batches(enc: Encoded, pad_id: int, input_names: list[str]):
         yield idx, {k: b[k] for k in input_names if k in b}
 
 
+def probe_batch(enc: Encoded, pad_id: int, input_names: list[str]) -> dict[str, torch.Tensor]:
+    """Model inputs of a few examples (the longest and the shortest among them, so padding is in it) on which
+    `FrozenPrefixCache.prepare` tries the model before the cache pass."""
+    lengths = np.asarray(enc.lengths)
+    idx = list(dict.fromkeys([int(lengths.argmax()), int(lengths.argmin()), *range(min(2, len(lengths)))]))
+    b = Collator(enc, pad_id)(idx)
+    return {k: b[k] for k in input_names if k in b}
+
+
 def steps_per_epoch(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)
 

@@ -238,11 +238,9 @@ def freeze_body(loop) -> None:
 
 def cache_whole_body(loop) -> None:
     """Cache the output of every layer (and of the pooling layer) for every split."""
-    from textxfer.smalldata import POOL_CONFIG_KEY
+    from textxfer.smalldata import with_pooling_layer
 
-    pool = getattr(_root(loop.model).config, POOL_CONFIG_KEY, None)
-    parts = Parts(embeddings=loop.parts.embeddings, layers=loop.parts.layers + ([pool] if pool else []),
-                  shared_layers=loop.parts.shared_layers, new_params=loop.parts.new_params)
+    parts = with_pooling_layer(_root(loop.model), loop.parts)
     cache_prefix(loop, parts, len(parts.layers), list(loop.encoded))
 
 
@@ -250,7 +248,7 @@ def cache_prefix(loop, parts: Parts, k: int, splits: list[str]) -> None:
     """Compute the output of the embeddings + lower k layers of `parts` for these splits and install the cache.
 
     In memory only: the contrastive stage's weights are this run's own, so a disk copy would never be reused."""
-    from textxfer.batching import prefix_batches
+    from textxfer.batching import prefix_batches, probe_batch
     from textxfer.features import FrozenPrefixCache, why_not
     from textxfer.training import cache_dtypes
 
@@ -263,6 +261,7 @@ def cache_prefix(loop, parts: Parts, k: int, splits: list[str]) -> None:
     device = loop.acc.device
     root.to(device)
     started = time.time()
+    cache.prepare(probe_batch(loop.encoded[splits[0]], loop.tokenizer.pad_token_id, loop.input_names), device)
     features = {}
     for split in splits:
         batches = prefix_batches(loop.encoded[split], loop.tokenizer.pad_token_id, loop.input_names)

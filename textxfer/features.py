@@ -5,7 +5,9 @@ their output for an example never changes. It is computed once (eval mode, infer
 no padding waste) and kept per example, unpadded. Training then swaps the frozen modules out of the model:
 the embeddings module returns the cached tensor of the batch, the frozen layers pass their input through,
 and the model's own forward does the rest, masks included; so the upper layers see exactly what they would
-have seen. A disk copy keyed by the frozen weights, the layer index and the token ids lets a later run (or
+have seen. When the whole body is frozen and the head reads only position 0 (every BERT-family classifier;
+tried on a few examples first), only that position is kept: the head then trains on one vector per example.
+A disk copy keyed by the frozen weights, the layer index and the token ids lets a later run (or
 another strategy with the same frozen part) skip even the first pass.
 """
 
@@ -89,11 +91,14 @@ class FrozenPrefixCache:
         self.slot = CachedInput()
         self.swapped: list[tuple[str, nn.Module]] = []
         self.tuple_len = 0
+        self.first_only = False
+        """Keep only position 0 of each example: set by `prepare` when the head reads nothing else."""
 
     # -- keys
     def frozen_hash(self) -> str:
         """Hash of the frozen weights and buffers (so a changed checkpoint never reuses a stale cache)."""
-        h = hashlib.sha256(f"{type(self.root).__name__}|{self.k}|{self.store_dtype}|{self.autocast_dtype}".encode())
+        h = hashlib.sha256(f"{type(self.root).__name__}|{self.k}|{self.store_dtype}|{self.autocast_dtype}|"
+                           f"{self.first_only}".encode())
         for path in self.parts.embeddings + self.parts.layers[: self.k]:
             for name, t in sorted(self.root.get_submodule(path).state_dict().items()):
                 h.update(name.encode())
@@ -143,6 +148,45 @@ class FrozenPrefixCache:
         self.tuple_len = seen.get("len", 0)
 
     @torch.inference_mode()
+    def prepare(self, batch: dict, device: torch.device) -> None:
+        """Before the pass, on a few examples: learn what the layers return and, when every layer below the head
+        is cached, whether the head reads only position 0 of the sequence (every BERT-family classifier does,
+        and so does the mean-pooling layer's output). Then only that position is kept: 1/length of the memory,
+        and training runs the head alone. Tried, not assumed: the logits from the whole cached sequence and from
+        its first position must agree."""
+        batch = {k: v.to(device) for k, v in batch.items()}
+        self._record_layer_output_type(batch)
+        self.first_only = False
+        if self.k < len(self.parts.layers):
+            return
+        was_training = self.root.training
+        self.root.eval()
+        store: dict = {}
+        handle = self._capture(store)
+        try:
+            self.root(**batch)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        self.install()
+        try:
+            self.slot.current = store["out"]
+            whole = self.root(**batch).logits
+            self.slot.current = store["out"][:, :1]
+            first = self.root(**{k: v[:, :1] for k, v in batch.items()}).logits
+            self.first_only = bool(torch.allclose(whole, first, rtol=1e-6, atol=1e-6))
+        except Exception:  # a head that needs the whole sequence: keep all of it
+            self.first_only = False
+        finally:
+            self.uninstall()
+            self.root.train(was_training)
+
+    def inputs(self, batch: dict) -> dict:
+        """The model inputs that go with a batch of cached features (position 0 alone when that is all kept)."""
+        return {k: v[:, :1] for k, v in batch.items()} if self.first_only else batch
+
+    @torch.inference_mode()
     def compute(self, batches, device: torch.device, lengths: np.ndarray | None = None) -> list[torch.Tensor]:
         """Per-example prefix outputs (unpadded along the sequence), from (indices, batch dict) pairs.
 
@@ -153,7 +197,8 @@ class FrozenPrefixCache:
         self.root.eval()
         out: dict[int, torch.Tensor] = {}
         first = True
-        offsets = np.concatenate([[0], np.cumsum(lengths)]) if lengths is not None else None
+        kept = None if lengths is None else np.ones_like(lengths) if self.first_only else lengths
+        offsets = np.concatenate([[0], np.cumsum(kept)]) if kept is not None else None
         flat: torch.Tensor | None = None
         try:
             for indices, batch in batches:
@@ -181,15 +226,16 @@ class FrozenPrefixCache:
                         if int(mask[row].sum()) != n:
                             raise RuntimeError(f"frozen-prefix cache: example {i} has {int(mask[row].sum())} "
                                                f"tokens in its batch but length {n}")
-                        flat[offsets[i]:offsets[i] + n] = hidden[row, :n]
+                        flat[offsets[i]:offsets[i + 1]] = hidden[row, :int(kept[i])]
                     continue
                 for row, i in enumerate(indices):
                     n = int(mask[row].sum()) if mask is not None and hidden.dim() == 3 else None
+                    n = 1 if self.first_only and n is not None else n
                     out[i] = hidden[row, :n].clone() if n is not None else hidden[row].clone()
         finally:
             self.root.train(was_training)
         if flat is not None:
-            return [flat[offsets[i]:offsets[i + 1]] for i in range(len(lengths))]
+            return [flat[offsets[i]:offsets[i + 1]] for i in range(len(kept))]
         return [out[i] for i in range(len(out))]
 
     # -- disk

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -106,6 +107,13 @@ def prepare_model(model: nn.Module, parts: Parts, recipe: Recipe) -> Parts:
 
 def _pooling_path(model: nn.Module) -> str | None:
     return getattr(model.config, POOL_CONFIG_KEY, None)
+
+
+def with_pooling_layer(model: nn.Module, parts: Parts) -> Parts:
+    """`parts` with the fixed mean-pooling layer (if the model has one) as one more layer group: what a cache of
+    the whole frozen body covers, so the head alone runs on it."""
+    path = _pooling_path(model)
+    return dataclasses.replace(parts, layers=parts.layers + [path]) if path else parts
 
 
 def _known_pooling_layer(model: nn.Module, parts: Parts) -> Parts:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from textxfer.batching import BatchPlan, Collator, Encoded, encode, prefix_batches
+from textxfer.batching import BatchPlan, Collator, Encoded, encode, prefix_batches, probe_batch
 from textxfer.checkpoint import Progress
 from textxfer.data import column
 from textxfer.errors import UserError
@@ -345,14 +345,21 @@ class Loop:
         self.cache = None
         if r.training.cache == "off":
             return None
+        from textxfer.smalldata import with_pooling_layer
+
         root = self.model.get_base_model() if self.applied.is_peft else self.model
-        reason = why_not(root, self.parts, self.applied.frozen_prefix)
+        parts, k = self.parts, self.applied.frozen_prefix
+        if k == len(parts.layers):  # the whole body is frozen: the fixed pooling layer is cached with it
+            parts = with_pooling_layer(root, parts)
+            k = len(parts.layers)
+        reason = why_not(root, parts, k)
         if reason:
             log.info(f"frozen-prefix cache: not used ({reason})")
             return None
-        cache = FrozenPrefixCache(root, self.parts, self.applied.frozen_prefix, *cache_dtypes(r.training))
+        cache = FrozenPrefixCache(root, parts, k, *cache_dtypes(r.training))
         device = self.acc.device
         root.to(device)
+        cache.prepare(probe_batch(self.encoded["train"], self.tokenizer.pad_token_id, self.input_names), device)
         weights_key = cache.frozen_hash()
         self.cache_key = weights_key  # a resumed run must find the same frozen part (checkpoint.restore)
         started = time.time()
@@ -362,9 +369,10 @@ class Loop:
             batches = functools.partial(prefix_batches, enc, self.tokenizer.pad_token_id, self.input_names)
             features[split] = cache.load_or_compute(key, batches, device, use_disk=r.training.cache == "auto",
                                                     lengths=enc.lengths)
-        log.info(f"frozen-prefix cache: embeddings + {self.applied.frozen_prefix} layers computed once for "
+        above = "the head alone, on position 0 (all it reads)" if cache.first_only else "only the layers above"
+        log.info(f"frozen-prefix cache: embeddings + {k} layers computed once for "
                  f"{sum(len(f) for f in features.values())} examples in {time.time() - started:.1f}s; "
-                 "training runs only the layers above")
+                 f"training runs {above}")
         cache.install()
         self.cache = cache
         return features
@@ -468,6 +476,7 @@ class Loop:
         inputs = {k: batch[k] for k in self.input_names if k in batch}
         if self.cache is not None:
             self.cache.slot.current = batch["prefix"].to(self.acc.device, torch.float32)
+            inputs = self.cache.inputs(inputs)
         return self.model(**inputs).logits
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
