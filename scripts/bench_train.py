@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """textxfer against the plain Transformers `Trainer`: same model, strategy, data, hyper-parameters and seed.
 
-    python scripts/bench_train.py            # 2,000 SST-2 examples, 3 epochs (a quarter of an hour on 2 cores)
-    python scripts/bench_train.py --quick    # 500 examples, 3 epochs, same rows (a few minutes)
+    python scripts/bench_train.py            # 2,000 SST-2 examples, 3 epochs, 3 runs each (about 45 min on 2 cores)
+    python scripts/bench_train.py --quick    # 500 examples, 3 epochs, same rows (about 15 min)
+    python scripts/bench_train.py --quick --repeats 1    # one run each: quicker, but single runs vary by +-20% here
 
 For each strategy (head, freeze the lower 4 of 6 layers, LoRA r=8 on query/value, full) it runs, one after the
 other, each in a fresh subprocess (so peak RSS is per run): textxfer (`textxfer.train` with a recipe dict), the
@@ -281,11 +282,12 @@ def median(runs: list[dict], key: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="500 training examples (3 epochs): a few minutes")
+    p.add_argument("--quick", action="store_true", help="500 training examples (3 epochs)")
     p.add_argument("--examples", type=int, help="training examples (default 2000; 500 with --quick)")
     p.add_argument("--dev", type=int, default=0, help="dev sentences (default: all 872)")
     p.add_argument("--epochs", type=float, default=3)
-    p.add_argument("--repeats", type=int, default=1, help="runs per system; medians are reported")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="runs per system, interleaved; medians are reported (a shared machine's speed drifts)")
     p.add_argument("--strategies", default=",".join(STRATEGIES))
     p.add_argument("--systems", default=",".join(SYSTEMS))
     p.add_argument("--seed", type=int, default=42)

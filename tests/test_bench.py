@@ -117,7 +117,7 @@ def test_useful_work_counts_real_tokens_only(bench):
 def test_bench_train_main_end_to_end(bench, tiny_models, sst2_like, capsys):
     """Every system in its own process, the rows and the useful-work line of `full`."""
     assert bench.main(["--model", str(tiny_models["bert"]), "--data", str(sst2_like), "--examples", "24",
-                       "--epochs", "1", "--strategies", "head,full"]) == 0
+                       "--epochs", "1", "--strategies", "head,full", "--repeats", "1"]) == 0
     out = capsys.readouterr().out.lower()
     rows = {s: line for line in out.splitlines() for s in ("head", "full") if re.match(rf"\W*{s}\b", line)}
     assert set(rows) == {"head", "full"}

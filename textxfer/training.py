@@ -369,7 +369,9 @@ class Loop:
             batches = functools.partial(prefix_batches, enc, self.tokenizer.pad_token_id, self.input_names)
             features[split] = cache.load_or_compute(key, batches, device, use_disk=r.training.cache == "auto",
                                                     lengths=enc.lengths)
-        above = "the head alone, on position 0 (all it reads)" if cache.first_only else "only the layers above"
+        above = ("the head alone, on position 0 (all it reads; the last layer's feed-forward computed it alone)"
+                 if cache.cut_last else "the head alone, on position 0 (all it reads)" if cache.first_only
+                 else "only the layers above")
         log.info(f"frozen-prefix cache: embeddings + {k} layers computed once for "
                  f"{sum(len(f) for f in features.values())} examples in {time.time() - started:.1f}s; "
                  f"training runs {above}")
