@@ -108,6 +108,21 @@ def test_cache_gives_the_same_logits_and_weights(strategy, layers, arch, pooling
         torch.testing.assert_close(results["memory"][1][n], p, atol=1e-5, rtol=0)
 
 
+def test_mean_pooling_layer_has_no_dropout_so_cache_on_and_off_agree(tiny_models, tiny_data, tmp_path):
+    """The fixed pooling layer never trains, so it runs in eval mode like every frozen part: with dropout on in the
+    head, a cached and an uncached run still train the same classifier."""
+    weights = {}
+    for cache in ("memory", "off"):
+        out = tmp_path / cache
+        textxfer.train(tiny_recipe(tiny_models["bert"], tiny_data, out, strategy__name="head", model__pooling="mean",
+                                   model__dropout=0.1, training__cache=cache, training__epochs=2))
+        from safetensors.torch import load_file
+
+        weights[cache] = load_file(out / "model/model.safetensors")
+    for name, t in weights["off"].items():
+        torch.testing.assert_close(weights["memory"][name], t, atol=1e-5, rtol=0)
+
+
 def test_cache_keeps_the_whole_sequence_for_a_head_that_reads_it(tiny_models, tiny_data, tmp_path):
     """Keeping position 0 alone is tried, not assumed: a head that averages every position gets the whole sequence."""
     from textxfer.batching import probe_batch

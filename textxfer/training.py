@@ -214,6 +214,10 @@ def set_frozen_eval(model: torch.nn.Module, parts, frozen_prefix: int) -> None:
     root = model.get_base_model() if hasattr(model, "get_base_model") else model
     for path in parts.embeddings + parts.layers[:frozen_prefix]:
         root.get_submodule(path).eval()
+    # modules that never train (the mean-pooling layer, a converted CNN's fixed gates): no dropout in them either,
+    # so a cached and an uncached run see the same pooled features
+    for path in getattr(getattr(root, "config", None), "textxfer_frozen_modules", None) or ():
+        root.get_submodule(path).eval()
     # A BatchNorm with frozen weights (a CNN's last norm under `head`, every norm under `lora`) keeps its running
     # statistics: in train mode it would normalise by batch statistics and overwrite them.
     for module in root.modules():
