@@ -53,6 +53,17 @@ def test_yaml_syntax_error_names_the_line(tmp_path):
     assert "line" in out
 
 
+def test_exponent_numbers_without_a_dot_are_numbers(tmp_path, good):
+    """`learning_rate: 3e-2` is 0.03 in a recipe file and in `--set`, not the string '3e-2' (YAML 1.1's rule)."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(good).replace("learning_rate: 0.001", "learning_rate: 3e-2"))
+    assert "3e-2" in path.read_text()
+    assert load_recipe(path).training.learning_rate == pytest.approx(0.03)
+    recipe = load_recipe(path, ["training.head_learning_rate=1e-1", "training.weight_decay=5E-3"])
+    assert recipe.training.head_learning_rate == pytest.approx(0.1)
+    assert recipe.training.weight_decay == pytest.approx(0.005)
+
+
 def test_unknown_key_lists_allowed_keys(tmp_path, good):
     good["training"]["epochz"] = 3
     out = expect_error(tmp_path, good, match="Unknown recipe key `training.epochz`")

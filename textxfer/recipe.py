@@ -20,6 +20,21 @@ import yaml
 from textxfer.errors import UserError
 
 
+class RecipeLoader(yaml.SafeLoader):
+    """The safe loader, reading `3e-2` and `1e4` as numbers (YAML 1.2) where PyYAML's YAML 1.1 rules give the
+    strings '3e-2' and '1e4': learning rates are written that way."""
+
+
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+(?:[eE][-+]?[0-9]+)?)$"),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 @dataclass
 class ModelConfig:
     name: str = ""
@@ -450,7 +465,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise UserError(f"--set {text!r} is not of the form key.path=value (e.g. --set training.epochs=2).")
     path, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = load_yaml(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
     return [p for p in path.strip().split(".") if p], value
@@ -476,7 +491,7 @@ def read_yaml(path: str | Path) -> dict:
             "for the bundled ones."
         )
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
