@@ -253,7 +253,7 @@ def cache_prefix(loop, parts: Parts, k: int, splits: list[str]) -> None:
     from textxfer.training import cache_dtypes
 
     root = _root(loop.model)
-    reason = why_not(root, parts, k)
+    reason = why_not(root, parts, k, min_layers=1)
     if reason:
         log.info(f"frozen-prefix cache: not used for the contrastive stage or after it ({reason})")
         return

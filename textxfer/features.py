@@ -62,10 +62,16 @@ class PassThrough(nn.Module):
         return hidden_states
 
 
-def why_not(root: nn.Module, parts: Parts, frozen_prefix: int) -> str | None:
-    """None when caching is exact for this model and strategy; else the reason it is not used."""
+def why_not(root: nn.Module, parts: Parts, frozen_prefix: int, min_layers: int = 0) -> str | None:
+    """None when caching is exact (and worth it) for this model and strategy; else the reason it is not used.
+
+    `min_layers` 1 for text: with the embeddings alone frozen (LoRA on every layer, freeze_layers 0) the cache
+    would hold a hidden vector per token (MiniLM: 69 MB more peak memory on 1,400 SST-2 sentences) to skip a
+    table lookup and a layer norm per step; measured no faster."""
     if frozen_prefix < 0:
         return "the embeddings train (strategy full)"
+    if frozen_prefix < min_layers:
+        return "only the embeddings are frozen: recomputing them costs less than holding their output"
     if parts.shared_layers:
         return "ALBERT shares its layer weights across depths"
     conv = getattr(getattr(getattr(root, getattr(root, "base_model_prefix", ""), None), "encoder", None), "conv", None)

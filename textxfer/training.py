@@ -356,7 +356,7 @@ class Loop:
         if k == len(parts.layers):  # the whole body is frozen: the fixed pooling layer is cached with it
             parts = with_pooling_layer(root, parts)
             k = len(parts.layers)
-        reason = why_not(root, parts, k)
+        reason = why_not(root, parts, k, min_layers=1)
         if reason:
             log.info(f"frozen-prefix cache: not used ({reason})")
             return None
