@@ -178,6 +178,34 @@ def test_full_disk_while_writing_the_cache_falls_back_to_memory(tiny_models, tin
     assert result.metrics["validation"]["accuracy"] > 0 and (tmp_path / "a/model/model.safetensors").is_file()
 
 
+def test_mapped_safetensors_round_trip(tmp_path):
+    from textxfer.features import map_safetensors, write_safetensors
+
+    tensors = {"w": torch.randn(3, 5), "h": torch.randn(7).to(torch.bfloat16), "i": torch.arange(4),
+               "empty": torch.zeros(0)}
+    write_safetensors(tmp_path / "t.safetensors", tensors)
+    mapped = map_safetensors(tmp_path / "t.safetensors")
+    for name, t in tensors.items():
+        assert mapped[name].dtype == t.dtype and torch.equal(mapped[name], t)
+
+
+def test_best_weights_stay_in_memory_when_the_run_directory_is_full(tiny_models, tiny_data, tmp_path, monkeypatch):
+    import errno
+
+    from textxfer import features
+
+    def full_disk(path, tensors):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(features, "write_safetensors", full_disk)
+    out = tmp_path / "run"
+    result = textxfer.train(tiny_recipe(tiny_models["bert"], tiny_data, out, strategy__name="freeze",
+                                        strategy__freeze_layers=1, training__cache="memory"))
+    assert "keeping them in memory" in (out / "train.log").read_text()
+    assert result.metrics["best"]["accuracy"] == result.metrics["validation"]["accuracy"]
+    assert not list(out.glob(".best-weights-*"))
+
+
 def test_class_weights_balanced_are_inverse_frequency():
     from textxfer.training import class_weight_tensor
 

@@ -209,6 +209,7 @@ def test_early_stopping_keeps_the_best_lora_model_and_tensorboard_logs(setup, tm
     assert metrics["best"]["step"] == best["step"] < evals[-1]["step"]
     # the saved (merged) model is the best evaluation's, not the last one's
     assert metrics["validation"]["loss"] == pytest.approx(best["loss"], abs=1e-6)
+    assert not list(out.glob(".best-weights-*"))  # the best weights' file is gone once restored
     assert metrics["validation"]["loss"] != pytest.approx(evals[-1]["loss"], abs=1e-6)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 

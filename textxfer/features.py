@@ -372,6 +372,30 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
             f.write(memoryview(t.view(torch.uint8).numpy() if t.numel() else b""))
 
 
+def map_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, mapped from it (copy-on-write): pages are read when touched, so the
+    tensors take page cache, not process memory, until used."""
+    import json
+    import mmap
+
+    dtypes = {v: k for k, v in _SAFETENSORS_DTYPES.items()}
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    out = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = dtypes[meta["dtype"]]
+        start, end = meta["data_offsets"]
+        count = (end - start) // dtype.itemsize
+        flat = torch.frombuffer(buf, dtype=dtype, count=count, offset=8 + n + start) if count else \
+            torch.empty(0, dtype=dtype)
+        out[name] = flat.reshape(meta["shape"])
+    return out
+
+
 def pad_features(feats: list[torch.Tensor]) -> torch.Tensor:
     """Stack per-example cached outputs into a batch, zero-padding the sequence dimension."""
     if all(f.shape == feats[0].shape for f in feats):

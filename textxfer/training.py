@@ -737,11 +737,32 @@ class Loop:
                                        else metrics[name] > self.best[name])
         if better:
             self.best = dict(entry)
-            model = self.acc.unwrap_model(self.model)
-            self.best_state = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+            self.keep_best()
         log.info(f"epoch {epoch:.2f} step {step}: " + ", ".join(
             f"{k} {metrics[k]:.4f}" for k in ("loss", "accuracy", "macro_f1") if k in metrics)
             + (" (best)" if better else ""))
+
+    def best_file(self) -> Path:
+        return self.out / f".best-weights-{self.acc.process_index}.safetensors"
+
+    def keep_best(self) -> None:
+        """The trainable weights of the best evaluation, to restore at the end. Written to a file in the run
+        directory and mapped back: a full fine-tune's copy (90 MB for MiniLM) then takes page cache, not process
+        memory. In memory where the file cannot be written."""
+        from textxfer.features import map_safetensors, write_safetensors
+
+        model = self.acc.unwrap_model(self.model)
+        params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
+        path = self.best_file()
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            write_safetensors(tmp, params)
+            os.replace(tmp, path)
+            self.best_state = map_safetensors(path)
+        except OSError as e:
+            log.warning(f"could not write the best weights to {path} ({e}); keeping them in memory")
+            tmp.unlink(missing_ok=True)
+            self.best_state = {k: v.clone() for k, v in params.items()}
 
     def restore_best(self) -> None:
         if self.best_state is None:
@@ -751,6 +772,8 @@ class Loop:
         with torch.no_grad():
             for k, v in self.best_state.items():
                 params[k].copy_(v)
+        self.best_state = None
+        self.best_file().unlink(missing_ok=True)
 
     # -- results
     def finish(self) -> dict:
