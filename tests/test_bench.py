@@ -124,3 +124,15 @@ def test_bench_train_main_end_to_end(bench, tiny_models, sst2_like, capsys):
     for line in rows.values():
         assert re.findall(r"(\d+(?:\.\d+)?)\s*[x×]", line)
     assert "useful work (textxfer)" in out
+
+
+@pytest.mark.slow
+def test_profile_cache_pass_lists_the_operators(capsys, monkeypatch):
+    """Real MiniLM on the bench slice of SST-2: the head pass keeps position 0, cuts the last layer, and the
+    profile names the matmuls."""
+    profiler = _load("profile_cache_pass")
+    monkeypatch.setattr(sys, "argv", ["profile_cache_pass.py", "--rows", "3"])
+    assert profiler.main() == 0
+    out = capsys.readouterr().out
+    assert "first_only True, last-layer cut True" in out
+    assert "aten::addmm" in out
