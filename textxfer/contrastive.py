@@ -238,36 +238,25 @@ def freeze_body(loop) -> None:
 
 def cache_whole_body(loop) -> None:
     """Cache the output of every layer (and of the pooling layer) for every split."""
-    from textxfer.smalldata import with_pooling_layer
-
-    parts = with_pooling_layer(_root(loop.model), loop.parts)
-    cache_prefix(loop, parts, len(parts.layers), list(loop.encoded))
+    cache_prefix(loop, loop.parts, len(loop.parts.layers), list(loop.encoded))
 
 
 def cache_prefix(loop, parts: Parts, k: int, splits: list[str]) -> None:
     """Compute the output of the embeddings + lower k layers of `parts` for these splits and install the cache.
 
     In memory only: the contrastive stage's weights are this run's own, so a disk copy would never be reused."""
-    from textxfer.batching import prefix_batches, probe_batch
-    from textxfer.features import FrozenPrefixCache, why_not
-    from textxfer.training import cache_dtypes
+    from textxfer.batching import prefix_batches
 
-    root = _root(loop.model)
-    reason = why_not(root, parts, k, min_layers=1)
-    if reason:
-        log.info(f"frozen-prefix cache: not used for the contrastive stage or after it ({reason})")
-        return
-    cache = FrozenPrefixCache(root, parts, k, *cache_dtypes(loop.recipe.training))
-    device = loop.acc.device
-    root.to(device)
     started = time.time()
-    cache.prepare(probe_batch(loop.encoded[splits[0]], loop.tokenizer.pad_token_id, loop.input_names), device)
+    cache = loop.new_cache(parts, k, where=" for the contrastive stage or after it")
+    if cache is None:
+        return
     features = {}
     for split in splits:
         batches = prefix_batches(loop.encoded[split], loop.tokenizer.pad_token_id, loop.input_names)
-        features[split] = cache.compute(batches, device)
+        features[split] = cache.compute(batches, loop.acc.device)
     cache.install()
     loop.cache, loop.features = cache, features
     loop.cache_key = cache.frozen_hash()
-    log.info(f"frozen-prefix cache: embeddings + {k} layers computed once for {sum(len(f) for f in features.values())} "
+    log.info(f"frozen-prefix cache: embeddings + {cache.k} layers computed once for {sum(len(f) for f in features.values())} "
              f"examples ({', '.join(splits)}) in {time.time() - started:.1f}s")

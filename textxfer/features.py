@@ -62,6 +62,11 @@ class PassThrough(nn.Module):
         return hidden_states
 
 
+def first_position(batch: dict) -> dict:
+    """The batch's inputs cut to the sequence's first position."""
+    return {k: v[:, :1] for k, v in batch.items()}
+
+
 def why_not(root: nn.Module, parts: Parts, frozen_prefix: int, min_layers: int = 0) -> str | None:
     """None when caching is exact (and worth it) for this model and strategy; else the reason it is not used.
 
@@ -97,7 +102,8 @@ class FrozenPrefixCache:
         self.primary = next(p for p in parts.embeddings if p.rsplit(".", 1)[-1] in PRIMARY)
         self.slot = CachedInput()
         self.swapped: list[tuple[str, nn.Module]] = []
-        self.tuple_len = 0
+        self.tuple_len: int | None = None
+        """How many outputs a layer returns in a tuple (0: a bare tensor); learnt on the first batch."""
         self.first_only = False
         """Keep only position 0 of each example: set by `prepare` when the head reads nothing else."""
         self.cut_last = False
@@ -206,7 +212,7 @@ class FrozenPrefixCache:
                 self.slot.current = whole_out.float()
                 whole = self.root(**batch).logits
                 self.slot.current = whole_out[:, :1].float()
-                first = self.root(**self.inputs(batch, force=True)).logits
+                first = self.root(**first_position(batch)).logits
                 self.first_only = bool(torch.allclose(whole, first, rtol=1e-6, atol=1e-6))
             except Exception:  # a head that needs the whole sequence: keep all of it
                 self.first_only = False
@@ -226,9 +232,9 @@ class FrozenPrefixCache:
         finally:
             self.root.train(was_training)
 
-    def inputs(self, batch: dict, force: bool = False) -> dict:
+    def inputs(self, batch: dict) -> dict:
         """The model inputs that go with a batch of cached features (position 0 alone when that is all kept)."""
-        return {k: v[:, :1] for k, v in batch.items()} if self.first_only or force else batch
+        return first_position(batch) if self.first_only else batch
 
     @torch.inference_mode()
     def compute(self, batches, device: torch.device, lengths: np.ndarray | None = None) -> list[torch.Tensor]:
@@ -240,7 +246,6 @@ class FrozenPrefixCache:
         was_training = self.root.training
         self.root.eval()
         out: dict[int, torch.Tensor] = {}
-        first = True
         kept = None if lengths is None else np.ones_like(lengths) if self.first_only else lengths
         offsets = np.concatenate([[0], np.cumsum(kept)]) if kept is not None else None
         flat: torch.Tensor | None = None
@@ -248,9 +253,8 @@ class FrozenPrefixCache:
         try:
             for indices, batch in batches:
                 batch = {k: v.to(device) for k, v in batch.items()}
-                if first:
+                if self.tuple_len is None:  # `prepare` learnt it already where it ran
                     self._record_layer_output_type(batch)
-                    first = False
                 hidden = self._prefix_output(batch).to(self.store_dtype).cpu()
                 mask = batch.get("attention_mask")
                 if offsets is not None and mask is not None and hidden.dim() == 3:
@@ -337,7 +341,7 @@ class FrozenPrefixCache:
             if any(path.endswith(x) for x in SEQUENTIAL_EXTRAS):
                 self.swapped.append((path, self._set(path, nn.Identity())))
         for path in self.parts.layers[: self.k]:
-            self.swapped.append((path, self._set(path, PassThrough(self.tuple_len))))
+            self.swapped.append((path, self._set(path, PassThrough(self.tuple_len or 0))))
 
     def uninstall(self) -> None:
         """Put the original modules back (before saving)."""

@@ -343,27 +343,14 @@ class Loop:
 
     def build_cache(self) -> dict[str, list] | None:
         """Frozen-prefix outputs of every split, computed once (or read from disk); None where not exact."""
-        from textxfer.features import FrozenPrefixCache, why_not
-
         r = self.recipe
         self.cache = None
         if r.training.cache == "off":
             return None
-        from textxfer.smalldata import with_pooling_layer
-
-        root = self.model.get_base_model() if self.applied.is_peft else self.model
-        parts, k = self.parts, self.applied.frozen_prefix
-        if k == len(parts.layers):  # the whole body is frozen: the fixed pooling layer is cached with it
-            parts = with_pooling_layer(root, parts)
-            k = len(parts.layers)
-        reason = why_not(root, parts, k, min_layers=1)
-        if reason:
-            log.info(f"frozen-prefix cache: not used ({reason})")
+        cache = self.new_cache(self.parts, self.applied.frozen_prefix)
+        if cache is None:
             return None
-        cache = FrozenPrefixCache(root, parts, k, *cache_dtypes(r.training))
         device = self.acc.device
-        root.to(device)
-        cache.prepare(probe_batch(self.encoded["train"], self.tokenizer.pad_token_id, self.input_names), device)
         weights_key = cache.frozen_hash()
         self.cache_key = weights_key  # a resumed run must find the same frozen part (checkpoint.restore)
         started = time.time()
@@ -376,12 +363,33 @@ class Loop:
         above = ("the head alone, on position 0 (all it reads; the last layer's feed-forward computed it alone)"
                  if cache.cut_last else "the head alone, on position 0 (all it reads)" if cache.first_only
                  else "only the layers above")
-        log.info(f"frozen-prefix cache: embeddings + {k} layers computed once for "
+        log.info(f"frozen-prefix cache: embeddings + {cache.k} layers computed once for "
                  f"{sum(len(f) for f in features.values())} examples in {time.time() - started:.1f}s; "
                  f"training runs {above}")
         cache.install()
         self.cache = cache
         return features
+
+    def new_cache(self, parts, k: int, where: str = ""):
+        """A frozen-prefix cache of the embeddings + lower k layers of `parts` (with the whole body frozen, the
+        fixed pooling layer too), tried on a few training examples (`FrozenPrefixCache.prepare`); None, with the
+        reason logged, where caching is not exact or not worth it."""
+        from textxfer.features import FrozenPrefixCache, why_not
+        from textxfer.smalldata import with_pooling_layer
+
+        root = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        if k == len(parts.layers):
+            parts = with_pooling_layer(root, parts)
+            k = len(parts.layers)
+        reason = why_not(root, parts, k, min_layers=1)
+        if reason:
+            log.info(f"frozen-prefix cache: not used{where} ({reason})")
+            return None
+        cache = FrozenPrefixCache(root, parts, k, *cache_dtypes(self.recipe.training))
+        root.to(self.acc.device)
+        cache.prepare(probe_batch(self.encoded["train"], self.tokenizer.pad_token_id, self.input_names),
+                      self.acc.device)
+        return cache
 
     def loader(self, split: str, train: bool, batch_size: int):
         if getattr(self, "task", "text") == "image":

@@ -789,7 +789,7 @@ class VisionPrefixCache(FrozenPrefixCache):
                 self.swapped.append((path, self._set(path, nn.Identity())))
         for path in self.parts.layers[: self.k]:
             original = self.root.get_submodule(path)
-            self.swapped.append((path, self._set(path, FrozenStage(original, self.tuple_len))))
+            self.swapped.append((path, self._set(path, FrozenStage(original, self.tuple_len or 0))))
 
     def verify(self, pixel_values: torch.Tensor, device: torch.device) -> str | None:
         """None when the cached forward reproduces the plain forward's logits on these images; else why not."""
