@@ -62,6 +62,28 @@ def test_mean_pooling_is_the_masked_mean_and_survives_save(tiny_models, tmp_path
     assert again.config.textxfer_pooling in again.config.textxfer_frozen_modules
 
 
+@pytest.mark.parametrize("arch", ["bert", "distilbert", "roberta", "electra", "deberta-v2"])
+def test_pooling_layer_cut_to_position_0_keeps_the_logits(tiny_models, arch):
+    """The contrastive stage runs the pooling layer's feed-forward on position 0 alone: tried, and refused where
+    it would change the result (DistilBERT adds the residual outside its attention block)."""
+    from textxfer.smalldata import cut_pooling_to_first
+
+    model, parts = load_classifier(str(tiny_models[arch]), ["a", "b"])
+    add_mean_pooling(model, parts)
+    model.eval()
+    ids = torch.tensor([[2, 7, 9, 11, 3, 0, 0], [2, 8, 12, 14, 15, 16, 3]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        whole = model(input_ids=ids, attention_mask=mask).logits
+        handle = cut_pooling_to_first(model)
+        assert (handle is None) == (arch == "distilbert")
+        if handle is not None:
+            base = getattr(model, model.base_model_prefix)
+            assert base(input_ids=ids, attention_mask=mask).last_hidden_state.shape[1] == 1  # the cut is active
+            torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, whole, atol=1e-5, rtol=1e-4)
+            handle.remove()
+
+
 def test_mean_pooling_refused_for_albert(tiny_models):
     model, parts = load_classifier(str(tiny_models["albert"]), ["a", "b"])
     with pytest.raises(UserError, match="ALBERT"):
@@ -310,3 +332,49 @@ def test_new_keys_have_documented_defaults():
                 "reinit_layers:", "same_class_per_batch:"):
         after = source.split(key, 1)[1].splitlines()[1].strip()
         assert after.startswith('"""'), key
+
+
+def test_padding_chunks_is_the_cheapest_split():
+    """Exact: no contiguous split of the sorted lengths costs less (brute force over all splits), and every
+    position appears once."""
+    import itertools
+
+    from textxfer.batching import padding_chunks
+
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        n, overhead = int(rng.integers(1, 9)), int(rng.integers(0, 40))
+        lengths = rng.integers(1, 64, size=n)
+        chunks = padding_chunks(lengths, overhead)
+        assert sorted(i for c in chunks for i in c) == list(range(n))
+        got = sum(len(c) * int(lengths[c].max()) + overhead for c in chunks)
+        s = np.sort(lengths)
+        best = min(sum((b - a) * int(s[b - 1]) + overhead for a, b in zip((0, *cuts), (*cuts, n), strict=True))
+                   for k in range(n) for cuts in itertools.combinations(range(1, n), k))
+        assert got == best
+    assert padding_chunks(np.array([4, 40, 5, 39]), 0) == [[0], [2], [3], [1]]  # no overhead: no padding
+    assert padding_chunks(np.array([4, 40, 5, 39]), 5) == [[0, 2], [3, 1]]
+    assert padding_chunks(np.array([4, 40, 5, 39]), 1000) == [[0, 2, 3, 1]]
+
+
+def test_contrastive_embeddings_in_chunks_equal_one_padded_batch(tiny_models, tiny_data, tmp_path):
+    """The stage's chunks change the padding, not the embeddings (dropout off), and keep the batch's order."""
+    from textxfer.batching import Collator
+    from textxfer.contrastive import embed, embed_chunked
+    from textxfer.training import Loop
+
+    recipe = load_recipe(data=tiny_recipe(tiny_models["bert"], tiny_data, tmp_path / "run", model__pooling="mean",
+                                          strategy__name="freeze", strategy__freeze_layers=1, training__cache="off"))
+    loop = Loop(recipe, tmp_path / "run")
+    loop.build()
+    loop.model.eval()
+    enc = loop.encoded["train"]
+    collate = Collator(enc, loop.tokenizer.pad_token_id)
+    idx = list(np.argsort(-enc.lengths)[:3]) + list(np.argsort(enc.lengths)[:5])  # long and short: several chunks
+    from textxfer.batching import padding_chunks
+
+    assert len(padding_chunks(enc.lengths[idx], 0)) > 1
+    with torch.no_grad():
+        whole = embed(loop, collate(idx))
+        chunked = embed_chunked(loop, collate, idx)
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)

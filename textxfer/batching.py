@@ -99,6 +99,29 @@ def token_budget_batches(lengths: np.ndarray, max_tokens: int, max_batch: int = 
     return batches
 
 
+def padding_chunks(lengths: np.ndarray, overhead: int) -> list[list[int]]:
+    """Split one batch (positions 0..n-1 with these lengths) into length-sorted chunks that run one after the
+    other: the split that minimises padded tokens plus `overhead` token-equivalents per chunk (the fixed cost of
+    one more forward pass), found exactly by dynamic programming over the sorted lengths (O(n^2); batches are
+    small). A batch of 16 SST-2 phrases (13 tokens on average) is padded to its longest, about 40: chunks cut
+    the computed tokens by half or more, and a loss over the whole batch stays the same."""
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    sorted_len = np.asarray(lengths)[order].astype(np.int64)
+    n = len(order)
+    best = np.zeros(n + 1, dtype=np.int64)  # best[j]: cost of the first j sorted examples
+    cut = np.zeros(n + 1, dtype=np.int64)
+    for j in range(1, n + 1):
+        starts = np.arange(j)
+        costs = best[:j] + (j - starts) * sorted_len[j - 1] + overhead  # chunk starts..j-1, padded to the longest
+        cut[j] = int(costs.argmin())
+        best[j] = costs[cut[j]]
+    chunks, j = [], n
+    while j > 0:
+        chunks.append(order[cut[j]:j].tolist())
+        j = int(cut[j])
+    return chunks[::-1]
+
+
 CACHE_BATCH_TOKENS = 2048
 
 

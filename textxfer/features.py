@@ -62,6 +62,19 @@ class PassThrough(nn.Module):
         return hidden_states
 
 
+def cut_to_first(layer: torch.nn.Module):
+    """A hook that keeps position 0 alone of the output of the layer's `attention` block, so the layer's
+    feed-forward runs on that position only (its attention still reads every position); its handle, or None where
+    the layer has no such block. Callers check that position 0 comes out unchanged before relying on it."""
+    block = dict(layer.named_children()).get("attention")
+    if block is None:
+        return None
+
+    def first(module, args, out):
+        return (out[0][:, :1],) + tuple(out[1:]) if isinstance(out, tuple) else out[:, :1]
+    return block.register_forward_hook(first)
+
+
 def first_position(batch: dict) -> dict:
     """The batch's inputs cut to the sequence's first position."""
     return {k: v[:, :1] for k, v in batch.items()}
@@ -182,13 +195,7 @@ class FrozenPrefixCache:
         """While only position 0 is kept: the last cached layer's feed-forward runs on position 0 alone (its
         attention still reads every position). A hook cuts the output of the layer's `attention` block; about a
         ninth of a 6-layer pass. None where the layer has no such block."""
-        block = dict(self.root.get_submodule(self.parts.layers[self.k - 1]).named_children()).get("attention")
-        if block is None:
-            return None
-
-        def first(module, args, out):
-            return (out[0][:, :1],) + tuple(out[1:]) if isinstance(out, tuple) else out[:, :1]
-        return block.register_forward_hook(first)
+        return cut_to_first(self.root.get_submodule(self.parts.layers[self.k - 1]))
 
     @torch.inference_mode()
     def prepare(self, batch: dict, device: torch.device) -> None:

@@ -175,6 +175,43 @@ def add_mean_pooling(model: nn.Module, parts: Parts) -> Parts:
     return parts
 
 
+@torch.no_grad()
+def cut_pooling_to_first(model: nn.Module):
+    """Only position 0 of the pooling layer is read (it holds the average), so where the model is run with
+    gradients through that layer (the contrastive stage) its feed-forward runs on position 0 alone
+    (`features.cut_to_first`): about a tenth of the stage. Tried in eval mode on random tokens, not assumed; the
+    hook's handle, or None where position 0 would change (DistilBERT adds the residual outside the block)."""
+    from textxfer.features import cut_to_first
+
+    path = _pooling_path(model)
+    prefix = getattr(model, "base_model_prefix", "")
+    if not path or not hasattr(model, prefix):
+        return None
+    base = getattr(model, prefix)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, max(int(getattr(model.config, "vocab_size", 100)), 6), (2, 7), generator=gen)
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
+    device = next(model.parameters()).device
+    ids, mask = ids.to(device), mask.to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        want = base(input_ids=ids, attention_mask=mask).last_hidden_state[:, :1]
+        handle = cut_to_first(model.get_submodule(path))
+        if handle is None:
+            return None
+        try:
+            got = base(input_ids=ids, attention_mask=mask).last_hidden_state
+        except Exception:
+            got = None
+        if got is None or got.shape != want.shape or not torch.allclose(got, want, rtol=1e-4, atol=1e-4):
+            handle.remove()
+            return None
+        return handle
+    finally:
+        model.train(was_training)
+
+
 def _identity_pooler(model: nn.Module, parts: Parts) -> None:
     """A pretrained BERT-style pooler (dense + tanh, trained for the CLS token) becomes identity + tanh."""
     prefix = getattr(model, "base_model_prefix", "")
