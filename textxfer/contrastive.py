@@ -111,7 +111,8 @@ def embed(loop, batch: dict) -> torch.Tensor:
 
 
 CHUNK_OVERHEAD_TOKENS = 64
-"""The fixed cost of one more forward pass in `embed_chunked`, in padded tokens (measured on MiniLM, 2 threads)."""
+"""The fixed cost of one more forward pass in `embed_chunked`, counted as padded tokens: a round figure, not tuned
+(it splits a batch of 16 SST-2 phrases into 2 chunks, 624 padded tokens into 348)."""
 
 
 def embed_chunked(loop, collate, idx: list[int]) -> torch.Tensor:
