@@ -274,3 +274,24 @@ def test_multilabel_run_end_to_end(tiny_models, tmp_path):
     # the run's predictions are what the saved model predicts
     again = clf.predict([r["text"] for r in rows_out])
     assert [sorted(x["label"] for x in p) for p in again] == [sorted(r["pred"]) for r in rows_out]
+
+
+@pytest.mark.parametrize("strategy", ["head", "freeze"])
+def test_test_split_is_not_cached_and_scores_as_without_cache(strategy, tiny_models, tiny_data, tmp_path):
+    """The test split is read once, after training: the whole model scores it (caching it would only move that
+    pass inside the training clock), with the same result as a run without the cache."""
+    metrics = {}
+    for cache in ("memory", "off"):
+        recipe = load_recipe(data=tiny_recipe(
+            tiny_models["bert"], tiny_data, tmp_path / cache, data__test=str(tiny_data["validation"]),
+            strategy__name=strategy, strategy__freeze_layers=1, training__cache=cache, model__dropout=0.0))
+        loop = Loop(recipe, tmp_path / cache)
+        loop.build()
+        if cache == "memory":
+            assert loop.cache is not None and set(loop.features) == {"train", "validation"}
+        loop.prepare()
+        loop.fit()
+        metrics[cache] = loop.finish()
+        assert loop.cache is None
+    assert metrics["memory"]["test"]["accuracy"] == metrics["off"]["test"]["accuracy"]
+    assert metrics["memory"]["test"]["loss"] == pytest.approx(metrics["off"]["test"]["loss"], abs=1e-5)

@@ -271,8 +271,10 @@ def freeze_body(loop) -> None:
 
 
 def cache_whole_body(loop) -> None:
-    """Cache the output of every layer (and of the pooling layer) for every split."""
-    cache_prefix(loop, loop.parts, len(loop.parts.layers), list(loop.encoded))
+    """Cache the output of every layer (and of the pooling layer) for the splits read while training."""
+    from textxfer.training import CACHED_SPLITS
+
+    cache_prefix(loop, loop.parts, len(loop.parts.layers), [s for s in loop.encoded if s in CACHED_SPLITS])
 
 
 def cache_prefix(loop, parts: Parts, k: int, splits: list[str]) -> None:

@@ -861,8 +861,12 @@ def build_cache(loop) -> dict[str, list] | None:
     # channels-last convolutions: about a quarter less CPU time for the one pass (same function, float rounding)
     fmt = torch.channels_last
     root.to(memory_format=fmt)
+    from textxfer.training import CACHED_SPLITS
+
     try:
         for split, data in loop.encoded.items():
+            if split not in CACHED_SPLITS:
+                continue  # the test split: scored once, after training, by the whole model
             key = hashlib.sha256(f"image|{weights}|{pre}|{data.content_hash()}".encode()).hexdigest()[:32]
 
             def batches(data=data):
