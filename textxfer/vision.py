@@ -825,7 +825,7 @@ class _Unsupported(Exception):
 
 
 def build_cache(loop) -> dict[str, list] | None:
-    """Frozen-prefix outputs of every image of every split (computed once, or read from disk), or None."""
+    """Frozen-prefix outputs of every image of the splits read while training (computed once, or read from disk), or None."""
     import time
 
     from textxfer.features import why_not
