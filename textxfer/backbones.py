@@ -271,11 +271,16 @@ def lora_target_regex(model: nn.Module, parts: Parts, names: list[str] | None,
     return regex, len(matched)
 
 
+def unwrap_peft(model: nn.Module) -> nn.Module:
+    """The transformers model itself, under a PEFT wrapper if there is one."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def input_names(model: nn.Module) -> tuple[str, ...]:
     """The text inputs this model's forward accepts (DistilBERT takes no token_type_ids)."""
     import inspect
 
-    root = model.get_base_model() if hasattr(model, "get_base_model") else model
+    root = unwrap_peft(model)
     params = inspect.signature(root.forward).parameters
     return tuple(k for k in ("input_ids", "attention_mask", "token_type_ids") if k in params)
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from textxfer.backbones import Parts, count_params
+from textxfer.backbones import Parts, count_params, unwrap_peft
 from textxfer.errors import UserError
 
 log = logging.getLogger("textxfer")
@@ -84,12 +84,8 @@ def pair_loss(embeddings: torch.Tensor, targets: torch.Tensor, kind: str = "cosi
 
 # ------------------------------------------------------------------------------------------ the stage
 
-def _root(model: nn.Module) -> nn.Module:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def _encoder(model: nn.Module) -> nn.Module:
-    root = _root(model)
+    root = unwrap_peft(model)
     return getattr(root, root.base_model_prefix)
 
 
@@ -98,7 +94,7 @@ def _is_head(model: nn.Module, parts: Parts, name: str) -> bool:
     clean = name.removeprefix("base_model.model.")
     if "lora_" in clean:
         return False
-    base = getattr(_root(model), "base_model_prefix", "\0") + "."
+    base = getattr(unwrap_peft(model), "base_model_prefix", "\0") + "."
     return clean in parts.new_params or (parts.group_of(clean) == "head" and not clean.startswith(base))
 
 
@@ -159,7 +155,7 @@ def run_stage(loop) -> dict:
         else:
             finish_stage(loop)
         return {"steps": 0, "seconds": 0.0}
-    cut = cut_pooling_to_first(_root(model))  # before any cache is installed: the check runs the whole model
+    cut = cut_pooling_to_first(unwrap_peft(model))  # before any cache: the check runs the whole model
     try:
         total, seconds = tune(loop, targets)
     finally:
@@ -206,7 +202,7 @@ def tune(loop, targets: np.ndarray) -> tuple[int, float]:
     params = [p for _, p in body]
     while step < total:
         model.train()
-        set_frozen_eval(_root(model), loop.parts, loop.applied.frozen_prefix)
+        set_frozen_eval(unwrap_peft(model), loop.parts, loop.applied.frozen_prefix)
         for idx in pair_batches(targets, c.batch_size, c.same_class_per_batch, t.seed, epoch, lengths):
             z = embed_chunked(loop, collate, idx)
             loss = pair_loss(z, torch.as_tensor(targets[idx], device=z.device), c.loss, c.temperature)
@@ -294,5 +290,6 @@ def cache_prefix(loop, parts: Parts, k: int, splits: list[str]) -> None:
     cache.install()
     loop.cache, loop.features = cache, features
     loop.cache_key = cache.frozen_hash()
-    log.info(f"frozen-prefix cache: embeddings + {cache.k} layers computed once for {sum(len(f) for f in features.values())} "
-             f"examples ({', '.join(splits)}) in {time.time() - started:.1f}s")
+    n = sum(len(f) for f in features.values())
+    log.info(f"frozen-prefix cache: embeddings + {cache.k} layers computed once for {n} examples "
+             f"({', '.join(splits)}) in {time.time() - started:.1f}s")

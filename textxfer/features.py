@@ -106,7 +106,8 @@ def why_not(root: nn.Module, parts: Parts, frozen_prefix: int, min_layers: int =
 
 
 class FrozenPrefixCache:
-    """Compute, keep, and serve the frozen-prefix output of every example of the splits read while training (`training.CACHED_SPLITS`)."""
+    """Compute, keep, and serve the frozen-prefix output of every example of the splits read while training
+    (`training.CACHED_SPLITS`)."""
 
     def __init__(self, root: nn.Module, parts: Parts, frozen_prefix: int, store_dtype: torch.dtype = torch.float32,
                  autocast_dtype: torch.dtype | None = None):

@@ -179,8 +179,9 @@ def add_mean_pooling(model: nn.Module, parts: Parts) -> Parts:
 def cut_pooling_to_first(model: nn.Module):
     """Only position 0 of the pooling layer is read (it holds the average), so where the model is run with
     gradients through that layer (the contrastive stage) its feed-forward runs on position 0 alone
-    (`features.cut_to_first`; the stage on SST-2 with 8 per class: 3.1 -> 2.5 s). Tried in eval mode on random tokens, not assumed; the
-    hook's handle, or None where position 0 would change (DistilBERT adds the residual outside the block)."""
+    (`features.cut_to_first`; the stage on SST-2 with 8 per class: 3.1 -> 2.5 s). Tried in eval mode on random
+    tokens, not assumed; the hook's handle, or None where position 0 would change (DistilBERT adds the residual
+    outside the block)."""
     from textxfer.features import cut_to_first
 
     path = _pooling_path(model)
@@ -188,11 +189,7 @@ def cut_pooling_to_first(model: nn.Module):
     if not path or not hasattr(model, prefix):
         return None
     base = getattr(model, prefix)
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(5, max(int(getattr(model.config, "vocab_size", 100)), 6), (2, 7), generator=gen)
-    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
-    device = next(model.parameters()).device
-    ids, mask = ids.to(device), mask.to(device)
+    ids, mask = _probe_tokens(model)
     was_training = model.training
     model.eval()
     try:
@@ -224,6 +221,16 @@ def _identity_pooler(model: nn.Module, parts: Parts) -> None:
                 module.bias.zero_()
 
 
+def _probe_tokens(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two seeded random texts of 7 and 4 tokens (the second padded), on the model's device: what the pooling
+    layer's checks run."""
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, max(int(getattr(model.config, "vocab_size", 100)), 6), (2, 7), generator=gen)
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
+    device = next(model.parameters()).device
+    return ids.to(device), mask.to(device)
+
+
 @torch.no_grad()
 def check_mean_pooling(model: nn.Module) -> None:
     """Position 0 of the appended layer must be LayerNorm(mean of the real tokens' states): refuse otherwise."""
@@ -231,10 +238,7 @@ def check_mean_pooling(model: nn.Module) -> None:
     was_training = model.training
     model.eval()
     try:
-        gen = torch.Generator().manual_seed(0)
-        vocab = int(getattr(model.config, "vocab_size", 100))
-        ids = torch.randint(5, max(vocab, 6), (2, 7), generator=gen)
-        mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
+        ids, mask = _probe_tokens(model)
         out = base(input_ids=ids, attention_mask=mask, output_hidden_states=True)
         before, pooled = out.hidden_states[-2], out.hidden_states[-1][:, 0]
         m = mask.unsqueeze(-1).to(before.dtype)

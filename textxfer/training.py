@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from textxfer.backbones import unwrap_peft
 from textxfer.batching import BatchPlan, Collator, Encoded, encode, prefix_batches, probe_batch
 from textxfer.checkpoint import Progress
 from textxfer.data import column
@@ -217,7 +218,7 @@ def set_frozen_eval(model: torch.nn.Module, parts, frozen_prefix: int) -> None:
     """Frozen parts run in eval mode (no dropout), as users expect of 'frozen' and as the cache needs."""
     if frozen_prefix < 0:
         return
-    root = model.get_base_model() if hasattr(model, "get_base_model") else model
+    root = unwrap_peft(model)
     for path in parts.embeddings + parts.layers[:frozen_prefix]:
         root.get_submodule(path).eval()
     # modules that never train (the mean-pooling layer, a converted CNN's fixed gates): no dropout in them either,
@@ -386,7 +387,7 @@ class Loop:
         from textxfer.features import FrozenPrefixCache, why_not
         from textxfer.smalldata import with_pooling_layer
 
-        root = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        root = unwrap_peft(self.model)
         if k == len(parts.layers):
             parts = with_pooling_layer(root, parts)
             k = len(parts.layers)

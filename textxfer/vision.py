@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from textxfer.backbones import unwrap_peft
 from textxfer.errors import UserError
 from textxfer.features import FrozenPrefixCache, pad_features
 from textxfer.recipe import DataConfig, Recipe
@@ -825,7 +826,8 @@ class _Unsupported(Exception):
 
 
 def build_cache(loop) -> dict[str, list] | None:
-    """Frozen-prefix outputs of every image of the splits read while training (computed once, or read from disk), or None."""
+    """Frozen-prefix outputs of every image of the splits read while training (computed once, or read from
+    disk), or None."""
     import time
 
     from textxfer.features import why_not
@@ -837,7 +839,7 @@ def build_cache(loop) -> dict[str, list] | None:
     if r.data.augment:
         log.info("frozen-prefix cache: not used (data.augment is true: every epoch sees new crops)")
         return None
-    root = loop.model.get_base_model() if loop.applied.is_peft else loop.model
+    root = unwrap_peft(loop.model)
     reason = why_not(root, loop.parts, loop.applied.frozen_prefix)
     if reason:
         log.info(f"frozen-prefix cache: not used ({reason})")
