@@ -169,7 +169,7 @@ def tune(loop, targets: np.ndarray) -> tuple[int, float]:
     """The stage's optimisation: pair batches over the training split; returns (steps, seconds)."""
     from textxfer.batching import Collator
     from textxfer.smalldata import depth_of
-    from textxfer.training import set_frozen_eval
+    from textxfer.training import fused_adamw, set_frozen_eval
 
     c, t = loop.recipe.training.contrastive, loop.recipe.training
     enc, model = loop.encoded["train"], loop.model
@@ -186,7 +186,7 @@ def tune(loop, targets: np.ndarray) -> tuple[int, float]:
         rate = c.learning_rate * (t.layer_lr_decay ** depth if depth is not None else 1.0)
         groups.setdefault(rate, []).append(p)
     optimizer = torch.optim.AdamW([{"params": ps, "lr": lr} for lr, ps in groups.items()],
-                                  lr=c.learning_rate, weight_decay=t.weight_decay)
+                                  lr=c.learning_rate, weight_decay=t.weight_decay, **fused_adamw(model))
     lengths = enc.lengths if t.group_by_length else None
     per_epoch = len(pair_batches(targets, c.batch_size, c.same_class_per_batch, t.seed, 0, lengths))
     total = max(1, math.ceil(per_epoch * c.epochs), c.min_steps)

@@ -208,8 +208,9 @@ class ContrastiveConfig:
     handful of steps. The extra cost stays small because such data sets are small."""
     min_examples: int = 0
     """Skip the stage when the training set has fewer examples than this (the classifier then trains as after
-    the stage). A few dozen examples give too few pairs to move the body usefully: on SST-2 with 8 per class the
-    stage scored 0.629 against 0.621 without it (3 seeds, spread ±0.06) at 4x the cost. 0 always runs it."""
+    the stage, on the pretrained body). 0 always runs it: even with 8 per class the stage pays. On SST-2 with 8 per
+    class, 20 seeds: 0.632 with the stage, 0.618 without (paired +0.014, standard error 0.009), SetFit 0.629, at
+    3.4 s against 0.55 s without it and SetFit's 7.6 s."""
     same_class_per_batch: int = 4
     """Batches are built from groups of this many same-class examples, so every example has positive pairs even
     with many classes (77 intents, 8 examples each). 1 = plain random batches."""
