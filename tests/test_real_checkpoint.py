@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import SHARED_DATA
@@ -42,3 +43,18 @@ def test_minilm_on_sst2_beats_majority(strategy, minilm, tmp_path):
     clf = textxfer.load(tmp_path / "run")
     preds = clf.predict([r["text"] for r in rows[:64]])
     assert [p[0]["label"] for p in preds] == [r["pred"] for r in rows[:64]]
+
+
+@pytest.mark.skipif(not SST2.is_dir(), reason=f"{SST2} is absent (the shared real data is not on this machine)")
+def test_fewshot_recipe_runs_its_contrastive_stage_at_8_per_class(minilm, tmp_path, monkeypatch):
+    """The bundled few-shot recipe as users run it, at its smallest size: the stage is not skipped (it pays even
+    at 8 per class, see `ContrastiveConfig.min_examples`), and the model learns the task from 16 sentences."""
+    monkeypatch.setenv("TEXTXFER_DATA", str(SHARED_DATA))
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "fewshot.yaml"
+    run = textxfer.train(recipe, overrides=["data.examples_per_class=8"], output_dir=tmp_path / "run")
+    history = json.loads((tmp_path / "run/history.json").read_text())
+    stage = history["contrastive_stage"]
+    assert not stage.get("skipped") and stage["steps"] == 12, stage
+    dev_labels = [line.split("\t")[1].strip() for line in (SST2 / "dev.tsv").read_text().splitlines()[1:]]
+    majority = max(dev_labels.count("0"), dev_labels.count("1")) / len(dev_labels)
+    assert run.metrics["test"]["accuracy"] > majority + 0.05, (run.metrics["test"], majority)
