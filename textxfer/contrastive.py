@@ -268,9 +268,9 @@ def freeze_body(loop) -> None:
 
 def cache_whole_body(loop) -> None:
     """Cache the output of every layer (and of the pooling layer) for the splits read while training."""
-    from textxfer.training import CACHED_SPLITS
+    from textxfer.training import splits_to_cache
 
-    cache_prefix(loop, loop.parts, len(loop.parts.layers), [s for s in loop.encoded if s in CACHED_SPLITS])
+    cache_prefix(loop, loop.parts, len(loop.parts.layers), list(splits_to_cache(loop.encoded)))
 
 
 def cache_prefix(loop, parts: Parts, k: int, splits: list[str]) -> None:

@@ -214,6 +214,11 @@ training, by the whole model: caching it would only move that pass inside the tr
 and make a cached strategy look slower than an uncached one in `textxfer compare`."""
 
 
+def splits_to_cache(encoded: dict) -> dict:
+    """The entries of `encoded` (split -> data) whose frozen-prefix outputs are cached (`CACHED_SPLITS`)."""
+    return {split: data for split, data in encoded.items() if split in CACHED_SPLITS}
+
+
 def set_frozen_eval(model: torch.nn.Module, parts, frozen_prefix: int) -> None:
     """Frozen parts run in eval mode (no dropout), as users expect of 'frozen' and as the cache needs."""
     if frozen_prefix < 0:
@@ -363,9 +368,7 @@ class Loop:
         self.cache_key = weights_key  # a resumed run must find the same frozen part (checkpoint.restore)
         started = time.time()
         features = {}
-        for split, enc in self.encoded.items():
-            if split not in CACHED_SPLITS:
-                continue
+        for split, enc in splits_to_cache(self.encoded).items():
             key = hashlib.sha256(f"{weights_key}|{cache.data_hash(enc)}".encode()).hexdigest()[:32]
             batches = functools.partial(prefix_batches, enc, self.tokenizer.pad_token_id, self.input_names)
             features[split] = cache.load_or_compute(key, batches, device, use_disk=r.training.cache == "auto",

@@ -831,6 +831,7 @@ def build_cache(loop) -> dict[str, list] | None:
     import time
 
     from textxfer.features import why_not
+    from textxfer.training import splits_to_cache
 
     r = loop.recipe
     loop.cache = None
@@ -863,12 +864,8 @@ def build_cache(loop) -> dict[str, list] | None:
     # channels-last convolutions: about a quarter less CPU time for the one pass (same function, float rounding)
     fmt = torch.channels_last
     root.to(memory_format=fmt)
-    from textxfer.training import CACHED_SPLITS
-
     try:
-        for split, data in loop.encoded.items():
-            if split not in CACHED_SPLITS:
-                continue  # the test split: scored once, after training, by the whole model
+        for split, data in splits_to_cache(loop.encoded).items():  # not the test split: the whole model scores it
             key = hashlib.sha256(f"image|{weights}|{pre}|{data.content_hash()}".encode()).hexdigest()[:32]
 
             def batches(data=data):
