@@ -39,6 +39,17 @@ def test_train_writes_a_run_that_transformers_loads(tiny_models, tiny_data, tmp_
     np.testing.assert_allclose([p["score"] for p in plain(texts)], [r[0]["score"] for r in ours], atol=1e-5)
 
 
+def test_metrics_json_leads_with_the_test_score(tiny_models, tiny_data, tmp_path):
+    """A reader (or a script) taking the first `accuracy` in metrics.json gets the held-out test figure."""
+    out = tmp_path / "run"
+    textxfer.train(tiny_recipe(tiny_models["bert"], tiny_data, out, data__test=str(tiny_data["validation"]),
+                               training__epochs=1))
+    metrics = json.loads((out / "metrics.json").read_text())
+    splits = [k for k in metrics if k in ("test", "validation", "best")]
+    assert splits == ["test", "validation", "best"]
+    assert metrics["test"]["accuracy"] == metrics["validation"]["accuracy"]  # the same rows, the same model
+
+
 def test_seeded_runs_are_identical(tiny_models, tiny_data, tmp_path):
     a = textxfer.train(tiny_recipe(tiny_models["bert"], tiny_data, tmp_path / "a"))
     b = textxfer.train(tiny_recipe(tiny_models["bert"], tiny_data, tmp_path / "b"))

@@ -1,7 +1,7 @@
 """textxfer: transfer learning for text classification with pretrained encoders.
 
     import textxfer
-    run = textxfer.train("recipes/quickstart.yaml", overrides=["training.epochs=1"])
+    run = textxfer.train("recipes/quickstart.yaml", overrides=["training.contrastive=null"])
     textxfer.load(run.output_dir).predict(["Shares fell after the results."])
 """
 

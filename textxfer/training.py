@@ -802,14 +802,8 @@ class Loop:
 
         self.restore_best()
         self.train_seconds = time.time() - self.started
-        results: dict = {"best_metric": self.recipe.training.metric, "num_processes": self.acc.num_processes}
-        if self.best is not None:
-            results["best"] = {k: v for k, v in self.best.items() if k != "split"}
-        if self.progress.stopped_early is not None:
-            results["stopped_early"] = self.progress.stopped_early
         self.end_tracking()
-        predictions = {}
-        per_class_all = {}
+        scores, predictions, per_class_all = {}, {}, {}
         last = getattr(self, "last_validation", None)
         for split in self.eval_dls:
             if self.cache is not None and split not in (self.features or {}):
@@ -820,9 +814,16 @@ class Loop:
                 _, metrics, per_class, logits = last  # the last evaluation was the best: that is the saved model
             else:
                 metrics, per_class, logits = self.score(split)
-            results[split] = metrics
+            scores[split] = metrics
             per_class_all[split] = per_class
             predictions[split] = logits
+        # the held-out test score first: it is the figure a reader (or a script taking the first `accuracy`) wants
+        results: dict = {"best_metric": self.recipe.training.metric, "num_processes": self.acc.num_processes}
+        results.update({split: scores[split] for split in sorted(scores, key=lambda s: s != "test")})
+        if self.best is not None:
+            results["best"] = {k: v for k, v in self.best.items() if k != "split"}
+        if self.progress.stopped_early is not None:
+            results["stopped_early"] = self.progress.stopped_early
         results["per_class"] = per_class_all
         if self.splits.multi_label and getattr(self, "thresholds", None) is not None:
             results["thresholds"] = [round(float(t), 4) for t in self.thresholds]
