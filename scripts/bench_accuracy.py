@@ -334,7 +334,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", help="override for the textxfer recipe (repeatable)")
     ap.add_argument("--setfit-python", default=os.environ.get("SETFIT_PYTHON", DEFAULT_SETFIT))
     ap.add_argument("--setfit-iterations", type=int, default=0,
-                    help="SetFit num_iterations (0 = its default, 20); anything else is not SetFit's default")
+                    help="SetFit num_iterations (0 = its default: every unique pair, the smaller of the positive and "
+                         "negative sets repeated to match the larger); anything else is not SetFit's default")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: torch's default)")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per training subprocess")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench_accuracy" / "results.jsonl"))
@@ -352,7 +353,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tag = {"recipe": Path(args.recipe).name, "set": args.set or [], "eval_cap": cap, "clock": "training",
-           "setfit_iterations": args.setfit_iterations or 20}
+           "setfit_iterations": args.setfit_iterations or None}
     done = [] if args.fresh or not out.is_file() else [json.loads(x) for x in out.read_text().splitlines() if x]
     done = [r for r in done if r.get("tag") == tag]
     print(f"textxfer recipe {args.recipe}{' ' + str(args.set) if args.set else ''}; seeds {seeds}; eval cap {cap}",

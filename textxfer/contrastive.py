@@ -1,9 +1,10 @@
 """A SetFit-style contrastive stage: tune the body so that same-class examples embed close together, then train
 the classifier (by default the head alone, on the tuned body's cached embeddings).
 
-SetFit samples pairs of sentences (20 iterations x 2 pairs per example by default) and runs both sentences of
-every pair through the model: 80 forward/backward passes per example, and users who raise the iteration count
-to reach every pair pay quadratically. Here the pairs are formed inside each batch instead: a batch of B
+SetFit (1.x, by default) trains on every unique pair of training sentences, the smaller of the positive and
+negative sets repeated to match the larger, and runs both sentences of every pair through the model: about n^2
+forward/backward passes for n examples (16,640 for 128 examples), quadratic in the data (setfit #472/#249);
+`num_iterations` caps it at 40 pairs per example. Here the pairs are formed inside each batch instead: a batch of B
 examples gives B(B-1)/2 pairs for B forward passes. Batches are built from small same-class groups, so every
 example meets positives even with many classes. A pass over the data costs one forward/backward per example:
 linear in the data size, whatever the number of classes.
