@@ -1004,7 +1004,8 @@ def _few_shot(train: _Split, cfg: DataConfig, seed: int, names: list[str], multi
     if cfg.examples_per_class is not None:
         idx = _subset_per_class(_strata(train.ids, multi, freq), cfg.examples_per_class, seed + 3, names, multi)
         train = train.take(idx)
-        _note(notes, f"train: {cfg.examples_per_class} examples per class, {len(idx):,} in all (drawn with training.seed {seed}).")
+        _note(notes, f"train: {cfg.examples_per_class} examples per class, {len(idx):,} in all "
+                     f"(drawn with training.seed {seed}).")
     if cfg.max_train_examples is not None and cfg.max_train_examples < len(train.texts):
         idx = _subset_stratified(_strata(train.ids, multi, freq), cfg.max_train_examples, seed + 4)
         _note(notes, f"train: limited to {len(idx):,} of {len(train.texts):,} examples (data.max_train_examples, "

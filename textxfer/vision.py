@@ -575,7 +575,8 @@ def load_image_splits(cfg: DataConfig, seed: int):
                                 f"has only {len(of)} training images.")
             idx += rng.permutation(of)[: cfg.examples_per_class].tolist()
         train = train.take(sorted(idx))
-        notes.append(f"train: {cfg.examples_per_class} images per class, {len(idx)} in all (drawn with training.seed {seed}).")
+        notes.append(f"train: {cfg.examples_per_class} images per class, {len(idx)} in all "
+                     f"(drawn with training.seed {seed}).")
     if cfg.max_train_examples is not None and cfg.max_train_examples < len(train):
         train = train.take(_subset(train.targets, cfg.max_train_examples, seed + 4))
         notes.append(f"train: limited to {len(train)} images (data.max_train_examples, stratified).")
