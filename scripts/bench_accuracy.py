@@ -157,9 +157,11 @@ def work_textxfer(a) -> dict:
     lid = {n: i for i, n in enumerate(labels)}
     etexts, eys = read_csv(a.eval)
     clf = load(Path(a.run_dir) / "model")
-    pred = clf.logits(etexts, batch_size=128).argmax(-1)
+    logits = clf.logits(etexts, batch_size=128)
+    pred = logits.argmax(-1)
     y = np.array([lid[t] for t in eys])
     return {"accuracy": float((pred == y).mean()), "macro_f1": macro_f1(y, pred, len(labels)),
+            "log_loss": log_loss(softmax(logits), y),
             "train_seconds": round(w1 - w0, 2), "cpu_seconds": round(c1 - c0, 2),
             "run_seconds": run["train_seconds"], "wall_seconds_incl_save": round(wall, 2)}
 
@@ -195,13 +197,16 @@ def work_trainer(a) -> dict:
     trainer.train()
     wall, cpu = time.time() - wall, time.process_time() - cpu
     model.eval()
-    preds = []
+    logits = []
     with torch.inference_mode():
         for i in range(0, len(etexts), 128):
             b = tok(etexts[i:i + 128], truncation=True, max_length=64, padding=True, return_tensors="pt")
-            preds += model(**b.to(model.device)).logits.argmax(-1).tolist()
+            logits.append(model(**b.to(model.device)).logits.float().cpu().numpy())
+    logits = np.concatenate(logits)
+    preds = logits.argmax(-1)
     y = np.array([lid[t] for t in eys])
-    return {"accuracy": float((np.array(preds) == y).mean()), "macro_f1": macro_f1(y, np.array(preds), len(labels)),
+    return {"accuracy": float((preds == y).mean()), "macro_f1": macro_f1(y, preds, len(labels)),
+            "log_loss": log_loss(softmax(logits), y),
             "train_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2)}
 
 
@@ -225,10 +230,28 @@ def work_setfit(a) -> dict:
     preds = np.array([str(p) for p in model.predict(etexts, batch_size=128)])
     labels = json.loads(a.labels)
     lid = {n: i for i, n in enumerate(labels)}
+    probs = np.asarray(model.predict_proba(etexts, batch_size=128, as_numpy=True))
+    classes = [str(c) for c in model.model_head.classes_]  # predict_proba's columns, in the head's class order
+    probs = probs[:, [classes.index(n) for n in labels]] if set(labels) <= set(classes) else None
     return {"accuracy": float((preds == np.array(eys)).mean()),
+            "log_loss": log_loss(probs, np.array([lid[t] for t in eys])) if probs is not None else None,
             "macro_f1": macro_f1(np.array([lid[t] for t in eys]), np.array([lid.get(p, -1) for p in preds]),
                                  len(labels)),
             "train_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2)}
+
+
+def softmax(logits):
+    import numpy as np
+
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def log_loss(probs, y) -> float:
+    """Mean negative log-probability of the true class: how far the predicted probabilities can be trusted."""
+    import numpy as np
+
+    return float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0)).mean())
 
 
 def macro_f1(y, p, n: int) -> float:
@@ -374,7 +397,8 @@ def main() -> None:
                     done.append(rec)
                     with open(out, "a", encoding="utf-8") as f:
                         f.write(json.dumps(rec) + "\n")
-                    what = (f"acc {res['accuracy']:.4f}, train {res['train_seconds']:.1f}s wall / "
+                    loss = f", log loss {res['log_loss']:.3f}" if res.get("log_loss") is not None else ""
+                    what = (f"acc {res['accuracy']:.4f}{loss}, train {res['train_seconds']:.1f}s wall / "
                             f"{res['cpu_seconds']:.0f}s cpu") if "accuracy" in res else res["error"]
                     print(f"{row} seed {seed} {system}: {what}", flush=True)
     print()

@@ -305,6 +305,18 @@ def test_run_that_died_before_its_first_evaluation(tmp_path):
     assert lines[0].startswith("No evaluation finished")
 
 
+def test_summary_of_a_finished_run_without_validation(tmp_path):
+    """Few-shot recipes keep no validation split: the summary says the last epoch was kept, not that nothing ran."""
+    root = make_run(tmp_path / "run", SENTIMENT)
+    metrics = json.loads((root / "metrics.json").read_text())
+    for key in ("best", "validation"):
+        metrics.pop(key)
+    (root / "metrics.json").write_text(json.dumps(metrics))
+    lines = report.summary_lines(root)
+    assert lines[0] == "No validation split, so the saved model is the last epoch's."
+    assert lines[1].startswith("Test: accuracy 0.8000")
+
+
 def test_a_failing_plot_does_not_raise(tmp_path, monkeypatch, caplog):
     root = make_run(tmp_path / "run", SENTIMENT)
 

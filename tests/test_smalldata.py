@@ -29,6 +29,49 @@ def _weights(folder) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "model.safetensors"))
 
 
+# ------------------------------------------------------------------------------------------ training.head_l2
+
+@pytest.mark.parametrize("arch,expected", [("bert", ["classifier.weight"]),
+                                           ("roberta", ["classifier.dense.weight", "classifier.out_proj.weight"])])
+def test_head_l2_penalises_the_new_heads_weight_matrices_only(tiny_models, arch, expected):
+    from textxfer.smalldata import head_weight_matrices
+
+    model, parts = load_classifier(str(tiny_models[arch]), ["a", "b", "c"])
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert [names[id(p)] for p in head_weight_matrices(model, parts)] == expected  # no bias, no pretrained pooler
+
+
+def test_add_head_l2_adds_the_penalty_gradient():
+    from textxfer.smalldata import add_head_l2
+
+    w, frozen = torch.nn.Parameter(torch.tensor([[1.0, -2.0]])), torch.nn.Parameter(torch.ones(1, 2))
+    w.grad = torch.tensor([[0.5, 0.5]])
+    add_head_l2([w, frozen], 0.25)
+    torch.testing.assert_close(w.grad, torch.tensor([[0.75, 0.0]]))
+    assert frozen.grad is None  # not trained at this step: left alone
+
+
+def test_head_l2_shrinks_the_head_and_its_confidence(tiny_models, tiny_data, tmp_path):
+    """The same head-only run (no validation split: the last epoch is saved) without and with the penalty: the
+    penalised head's weights are smaller and its probabilities less extreme; a negative value is refused."""
+    from textxfer.training import train
+
+    common = dict(strategy__name="head", training__epochs=6, training__head_learning_rate=5e-2,
+                  training__checkpoint_every=None, data__validation=None, data__validation_split=0,
+                  data__test=str(tiny_data["validation"]))
+    runs = {}
+    for l2 in (0.0, 2000.0):
+        out = tmp_path / f"l2-{l2:g}"
+        train(tiny_recipe(tiny_models["bert"], tiny_data, out, training__head_l2=l2, **common))
+        rows = (out / "predictions" / "test.jsonl").read_text().splitlines()
+        confidence = np.mean([json.loads(row)["confidence"] for row in rows])
+        runs[l2] = (float(_weights(out / "model")["classifier.weight"].norm()), confidence)
+    assert runs[2000.0][0] < 0.25 * runs[0.0][0]
+    assert runs[2000.0][1] < runs[0.0][1]
+    with pytest.raises(UserError, match="training.head_l2"):
+        _recipe(tiny_models, tiny_data, tmp_path, training__head_l2=-1)
+
+
 # ------------------------------------------------------------------------------------------ model.pooling: mean
 
 @pytest.mark.parametrize("arch", ["bert", "distilbert", "roberta", "electra", "deberta-v2", "xlm-roberta"])
@@ -319,7 +362,8 @@ def test_contrastive_needs_a_body_to_tune(tiny_models, tiny_data, tmp_path):
 def test_new_keys_have_documented_defaults():
     r = load_recipe(data={"model": {"name": "x"}, "data": {"train": "x"}})
     assert (r.model.pooling, r.training.layer_lr_decay, r.training.head_warmup_epochs, r.training.contrastive,
-            r.strategy.unfreeze_every, r.strategy.reinit_layers) == ("cls", 1.0, 0.0, None, "epoch", 0)
+            r.strategy.unfreeze_every, r.strategy.reinit_layers, r.training.head_l2) == \
+        ("cls", 1.0, 0.0, None, "epoch", 0, 0.0)
     c = load_recipe(data={"model": {"name": "x"}, "data": {"train": "x"}, "strategy": {"name": "freeze"},
                           "training": {"contrastive": {}}}).training.contrastive
     assert (c.epochs, c.batch_size, c.then, c.loss) == (8, 16, "head", "cosine")
@@ -329,7 +373,7 @@ def test_new_keys_have_documented_defaults():
 
     source = inspect.getsource(recipe_module)
     for key in ("pooling:", "layer_lr_decay:", "head_warmup_epochs:", "contrastive:", "unfreeze_every:",
-                "reinit_layers:", "same_class_per_batch:"):
+                "reinit_layers:", "same_class_per_batch:", "head_l2:"):
         after = source.split(key, 1)[1].splitlines()[1].strip()
         assert after.startswith('"""'), key
 

@@ -250,6 +250,12 @@ class TrainingConfig:
     strategy that trains body layers (freeze, full, lora, gradual)."""
     weight_decay: float = 0.01
     """AdamW weight decay, not applied to biases and LayerNorm weights."""
+    head_l2: float = 0.0
+    """L2 penalty on the new head's weight matrices, in scikit-learn's units: 1/2 x head_l2 x ||W||^2 against the
+    loss summed over the training examples (LogisticRegression's C = 1/head_l2). Unlike AdamW's decay it sets the
+    optimum the head converges to: on few examples an unpenalised head grows until it is sure of every answer.
+    0 = none; the few-shot recipes use 10 (C = 0.1: more would make a head over many classes unsure of itself).
+    Multi-label losses are averaged over the labels, so there the same value penalises as many times more."""
     warmup_ratio: float = 0.1
     """Share of steps with linear learning-rate warm-up, then linear decay to zero."""
     max_grad_norm: float | None = 1.0
@@ -535,6 +541,8 @@ def validate(recipe: Recipe) -> None:
         raise UserError(f"Recipe key `training.learning_rate` must be > 0, not {t.learning_rate}.")
     if not 0 <= t.warmup_ratio < 1:
         raise UserError(f"Recipe key `training.warmup_ratio` must be in [0, 1), not {t.warmup_ratio}.")
+    if t.head_l2 < 0:
+        raise UserError(f"Recipe key `training.head_l2` must be >= 0 (0 = no penalty), not {t.head_l2}.")
     if recipe.strategy.freeze_layers < 0:
         raise UserError("Recipe key `strategy.freeze_layers` must be >= 0.")
     for k in ("validation_split", "test_split"):

@@ -502,6 +502,8 @@ def summary_lines(run_dir: str | Path) -> list[str]:
     lines = []
     if best_metric and plots._num(best.get(best_metric)):
         lines.append(f"Best {best_metric}: {best[best_metric]:.4f}{_where(best)}")
+    elif metrics and "validation" not in metrics:  # a finished run with nothing to select on (few-shot recipes)
+        lines.append("No validation split, so the saved model is the last epoch's.")
     else:
         lines.append("No evaluation finished, so there is no best metric (see train.log).")
     test = _headline(metrics.get("test"), best_metric, limit=3)

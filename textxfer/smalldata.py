@@ -10,6 +10,8 @@
   never trains (`textxfer_frozen_modules` in the config); a BERT pooler, trained for the CLS token, becomes the
   identity (then tanh) so the classifier reads the averaged state itself.
 - `strategy.reinit_layers`: fresh (seeded) weights for the top k layer groups.
+- `training.head_l2`: an L2 penalty on the head's weight matrices (scikit-learn's), so that a head trained to
+  convergence on a few well-separated embeddings stays calibrated.
 - `training.layer_lr_decay`: AdamW groups whose learning rate shrinks layer by layer downwards.
 - `training.head_warmup_epochs` and `strategy.name: gradual`: which layer groups train at each optimizer step, a
   pure function of the step (so resuming a run lands on the same schedule).
@@ -344,6 +346,26 @@ def layerwise_groups(model: nn.Module, parts: Parts, lr: float, head_lr: float |
                                         "lr": rate, "name": f"{key[0]}{' (no decay)' if no_decay else ''}"})
         entry["params"].append(p)
     return [groups[k] for k in sorted(groups, key=lambda k: (-groups[k]["lr"], k))]
+
+
+def head_weight_matrices(model: nn.Module, parts: Parts) -> list[nn.Parameter]:
+    """The new head's weight matrices (not its biases, not the pretrained pooler): what `training.head_l2` penalises."""
+    prefix = getattr(model, "base_model_prefix", "\0") + "."
+    out = []
+    for name, p in model.named_parameters():
+        clean = name.removeprefix("base_model.model.")
+        if p.ndim >= 2 and parts.group_of(clean) == "head" and not clean.startswith(prefix) and "lora_" not in clean:
+            out.append(p)
+    return out
+
+
+@torch.no_grad()
+def add_head_l2(params: list[nn.Parameter], coefficient: float) -> None:
+    """Add the gradient of 1/2 x coefficient x ||W||^2 (once the processes' gradients are summed: exact under DDP
+    and accumulation); parameters frozen at this step have no gradient and are left alone."""
+    for p in params:
+        if p.grad is not None:
+            p.grad.add_(p, alpha=coefficient)
 
 
 # ------------------------------------------------------------------------------------------ what trains when

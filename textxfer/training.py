@@ -450,6 +450,13 @@ class Loop:
                                                     self.total_steps)
         self.model, self.optimizer, self.scheduler = self.acc.prepare(self.model, optimizer, scheduler)
         smalldata.install_schedule(self)  # training.head_warmup_epochs, strategy gradual
+        # training.head_l2 is against the summed loss; our loss is the mean over the examples: divide by their number
+        self.head_l2 = None
+        if t.head_l2:
+            matrices = smalldata.head_weight_matrices(self.acc.unwrap_model(self.model), self.parts)
+            self.head_l2 = (matrices, t.head_l2 / len(self.encoded["train"]))
+            log.info(f"training.head_l2 {t.head_l2:g}: L2 penalty on {len(matrices)} head weight matrices "
+                     f"({sum(m.numel() for m in matrices):,} weights)")
         self.progress = Progress()
         self.best: dict | None = None
         self.best_state: dict | None = None
@@ -599,6 +606,10 @@ class Loop:
                 loss = (per_example * weight).sum() / norm
                 self.acc.backward(loss * n_proc)  # DDP averages the processes' gradients; we want their sum
             share += loss.detach().item()
+        if self.head_l2 is not None:
+            from textxfer.smalldata import add_head_l2
+
+            add_head_l2(*self.head_l2)
         if t.max_grad_norm:
             self.acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
         self.optimizer.step()
