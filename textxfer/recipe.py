@@ -254,7 +254,7 @@ class TrainingConfig:
     """L2 penalty on the new head's weight matrices, in scikit-learn's units: 1/2 x head_l2 x ||W||^2 against the
     loss summed over the training examples (LogisticRegression's C = 1/head_l2). Unlike AdamW's decay it sets the
     optimum the head converges to: on few examples an unpenalised head grows until it is sure of every answer.
-    0 = none; the few-shot recipes use 10 (C = 0.1: more would make a head over many classes unsure of itself).
+    0 = none; `fewshot.yaml` uses 10 (C = 0.1: more would make a head over many classes unsure of itself).
     Multi-label losses are averaged over the labels, so there the same value penalises as many times more."""
     warmup_ratio: float = 0.1
     """Share of steps with linear learning-rate warm-up, then linear decay to zero."""
