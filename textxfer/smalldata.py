@@ -330,7 +330,6 @@ def layerwise_groups(model: nn.Module, parts: Parts, lr: float, head_lr: float |
                      decay: float) -> list[dict]:
     """Learning rate lr x decay^depth per layer group (the head and pooler at lr, or head_lr for the new head)."""
     n = len(parts.layers)
-    prefix = getattr(model, "base_model_prefix", "\0") + "."
     groups: dict[tuple[str, bool], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -338,23 +337,27 @@ def layerwise_groups(model: nn.Module, parts: Parts, lr: float, head_lr: float |
         clean = name.removeprefix("base_model.model.")
         group = parts.group_of(clean)
         depth = depth_of(group, n)
-        is_new_head = group == "head" and not clean.startswith(prefix)
-        rate = (head_lr or lr) if is_new_head else lr * (decay ** depth if depth is not None else 1.0)
+        new_head = is_new_head(model, parts, clean)
+        rate = (head_lr or lr) if new_head else lr * (decay ** depth if depth is not None else 1.0)
         no_decay = p.ndim < 2 or "norm" in name.lower()
-        key = ("new-head" if is_new_head else group, no_decay)
+        key = ("new-head" if new_head else group, no_decay)
         entry = groups.setdefault(key, {"params": [], "weight_decay": 0.0 if no_decay else weight_decay,
                                         "lr": rate, "name": f"{key[0]}{' (no decay)' if no_decay else ''}"})
         entry["params"].append(p)
     return [groups[k] for k in sorted(groups, key=lambda k: (-groups[k]["lr"], k))]
 
 
+def is_new_head(model: nn.Module, parts: Parts, clean: str) -> bool:
+    """A parameter (name without a PEFT prefix) of the head on top, not of the pretrained body (its pooler included)."""
+    return parts.group_of(clean) == "head" and not clean.startswith(getattr(model, "base_model_prefix", "\0") + ".")
+
+
 def head_weight_matrices(model: nn.Module, parts: Parts) -> list[nn.Parameter]:
     """The new head's weight matrices (not its biases, not the pretrained pooler): what `training.head_l2` penalises."""
-    prefix = getattr(model, "base_model_prefix", "\0") + "."
     out = []
     for name, p in model.named_parameters():
         clean = name.removeprefix("base_model.model.")
-        if p.ndim >= 2 and parts.group_of(clean) == "head" and not clean.startswith(prefix) and "lora_" not in clean:
+        if p.ndim >= 2 and is_new_head(model, parts, clean) and "lora_" not in clean:
             out.append(p)
     return out
 

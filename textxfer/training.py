@@ -192,13 +192,14 @@ def build_tokenizer(name: str, recipe: Recipe):
 def param_groups(model: torch.nn.Module, parts, lr: float, head_lr: float | None,
                  weight_decay: float) -> list[dict]:
     """AdamW groups: no weight decay on biases and norms; the head may have its own learning rate."""
+    from textxfer.smalldata import is_new_head
+
     groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         clean = name.removeprefix("base_model.model.")
-        is_head = parts.group_of(clean) == "head" and not clean.startswith(
-            getattr(model, "base_model_prefix", "\0") + ".")
+        is_head = is_new_head(model, parts, clean)
         no_decay = p.ndim < 2 or "norm" in name.lower()
         groups.setdefault((is_head, no_decay), []).append(p)
     out = []
