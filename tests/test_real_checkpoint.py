@@ -54,7 +54,7 @@ def test_fewshot_recipe_runs_its_contrastive_stage_at_8_per_class(minilm, tmp_pa
     run = textxfer.train(recipe, overrides=["data.examples_per_class=8"], output_dir=tmp_path / "run")
     history = json.loads((tmp_path / "run/history.json").read_text())
     stage = history["contrastive_stage"]
-    assert not stage.get("skipped") and stage["steps"] == 12, stage
+    assert not stage.get("skipped") and stage["steps"] == 6, stage
     dev_labels = [line.split("\t")[1].strip() for line in (SST2 / "dev.tsv").read_text().splitlines()[1:]]
     majority = max(dev_labels.count("0"), dev_labels.count("1")) / len(dev_labels)
     assert run.metrics["test"]["accuracy"] > majority + 0.05, (run.metrics["test"], majority)
