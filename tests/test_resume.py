@@ -243,12 +243,17 @@ def test_rotation_keeps_the_last_k_and_the_best(tmp_path):
 
 
 def test_one_ctrl_c_passed_on_twice_is_one_request_and_a_later_one_quits(monkeypatch):
-    with checkpoint.StopSignals(grace=60) as signals:
-        os.kill(os.getpid(), signal.SIGINT)  # from the terminal
-        os.kill(os.getpid(), signal.SIGINT)  # the same Ctrl-C, passed on by torchrun's agent
-        assert signals.received == signal.SIGINT
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    with pytest.raises(KeyboardInterrupt), checkpoint.StopSignals(grace=0) as signals:
-        os.kill(os.getpid(), signal.SIGINT)
-        assert signals.received == signal.SIGINT
-        os.kill(os.getpid(), signal.SIGINT)  # pressed again: quit now, without saving
+    # Python's own Ctrl-C handler, as in a terminal: a background job (`pytest ... &`) inherits SIGINT ignored
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with checkpoint.StopSignals(grace=60) as signals:
+            os.kill(os.getpid(), signal.SIGINT)  # from the terminal
+            os.kill(os.getpid(), signal.SIGINT)  # the same Ctrl-C, passed on by torchrun's agent
+            assert signals.received == signal.SIGINT
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back as it was
+        with pytest.raises(KeyboardInterrupt), checkpoint.StopSignals(grace=0) as signals:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert signals.received == signal.SIGINT
+            os.kill(os.getpid(), signal.SIGINT)  # pressed again: quit now, without saving
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -210,7 +210,8 @@ class ContrastiveConfig:
     """Skip the stage when the training set has fewer examples than this (the classifier then trains as after
     the stage, on the pretrained body). 0 always runs it: even with 8 per class the stage pays. On SST-2 with 8 per
     class, 20 seeds: 0.632 with the stage, 0.618 without (paired +0.014, standard error 0.009), SetFit 0.629, at
-    3.4 s against 0.55 s without it and SetFit's 7.6 s (an earlier fewshot.yaml; today's: 0.637 in 2.5 s)."""
+    3.4 s against 0.55 s without it and SetFit's 7.6 s (measured with an earlier fewshot.yaml; the current one:
+    0.637 in 2.5 s, SetFit 8.5 s)."""
     same_class_per_batch: int = 4
     """Batches are built from groups of this many same-class examples, so every example has positive pairs even
     with many classes (77 intents, 8 examples each). 1 = plain random batches."""
