@@ -465,7 +465,7 @@ class Loop:
         self.head_l2 = None
         if t.head_l2:
             matrices = smalldata.head_weight_matrices(self.acc.unwrap_model(self.model), self.parts)
-            self.head_l2 = (matrices, t.head_l2 / len(self.encoded["train"]))
+            self.head_l2 = functools.partial(smalldata.add_head_l2, matrices, t.head_l2 / len(self.encoded["train"]))
             log.info(f"training.head_l2 {t.head_l2:g}: L2 penalty on {len(matrices)} head weight matrices "
                      f"({sum(m.numel() for m in matrices):,} weights)")
         self.progress = Progress()
@@ -618,9 +618,7 @@ class Loop:
                 self.acc.backward(loss * n_proc)  # DDP averages the processes' gradients; we want their sum
             share += loss.detach().item()
         if self.head_l2 is not None:
-            from textxfer.smalldata import add_head_l2
-
-            add_head_l2(*self.head_l2)
+            self.head_l2()
         if t.max_grad_norm:
             self.acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
         self.optimizer.step()
