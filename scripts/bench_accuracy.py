@@ -5,6 +5,7 @@ fine-tune, with the same all-MiniLM-L6-v2 body, the same training subsets and th
     .venv/bin/python scripts/bench_accuracy.py                       # every row, 3 seeds, all three systems
     .venv/bin/python scripts/bench_accuracy.py --rows sst2-64 --seeds 1 --systems textxfer,trainer
     .venv/bin/python scripts/bench_accuracy.py --quick               # 1 seed, evaluation capped at 1,000 examples
+    .venv/bin/python scripts/bench_accuracy.py --rows sst2-64 --seeds 3 --first-seed 7   # seeds 7, 8, 9
 
 Rows (data from ../shared/data, or $TEXTXFER_DATA): sst2-64 and sst2-8 (examples per class, evaluated on the 872
 dev sentences), trec-64 (TREC-6 coarse, test set), emotion-64 (test set), banking77-10 (test set). Each seed draws
@@ -350,6 +351,8 @@ def main() -> None:
     ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows: {', '.join(ROWS)}")
     ap.add_argument("--systems", default=",".join(SYSTEMS), help="textxfer, setfit, trainer")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds run: first-seed .. first-seed + seeds - 1 "
+                    "(more seeds for an earlier run without repeating its own)")
     ap.add_argument("--quick", action="store_true",
                     help="1 seed and evaluation sets capped at 1,000 examples (the same sample for every system)")
     ap.add_argument("--eval-cap", type=int, default=None, help="cap the evaluation set (same sample for all)")
@@ -371,7 +374,7 @@ def main() -> None:
         raise SystemExit(f"unknown rows/systems: {bad}; rows: {list(ROWS)}, systems: {list(SYSTEMS)}")
     if not DATA.is_dir():
         raise SystemExit(f"no benchmark data at {DATA}: set TEXTXFER_DATA to the shared data folder")
-    seeds = list(range(1 if args.quick else args.seeds))
+    seeds = list(range(args.first_seed, args.first_seed + (1 if args.quick else args.seeds)))
     cap = args.eval_cap or (1000 if args.quick else None)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
