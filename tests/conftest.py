@@ -21,6 +21,18 @@ VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
 ARCHS = ["bert", "distilbert", "roberta", "electra", "albert", "deberta-v2", "xlm-roberta"]
 
 
+def load_script(name: str):
+    """A script of `scripts/` imported as a module (the scripts are not a package)."""
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def tiny_config(arch: str):
     import transformers as T
 

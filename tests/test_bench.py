@@ -4,29 +4,20 @@ system's worker runs and reports, and the strategy rows parse the way the accept
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import random
 import re
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, WORDS
+from conftest import WORDS, load_script
 
 STRATEGIES = ("head", "freeze", "lora", "full")
 
 
-def _load(name: str):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def bench():
-    return _load("bench_train")
+    return load_script("bench_train")
 
 
 @pytest.fixture
@@ -130,7 +121,7 @@ def test_bench_train_main_end_to_end(bench, tiny_models, sst2_like, capsys):
 def test_profile_cache_pass_lists_the_operators(capsys, monkeypatch):
     """Real MiniLM on the bench slice of SST-2: the head pass keeps position 0, cuts the last layer, and the
     profile names the matmuls."""
-    profiler = _load("profile_cache_pass")
+    profiler = load_script("profile_cache_pass")
     monkeypatch.setattr(sys, "argv", ["profile_cache_pass.py", "--rows", "3"])
     assert profiler.main() == 0
     out = capsys.readouterr().out

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import load_script
 
 from textxfer.data import column, load_splits
 from textxfer.recipe import load_recipe
@@ -135,23 +136,22 @@ def test_data_check_cli_prints_source_counts():
     assert os.environ["TEXTXFER_DATA"] == str(DATA)
 
 
+@pytest.fixture(scope="module")
+def bench_accuracy():
+    return load_script("bench_accuracy")
+
+
 @pytest.mark.parametrize("row, classes, eval_rows", [
     ("sst2-64", 2, 872), ("trec-64", 6, 500), ("emotion-64", 6, 2000), ("banking77-10", 77, 3080),
     ("bbc-8", 5, 667), ("agnews-8", 4, 7600), ("spam-8", 2, 1548)])
-def test_bench_accuracy_rows_draw_their_subsets(row, classes, eval_rows, tmp_path):
+def test_bench_accuracy_rows_draw_their_subsets(bench_accuracy, row, classes, eval_rows, tmp_path):
     """Each row of scripts/bench_accuracy.py reads its data set and writes exactly `shots` training rows per class
     (the subset every system trains on) and the whole evaluation set."""
-    import csv
-    import importlib.util
     from collections import Counter
 
-    spec = importlib.util.spec_from_file_location("bench_accuracy", ROOT / "scripts" / "bench_accuracy.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    dataset, shots = bench.ROWS[row]
-    sub = bench.write_subset(dataset, shots, 0, tmp_path, None)
-    with open(sub["train"], newline="", encoding="utf-8") as f:
-        train = list(csv.DictReader(f))
+    dataset, shots = bench_accuracy.ROWS[row]
+    sub = bench_accuracy.write_subset(dataset, shots, 0, tmp_path, None)
+    texts, labels = bench_accuracy.read_csv(sub["train"])
     assert len(sub["labels"]) == classes and sub["eval_rows"] == eval_rows
-    assert Counter(r["label"] for r in train) == dict.fromkeys(sub["labels"], shots)
-    assert all(r["text"].strip() for r in train)
+    assert Counter(labels) == dict.fromkeys(sub["labels"], shots)
+    assert all(t.strip() for t in texts)
