@@ -299,6 +299,76 @@ def test_pair_loss_is_zero_when_classes_are_separated():
     assert float(pair_loss(perfect, y, "supcon", 0.1)) < float(pair_loss(mixed, y, "supcon", 0.1))
 
 
+def test_multi_label_pairs_share_a_label():
+    """Multi-hot rows (as SetFit): a pair is positive when the two share a label, or when neither has one; groups
+    are keyed by each row's rarest label; the stage needs at least one pair sharing nothing."""
+    from textxfer.contrastive import group_keys, has_negative_pair, same_label
+
+    t = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 1], [0, 0, 0], [0, 0, 0]], dtype=np.float32)
+    assert same_label(torch.as_tensor(t)).tolist() == [
+        [1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0], [0, 1, 1, 0, 0, 0], [0, 0, 0, 1, 0, 0], [0, 0, 0, 0, 1, 1],
+        [0, 0, 0, 0, 1, 1]]
+    assert group_keys(t).tolist() == [0, 0, 1, 2, -1, -1]  # row 1: labels 0 and 1 equally rare, the lower wins
+    assert group_keys(np.array([[0, 1, 1], [0, 1, 0], [0, 1, 0]])).tolist() == [2, 1, 1]  # label 2 rarer than 1
+    assert group_keys(np.array([2, 0, 1])).tolist() == [2, 0, 1]  # single-label: the class
+    assert has_negative_pair(t) and has_negative_pair(np.array([0, 1]))
+    assert not has_negative_pair(np.array([[1, 0], [1, 1], [1, 0]]))  # every pair shares label 0
+    assert not has_negative_pair(np.array([1, 1, 1]))
+    perfect = torch.tensor([[1.0, 0], [1.0, 0], [0, 1.0], [0, 1.0]])
+    y = torch.tensor([[1.0, 0, 0], [1.0, 1.0, 0], [0, 0, 1.0], [0, 0, 1.0]])
+    assert float(pair_loss(perfect, y, "cosine")) == pytest.approx(0.0, abs=1e-6)
+
+
+def _multi_label_data(tmp_path, every: str | None = None) -> dict:
+    """Texts tagged with one or two of pos / neg / sport (each word says its label); `every`: a label on every row."""
+    import random
+
+    words = {"pos": "good", "neg": "bad", "sport": "goal"}
+    rng = random.Random(0)
+    combos = [(w,) for w in words] * 2 + [("pos", "sport"), ("neg", "sport")]  # mostly one label, as in real data
+    rows = []
+    for i in range(60):
+        combo = tuple(dict.fromkeys(combos[i % len(combos)] + ((every,) if every else ())))
+        text = " ".join(rng.sample(["the", "a", "film", "was"], 2) + [words[c] for c in combo])
+        rows.append(f"{text}\t{','.join(combo)}")
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "train.tsv").write_text("text\tlabels\n" + "\n".join(rows[:48]) + "\n")
+    (tmp_path / "dev.tsv").write_text("text\tlabels\n" + "\n".join(rows[48:]) + "\n")
+    return {"train": tmp_path / "train.tsv", "validation": tmp_path / "dev.tsv"}
+
+
+def test_contrastive_stage_on_multi_label_data(tiny_models, tmp_path):
+    """The stage runs on multi-label data and learns (its loss falls); the classifier after it is multi-label and
+    the saved model predicts what the run did. A label on every row leaves no negative pair:
+    a clear error naming it."""
+    from textxfer.training import train
+
+    def recipe(data, out):
+        r = tiny_recipe(tiny_models["bert"], data, out, model__pooling="mean", strategy__name="freeze",
+                        strategy__freeze_layers=1, training__epochs=4, training__head_learning_rate=1e-2,
+                        training__checkpoint_every=None, training__metric="micro_f1", training__log_every=1,
+                        training__contrastive={"epochs": 8, "batch_size": 16, "same_class_per_batch": 2,
+                                               "learning_rate": 3e-3})
+        r["data"].update({"multi_label": True, "label_column": "labels", "format": "tsv"})
+        return r
+
+    result = train(recipe(_multi_label_data(tmp_path / "ok"), tmp_path / "run"))
+    hist = json.loads((tmp_path / "run" / "history.json").read_text())
+    losses = [e["loss"] for e in hist["contrastive"]]
+    assert hist["contrastive_stage"]["steps"] == 24 and np.mean(losses[-3:]) < 0.6 * np.mean(losses[:3])  # pass 8 vs 1
+    assert result.metrics["validation"]["micro_f1"] > 0.5
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(tmp_path / "run" / "model").problem_type == "multi_label_classification"
+    import textxfer
+
+    rows = [json.loads(x) for x in (tmp_path / "run" / "predictions" / "validation.jsonl").read_text().splitlines()]
+    again = textxfer.load(tmp_path / "run").predict([r["text"] for r in rows])
+    assert [sorted(x["label"] for x in p) for p in again] == [sorted(r["pred"]) for r in rows]
+    with pytest.raises(UserError, match=r"every example carrying the label 'sport'"):
+        train(recipe(_multi_label_data(tmp_path / "bad", every="sport"), tmp_path / "bad-run"))
+
+
 def test_contrastive_run_end_to_end(tiny_models, tiny_data, tmp_path):
     """Contrastive stage (upper layer, mean pooling), then the head alone on cached embeddings; the saved model
     predicts in plain transformers exactly what the run did."""

@@ -9,6 +9,9 @@ examples gives B(B-1)/2 pairs for B forward passes. Batches are built from small
 example meets positives even with many classes. A pass over the data costs one forward/backward per example:
 linear in the data size, whatever the number of classes.
 
+Multi-label data: a pair is positive when the two examples share a label (as SetFit), or when neither has any (SetFit
+counts those negative); negative otherwise. The same-label groups are formed by each example's rarest label.
+
 The embedding compared is what the classifier will read (position 0 of the last layer: the averaged state with
 `model.pooling: mean`, the first token's with `cls`), so the stage optimises exactly the features the saved model
 classifies. The frozen-prefix cache serves the frozen lower layers during the stage as during training.
@@ -61,14 +64,51 @@ def pair_batches(targets: np.ndarray, batch_size: int, per_class: int, seed: int
     return batches
 
 
+def same_label(targets: torch.Tensor) -> torch.Tensor:
+    """1.0 where two examples form a positive pair: the same class, or for multi-hot rows a shared label (two rows
+    without any label also count as the same)."""
+    if targets.dim() == 1:
+        return (targets[:, None] == targets[None, :]).float()
+    t = (targets > 0).float()
+    none = t.sum(1) == 0
+    return ((t @ t.T > 0) | (none[:, None] & none[None, :])).float()
+
+
+def group_keys(targets: np.ndarray) -> np.ndarray:
+    """One class per example for forming same-class groups: the class itself, or a multi-hot row's rarest label
+    in this training set (-1: no label), as the data's stratified draws count them."""
+    from textxfer.data import strata
+
+    targets = np.asarray(targets)
+    if targets.ndim == 1:
+        return targets.astype(np.int64)
+    on = targets > 0
+    return np.asarray(strata([np.flatnonzero(row).tolist() for row in on], True, on.sum(0)), dtype=np.int64)
+
+
+def has_negative_pair(targets: np.ndarray) -> bool:
+    """Whether some two examples are of different classes (multi-hot: share no label), so the stage can learn."""
+    targets = np.asarray(targets)
+    if targets.ndim == 1:
+        return len(np.unique(targets)) > 1
+    rows = np.unique(targets > 0, axis=0).astype(np.float32)  # distinct label sets; compared in blocks
+    none = rows.sum(1) == 0
+    for i in range(0, len(rows), 1024):
+        same = (rows[i:i + 1024] @ rows.T > 0) | (none[i:i + 1024, None] & none[None, :])
+        if not same.all():
+            return True
+    return False
+
+
 def pair_loss(embeddings: torch.Tensor, targets: torch.Tensor, kind: str = "cosine",
               temperature: float = 0.1) -> torch.Tensor:
-    """Loss over every pair of the batch. `cosine`: (cos - same)^2, positives and negatives weighted equally;
-    `supcon`: supervised contrastive (each example's softmax over the others, positives as targets)."""
+    """Loss over every pair of the batch (`targets`: class ids, or multi-hot rows, see `same_label`). `cosine`:
+    (cos - same)^2, positives and negatives weighted equally; `supcon`: supervised contrastive (each example's
+    softmax over the others, positives as targets)."""
     z = F.normalize(embeddings.float(), dim=-1)
     sim = z @ z.T
     n = len(targets)
-    same = (targets[:, None] == targets[None, :]).float()
+    same = same_label(targets)
     off = 1.0 - torch.eye(n, device=sim.device)
     pos, neg = same * off, (1.0 - same) * off
     if kind == "cosine":
@@ -135,12 +175,17 @@ def run_stage(loop) -> dict:
 
     c = loop.recipe.training.contrastive
     enc = loop.encoded["train"]
-    targets = np.asarray(enc.targets, dtype=np.int64)
-    present = np.unique(targets)
-    if len(present) < 2:
+    targets = np.asarray(enc.targets)
+    if not has_negative_pair(targets):
+        if targets.ndim == 1:
+            present = np.unique(targets)
+            what = f"only one class ({loop.labels[int(present[0])] if len(present) else 'none'})"
+        else:
+            shared = [loop.labels[j] for j in np.flatnonzero((targets > 0).all(0))]
+            what = (f"every example carrying the label {shared[0]!r}" if shared else
+                    "every pair of examples sharing a label")
         raise UserError(f"`training.contrastive` learns from pairs of examples of different classes, but the training "
-                        f"data has only one class ({loop.labels[int(present[0])] if len(present) else 'none'}). Add "
-                        "examples of other classes, or remove `training.contrastive`.")
+                        f"data has {what}. Add examples of other classes, or remove `training.contrastive`.")
     if loop.acc.num_processes > 1:
         raise UserError("`training.contrastive` runs in one process for now (the stage does not synchronise "
                         "processes); train with one process, or remove `training.contrastive`.")
@@ -167,7 +212,8 @@ def run_stage(loop) -> dict:
 
 
 def tune(loop, targets: np.ndarray) -> tuple[int, float]:
-    """The stage's optimisation: pair batches over the training split; returns (steps, seconds)."""
+    """The stage's optimisation: pair batches over the training split; returns (steps, seconds). `targets`: class
+    ids, or multi-hot rows."""
     from textxfer.batching import Collator
     from textxfer.smalldata import depth_of
     from textxfer.training import fused_adamw, set_frozen_eval
@@ -189,7 +235,8 @@ def tune(loop, targets: np.ndarray) -> tuple[int, float]:
     optimizer = torch.optim.AdamW([{"params": ps, "lr": lr} for lr, ps in groups.items()],
                                   lr=c.learning_rate, weight_decay=t.weight_decay, **fused_adamw(model))
     lengths = enc.lengths if t.group_by_length else None
-    per_epoch = len(pair_batches(targets, c.batch_size, c.same_class_per_batch, t.seed, 0, lengths))
+    keys = group_keys(targets)
+    per_epoch = len(pair_batches(keys, c.batch_size, c.same_class_per_batch, t.seed, 0, lengths))
     total = max(1, math.ceil(per_epoch * c.epochs), c.min_steps)
     warm = max(1, int(0.1 * total))
     scheduler = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up over 10% of the steps, then linear decay
@@ -204,7 +251,7 @@ def tune(loop, targets: np.ndarray) -> tuple[int, float]:
     while step < total:
         model.train()
         set_frozen_eval(unwrap_peft(model), loop.parts, loop.applied.frozen_prefix)
-        for idx in pair_batches(targets, c.batch_size, c.same_class_per_batch, t.seed, epoch, lengths):
+        for idx in pair_batches(keys, c.batch_size, c.same_class_per_batch, t.seed, epoch, lengths):
             z = embed_chunked(loop, collate, idx)
             loss = pair_loss(z, torch.as_tensor(targets[idx], device=z.device), c.loss, c.temperature)
             optimizer.zero_grad(set_to_none=True)

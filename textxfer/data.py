@@ -833,7 +833,7 @@ def _subset_per_class(keys: list[int], k: int, seed: int, names: list[str], mult
     return sorted(out)
 
 
-def _strata(ids: list[list[int]], multi: bool, freq: np.ndarray) -> list[int]:
+def strata(ids: list[list[int]], multi: bool, freq: np.ndarray) -> list[int]:
     """One class per row for stratification: the label itself, or a multi-label row's rarest label (-1: none)."""
     if not multi:
         return [row[0] for row in ids]
@@ -925,7 +925,7 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
             continue
         train = data["train"]
         fraction = share / (1 - (cfg.test_split if split == "validation" and "test" not in given else 0))
-        keep, carved = stratified_split(_strata(train.ids, multi, freq), fraction, seed + salt)
+        keep, carved = stratified_split(strata(train.ids, multi, freq), fraction, seed + salt)
         if not carved:
             raise UserError(f"`data.{split}_split` {share} of {len(train.texts)} training rows carves no example; "
                             f"raise it or give a {split} file (`data.{split}`).")
@@ -1002,12 +1002,12 @@ def _drop_leaks(data: dict[str, _Split], given: list[str], notes: list[str]) -> 
 def _few_shot(train: _Split, cfg: DataConfig, seed: int, names: list[str], multi: bool, freq: np.ndarray,
               notes: list[str]) -> _Split:
     if cfg.examples_per_class is not None:
-        idx = _subset_per_class(_strata(train.ids, multi, freq), cfg.examples_per_class, seed + 3, names, multi)
+        idx = _subset_per_class(strata(train.ids, multi, freq), cfg.examples_per_class, seed + 3, names, multi)
         train = train.take(idx)
         _note(notes, f"train: {cfg.examples_per_class} examples per class, {len(idx):,} in all "
                      f"(drawn with training.seed {seed}).")
     if cfg.max_train_examples is not None and cfg.max_train_examples < len(train.texts):
-        idx = _subset_stratified(_strata(train.ids, multi, freq), cfg.max_train_examples, seed + 4)
+        idx = _subset_stratified(strata(train.ids, multi, freq), cfg.max_train_examples, seed + 4)
         _note(notes, f"train: limited to {len(idx):,} of {len(train.texts):,} examples (data.max_train_examples, "
                      f"stratified, seed {seed + 4}).")
         train = train.take(idx)

@@ -196,7 +196,8 @@ class ContrastiveConfig:
     and other-class examples apart (cosine similarity of the pooled embeddings, see `model.pooling`). Pairs come
     from within each batch: every example is paired with every other example of its batch, so a pass costs one
     forward/backward per example, and the stage's cost grows linearly with the data (SetFit's default samples
-    2 x 20 pairs per example at two forward passes each)."""
+    2 x 20 pairs per example at two forward passes each). Multi-label data: two examples that share a label (as
+    SetFit), or that both have none, are a same-class pair."""
 
     epochs: float = 8
     """Passes over the training examples. Each pass pairs every example with `batch_size - 1` others. More passes

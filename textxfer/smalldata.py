@@ -87,9 +87,6 @@ def validate_recipe(recipe: Recipe) -> None:
             raise UserError("`training.contrastive` tunes the body, but strategy `head` freezes all of it. Use "
                             "strategy `freeze` (e.g. freeze_layers: 2: the lower layers stay frozen and cached), "
                             "`full`, `lora` or `gradual`, or remove `training.contrastive`.")
-        if recipe.data.multi_label:
-            raise UserError("`training.contrastive` needs single-label data (pairs are same class / other class); "
-                            "remove it for multi-label data.")
 
 
 # ------------------------------------------------------------------------------------------ model set-up
