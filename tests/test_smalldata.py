@@ -369,6 +369,21 @@ def test_contrastive_stage_on_multi_label_data(tiny_models, tmp_path):
         train(recipe(_multi_label_data(tmp_path / "bad", every="sport"), tmp_path / "bad-run"))
 
 
+def test_multi_label_thresholds_are_never_tuned_on_the_test_set(tiny_models, tmp_path):
+    """No validation split: the tuned threshold modes fall back to 0.5 (and say so) instead of fitting the test
+    labels they are then scored on."""
+    from textxfer.training import train
+
+    data = _multi_label_data(tmp_path / "d")
+    r = tiny_recipe(tiny_models["bert"], {"train": data["train"], "validation": data["train"]}, tmp_path / "run",
+                    strategy__name="head", training__checkpoint_every=None, training__metric="micro_f1")
+    r["data"].update({"multi_label": True, "label_column": "labels", "format": "tsv", "validation": None,
+                      "validation_split": 0, "test": str(data["validation"])})
+    result = train(r)
+    assert result.metrics["thresholds"] == [0.5, 0.5, 0.5]
+    assert "no validation split to tune them on" in (tmp_path / "run" / "train.log").read_text()
+
+
 def test_contrastive_run_end_to_end(tiny_models, tiny_data, tmp_path):
     """Contrastive stage (upper layer, mean pooling), then the head alone on cached embeddings; the saved model
     predicts in plain transformers exactly what the run did."""

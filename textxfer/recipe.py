@@ -271,7 +271,8 @@ class TrainingConfig:
     """Validation metric that picks the best model (accuracy, macro_f1, micro_f1, loss...)."""
     threshold: Any = "global"
     """Multi-label decision threshold: `global` (one, tuned on validation for micro-F1), `per_label` (each
-    label's own, tuned on validation; needs enough positives per label), or a fixed number such as 0.5."""
+    label's own, tuned on validation; needs enough positives per label), or a fixed number such as 0.5. Without a
+    validation split the tuned modes use 0.5 (thresholds are never tuned on the test set)."""
     seed: int = 42
     """Seeds everything, before the model is built, so the new head's initialisation is seeded too."""
     class_weights: Any = "none"

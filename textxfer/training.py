@@ -757,8 +757,12 @@ class Loop:
         if isinstance(mode, (int, float)) and not isinstance(mode, bool):
             self.thresholds = np.full(len(self.labels), float(mode), dtype=np.float32)
         elif mode in ("global", "per_label"):
-            if split == "validation" or getattr(self, "thresholds", None) is None:
+            if split == "validation":
                 self.thresholds = tune_thresholds(probs, targets.astype(np.float32), mode)
+            elif getattr(self, "thresholds", None) is None:  # never tuned on the split being scored (the test set)
+                log.info(f"multi-label thresholds: no validation split to tune them on (`training.threshold: {mode}`);"
+                         " 0.5 is used. Give `data.validation` or `data.validation_split` to tune them.")
+                self.thresholds = np.full(len(self.labels), 0.5, dtype=np.float32)
         else:
             raise UserError(f"`training.threshold` is {mode!r}; use global, per_label or a number in (0, 1).")
         return multilabel_metrics(probs, targets, self.labels, self.thresholds)
