@@ -382,6 +382,9 @@ def test_multi_label_thresholds_are_never_tuned_on_the_test_set(tiny_models, tmp
     result = train(r)
     assert result.metrics["thresholds"] == [0.5, 0.5, 0.5]
     assert "no validation split to tune them on" in (tmp_path / "run" / "train.log").read_text()
+    from textxfer.card import model_card
+
+    assert "Decision thresholds per label (not tuned: no validation split)" in model_card(tmp_path / "run", "merged")
 
 
 def test_contrastive_run_end_to_end(tiny_models, tiny_data, tmp_path):
