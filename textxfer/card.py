@@ -409,10 +409,9 @@ def _metrics_text(run: Run) -> list[str]:
     thresholds = m.get("thresholds")
     if thresholds:
         pairs = ", ".join(f"{label}: {_fmt(t)}" for label, t in zip(run.labels, thresholds, strict=False))
-        setting = (run.recipe.get("training") or {}).get("threshold", "global")
-        how = ("tuned on validation" if m.get("validation") and setting in ("global", "per_label") else
-               "fixed by `training.threshold`" if setting not in ("global", "per_label") else
-               "not tuned: no validation split")
+        tuned = (run.recipe.get("training") or {}).get("threshold", "global") in ("global", "per_label")
+        how = ("fixed by `training.threshold`" if not tuned else
+               "tuned on validation" if m.get("validation") else "not tuned: no validation split")
         rows += ["", f"Decision thresholds per label ({how}): {pairs}."]
     return rows or ["No evaluation metrics were recorded."]
 

@@ -64,14 +64,15 @@ def pair_batches(targets: np.ndarray, batch_size: int, per_class: int, seed: int
     return batches
 
 
-def same_label(targets: torch.Tensor) -> torch.Tensor:
-    """1.0 where two examples form a positive pair: the same class, or for multi-hot rows a shared label (two rows
-    without any label also count as the same)."""
+def same_label(targets: torch.Tensor, others: torch.Tensor | None = None) -> torch.Tensor:
+    """1.0 where an example of `targets` and one of `others` (default: `targets` again) form a positive pair: the
+    same class, or for multi-hot rows a shared label (two rows without any label also count as the same)."""
+    others = targets if others is None else others
     if targets.dim() == 1:
-        return (targets[:, None] == targets[None, :]).float()
-    t = (targets > 0).float()
-    none = t.sum(1) == 0
-    return ((t @ t.T > 0) | (none[:, None] & none[None, :])).float()
+        return (targets[:, None] == others[None, :]).float()
+    a, b = (targets > 0).float(), (others > 0).float()
+    none_a, none_b = a.sum(1) == 0, b.sum(1) == 0
+    return ((a @ b.T > 0) | (none_a[:, None] & none_b[None, :])).float()
 
 
 def group_keys(targets: np.ndarray) -> np.ndarray:
@@ -88,16 +89,8 @@ def group_keys(targets: np.ndarray) -> np.ndarray:
 
 def has_negative_pair(targets: np.ndarray) -> bool:
     """Whether some two examples are of different classes (multi-hot: share no label), so the stage can learn."""
-    targets = np.asarray(targets)
-    if targets.ndim == 1:
-        return len(np.unique(targets)) > 1
-    rows = np.unique(targets > 0, axis=0).astype(np.float32)  # distinct label sets; compared in blocks
-    none = rows.sum(1) == 0
-    for i in range(0, len(rows), 1024):
-        same = (rows[i:i + 1024] @ rows.T > 0) | (none[i:i + 1024, None] & none[None, :])
-        if not same.all():
-            return True
-    return False
+    kinds = torch.as_tensor(np.unique(np.asarray(targets), axis=0))  # distinct classes or label sets
+    return any(not bool(same_label(kinds[i:i + 1024], kinds).all()) for i in range(0, len(kinds), 1024))
 
 
 def pair_loss(embeddings: torch.Tensor, targets: torch.Tensor, kind: str = "cosine",
