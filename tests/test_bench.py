@@ -127,3 +127,53 @@ def test_profile_cache_pass_lists_the_operators(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "first_only True, last-layer cut True" in out
     assert "aten::addmm" in out
+
+
+def test_bench_accuracy_flags_runs_that_shared_the_machine():
+    """`other_load`: CPU time of other processes during a worker's run is counted, the worker's own is not, and a
+    result measured beside another job is flagged in the printout and the summary."""
+    import os
+    import subprocess
+    import time
+
+    accuracy = load_script("bench_accuracy")
+    if accuracy.OtherLoad.busy_seconds() is None:
+        pytest.skip("no /proc/stat on this system")
+    spin = [sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 1.5: pass"]
+    alone = accuracy.OtherLoad()
+    subprocess.run(spin, check=True)  # a worker: waited for, so its CPU time is its own
+    quiet = alone.share()
+    beside = accuracy.OtherLoad()
+    other = subprocess.Popen(spin)  # another job: still running when the share is read
+    time.sleep(1.0)
+    loaded = beside.share()
+    other.wait()
+    assert loaded - quiet > 0.5 / (os.cpu_count() or 1)
+
+    res = {"row": "sst2-8", "seed": 0, "system": "setfit", "accuracy": 0.6, "train_seconds": 7.0,
+           "cpu_seconds": 13.0, "other_load": 0.4}
+    assert "not comparable" in accuracy.busy_warning(res)
+    assert accuracy.busy_warning({**res, "other_load": 0.0}) == ""
+    assert "sst2-8 seed 0 setfit" in accuracy.summarise([res], ["sst2-8"], ["setfit"])
+
+
+def test_bench_accuracy_scores_multi_label_rows():
+    """A multi-label row's cells (`a|b`) become multi-hot rows, and its scores are the usual micro/macro-F1 at the
+    thresholds, exact-set accuracy and the mean binary log loss; the row is judged by micro-F1."""
+    import numpy as np
+
+    accuracy = load_script("bench_accuracy")
+    labels = ["anger", "joy", "sadness"]
+    hot = accuracy.label_matrix(["joy", "anger|sadness", ""], labels)
+    assert hot.tolist() == [[0, 1, 0], [1, 0, 1], [0, 0, 0]]
+    probs = np.array([[0.1, 0.9, 0.2], [0.7, 0.1, 0.4], [0.2, 0.3, 0.6]])
+    s = accuracy.multilabel_scores(probs, hot)
+    # predicted: {joy}, {anger}, {sadness}: tp 2 (joy, anger), fp 1 (row 3 sadness), fn 1 (row 2 sadness)
+    assert s["micro_f1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
+    assert s["macro_f1"] == pytest.approx((1 + 1 + 0) / 3)
+    assert s["accuracy"] == pytest.approx(1 / 3)
+    bce = -np.mean(hot * np.log(probs) + (1 - hot) * np.log(1 - probs))
+    assert s["log_loss"] == pytest.approx(bce)
+    # per-label thresholds are applied per label
+    assert accuracy.multilabel_scores(probs, hot, [0.5, 0.5, 0.35])["micro_f1"] == pytest.approx(2 * 3 / (2 * 3 + 1))
+    assert accuracy.headline("goemotions-16") == "micro_f1" and accuracy.headline("sst2-8") == "accuracy"

@@ -155,3 +155,15 @@ def test_bench_accuracy_rows_draw_their_subsets(bench_accuracy, row, classes, ev
     assert len(sub["labels"]) == classes and sub["eval_rows"] == eval_rows
     assert Counter(labels) == dict.fromkeys(sub["labels"], shots)
     assert all(t.strip() for t in texts)
+
+
+def test_bench_accuracy_multi_label_row_draws_its_subset(bench_accuracy, tmp_path):
+    """goemotions-16: every one of the 7 labels on at least 16 of the training comments (drawn by each comment's
+    rarest label), every comment with a label, and the whole test set."""
+    sub = bench_accuracy.write_subset("goemotions", 16, 0, tmp_path, None)
+    assert sub["multi_label"] and len(sub["labels"]) == 7 and sub["eval_rows"] == 5427
+    for split, rows in (("train", 16 * 7), ("eval", 5427)):
+        texts, cells = bench_accuracy.read_csv(sub[split])
+        hot = bench_accuracy.label_matrix(cells, sub["labels"])
+        assert len(texts) == rows and (hot.sum(1) >= 1).all()
+    assert (bench_accuracy.label_matrix(bench_accuracy.read_csv(sub["train"])[1], sub["labels"]).sum(0) >= 16).all()

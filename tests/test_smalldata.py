@@ -370,21 +370,46 @@ def test_contrastive_stage_on_multi_label_data(tiny_models, tmp_path):
 
 
 def test_multi_label_thresholds_are_never_tuned_on_the_test_set(tiny_models, tmp_path):
-    """No validation split: the tuned threshold modes fall back to 0.5 (and say so) instead of fitting the test
-    labels they are then scored on."""
+    """No validation split: the tuned threshold modes take the one threshold that maximises the micro-F1 expected
+    under the model's own probabilities on the training texts (and say so), never one fitted to the test labels
+    they are then scored on; with or without a test set the saved model carries it."""
+    import csv
+
+    from textxfer.card import model_card
+    from textxfer.metrics import expected_f1_thresholds
+    from textxfer.predict import load
     from textxfer.training import train
 
     data = _multi_label_data(tmp_path / "d")
-    r = tiny_recipe(tiny_models["bert"], {"train": data["train"], "validation": data["train"]}, tmp_path / "run",
-                    strategy__name="head", training__checkpoint_every=None, training__metric="micro_f1")
-    r["data"].update({"multi_label": True, "label_column": "labels", "format": "tsv", "validation": None,
-                      "validation_split": 0, "test": str(data["validation"])})
-    result = train(r)
-    assert result.metrics["thresholds"] == [0.5, 0.5, 0.5]
-    assert "no validation split to tune them on" in (tmp_path / "run" / "train.log").read_text()
-    from textxfer.card import model_card
+    runs = {}
+    for name, test in (("with-test", str(data["validation"])), ("no-test", None)):
+        r = tiny_recipe(tiny_models["bert"], {"train": data["train"], "validation": data["train"]}, tmp_path / name,
+                        strategy__name="head", training__checkpoint_every=None, training__metric="micro_f1")
+        r["data"].update({"multi_label": True, "label_column": "labels", "format": "tsv", "validation": None,
+                          "validation_split": 0, "test": test})
+        runs[name] = train(r)
+    thresholds = runs["with-test"].metrics["thresholds"]
+    assert len(set(thresholds)) == 1 and thresholds != [0.5] * 3
+    with open(data["train"], newline="") as f:
+        texts = [row["text"] for row in csv.DictReader(f, delimiter="\t")]
+    clf = load(tmp_path / "with-test")
+    assert clf.thresholds == pytest.approx(expected_f1_thresholds(clf.probabilities(texts)), abs=0.011)
+    assert load(tmp_path / "no-test").thresholds.tolist() == pytest.approx(thresholds)
+    assert "no validation split to tune them on" in (tmp_path / "with-test" / "train.log").read_text()
+    assert "maximises the F1 expected" in model_card(tmp_path / "with-test", "merged")
 
-    assert "Decision thresholds per label (not tuned: no validation split)" in model_card(tmp_path / "run", "merged")
+
+def test_expected_f1_thresholds_cut_calibrated_probabilities_below_half():
+    """With probabilities as the only evidence, the expected-F1 threshold admits a label at probability 0.4 when
+    most labels sit far lower: the decision a calibrated few-shot classifier needs (0.5 would admit none)."""
+    from textxfer.metrics import expected_f1_thresholds, tune_thresholds
+
+    probs = np.array([[0.45, 0.05, 0.02], [0.03, 0.40, 0.04], [0.05, 0.02, 0.42], [0.04, 0.03, 0.02]])
+    t = expected_f1_thresholds(probs)
+    assert 0.05 < t[0] <= 0.40 and (t == t[0]).all()
+    # hard 0/1 targets tune as before: the soft-target arithmetic is the same counting
+    hard = (probs > 0.3).astype(np.float32)
+    assert tune_thresholds(probs, hard, "global")[0] == pytest.approx(0.40)
 
 
 def test_contrastive_run_end_to_end(tiny_models, tiny_data, tmp_path):

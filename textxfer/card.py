@@ -411,7 +411,9 @@ def _metrics_text(run: Run) -> list[str]:
         pairs = ", ".join(f"{label}: {_fmt(t)}" for label, t in zip(run.labels, thresholds, strict=False))
         tuned = (run.recipe.get("training") or {}).get("threshold", "global") in ("global", "per_label")
         how = ("fixed by `training.threshold`" if not tuned else
-               "tuned on validation" if m.get("validation") else "not tuned: no validation split")
+               "tuned on validation" if m.get("validation") else
+               "no validation split: the one that maximises the F1 expected under the model's probabilities on the "
+               "training texts")
         rows += ["", f"Decision thresholds per label ({how}): {pairs}."]
     return rows or ["No evaluation metrics were recorded."]
 
@@ -491,7 +493,7 @@ def usage_snippet(run: Run, mode: str, ref: str, revision: str | None = None) ->
             f"inputs = tokenizer([{_py_str(EXAMPLE_TEXT)}], return_tensors=\"pt\", truncation=True)\n")
     if run.multi_label:
         th = [float(t) for t in thresholds] if thresholds and len(thresholds) == len(run.labels) else None
-        code += (f"thresholds = {th}  # per label, tuned on validation\n" if th else "")
+        code += (f"thresholds = {th}  # per label, as the run set them (see above)\n" if th else "")
         code += ("with torch.no_grad():\n    probs = model(**inputs).logits.sigmoid()[0]\n"
                  "print([model.config.id2label[i] for i, p in enumerate(probs.tolist()) if p >= "
                  + ("thresholds[i]" if th else "0.5") + "])\n")

@@ -272,7 +272,8 @@ class TrainingConfig:
     threshold: Any = "global"
     """Multi-label decision threshold: `global` (one, tuned on validation for micro-F1), `per_label` (each
     label's own, tuned on validation; needs enough positives per label), or a fixed number such as 0.5. Without a
-    validation split the tuned modes use 0.5 (thresholds are never tuned on the test set)."""
+    validation split the tuned modes set one threshold from the training texts' predicted probabilities (the one
+    that maximises the micro-F1 they imply), never from the test labels."""
     seed: int = 42
     """Seeds everything, before the model is built, so the new head's initialisation is seeded too."""
     class_weights: Any = "none"

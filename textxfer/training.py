@@ -720,11 +720,12 @@ class Loop:
         self.acc.trackers = []
 
     @torch.inference_mode()
-    def predict_split(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(logits, targets, example indices) of a split, gathered over processes without duplicates."""
+    def predict_split(self, split: str, dl=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(logits, targets, example indices) of a split (through `dl`, default its evaluation loader), gathered
+        over processes without duplicates."""
         self.model.eval()
         outs, targets, index = [], [], []
-        for batch in self.eval_dls[split]:
+        for batch in dl if dl is not None else self.eval_dls[split]:
             logits = self.logits(batch).float()
             g_logits, g_targets, g_index = self.acc.gather_for_metrics(
                 (logits, batch["targets"], batch["index"]))
@@ -760,12 +761,25 @@ class Loop:
             if split == "validation":
                 self.thresholds = tune_thresholds(probs, targets.astype(np.float32), mode)
             elif getattr(self, "thresholds", None) is None:  # never tuned on the split being scored (the test set)
-                log.info(f"multi-label thresholds: no validation split to tune them on (`training.threshold: {mode}`);"
-                         " 0.5 is used. Give `data.validation` or `data.validation_split` to tune them.")
-                self.thresholds = np.full(len(self.labels), 0.5, dtype=np.float32)
+                self.thresholds = self.thresholds_without_validation()
         else:
             raise UserError(f"`training.threshold` is {mode!r}; use global, per_label or a number in (0, 1).")
         return multilabel_metrics(probs, targets, self.labels, self.thresholds)
+
+    def thresholds_without_validation(self) -> np.ndarray:
+        """No validation split to tune the thresholds on (and never the test labels): the one threshold that
+        maximises the micro-F1 expected under the model's own probabilities on the training texts. With few
+        examples the head's probabilities are calibrated (`training.head_l2`) and 0.5 would leave most labels out."""
+        from textxfer.metrics import expected_f1_thresholds
+
+        _, dl = self.loader("train", False, 64 * self.acc.num_processes)
+        logits, _, _ = self.predict_split("train", self.acc.prepare(dl))
+        thresholds = expected_f1_thresholds(1.0 / (1.0 + np.exp(-logits)))
+        log.info(f"multi-label thresholds: no validation split to tune them on (`training.threshold: "
+                 f"{self.recipe.training.threshold}`): {thresholds[0]:.2f}, the threshold that maximises the micro-F1 "
+                 f"expected under the model's probabilities on the training texts. Give `data.validation` or "
+                 f"`data.validation_split` to tune them on labelled examples.")
+        return thresholds
 
     def evaluate_and_track(self, step: int, epoch: float) -> None:
         if "validation" not in self.eval_dls:
@@ -829,6 +843,9 @@ class Loop:
         self.end_tracking()
         scores, predictions, per_class_all = {}, {}, {}
         last = getattr(self, "last_validation", None)
+        if self.splits.multi_label and "validation" not in self.eval_dls and \
+                self.recipe.training.threshold in ("global", "per_label"):  # the saved model needs its thresholds
+            self.thresholds = self.thresholds_without_validation()
         for split in self.eval_dls:
             if self.cache is not None and split not in (self.features or {}):
                 self.cache.uninstall()  # the test split, not cached: scored by the whole model
