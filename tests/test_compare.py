@@ -104,3 +104,22 @@ def test_summary_mean_std():
     (row,) = summarise(recs)
     assert row["accuracy_mean"] == pytest.approx(0.6) and row["accuracy_std"] == pytest.approx(0.1414, abs=1e-3)
     assert row["runs_ok"] == 2 and row["runs_failed"] == 1 and row["error"] == "boom"
+
+
+def test_multi_label_variants_are_ranked_by_micro_f1(tmp_path):
+    """On multi-label data `accuracy` is exact-set accuracy: the table shows, and the best strategy is chosen by,
+    micro-F1 instead."""
+    from textxfer.compare import RunRecord, best_rows, write_markdown
+
+    def rec(variant, seed, exact, micro):
+        return RunRecord(variant, 8, seed, tmp_path / f"{variant}-{seed}", ok=True, train_seconds=1.0,
+                         metrics={"accuracy": exact, "micro_f1": micro, "macro_f1": micro - 0.1})
+    recs = [rec("head", 0, 0.30, 0.40), rec("head", 1, 0.30, 0.44),
+            rec("contrastive", 0, 0.25, 0.50), rec("contrastive", 1, 0.27, 0.52)]
+    rows = summarise(recs)
+    assert [r["metric"] for r in rows] == ["micro_f1", "micro_f1"]
+    assert rows[0]["score_mean"] == pytest.approx(0.42) and rows[0]["accuracy_mean"] == pytest.approx(0.30)
+    best = best_rows(rows)
+    assert best[8]["strategy"] == "contrastive"  # lower exact-set accuracy, higher micro-F1
+    md = write_markdown(rows, recs, best, tmp_path, "r.yaml", [0, 1], []).read_text()
+    assert "| examples/class | strategy | micro-F1 | macro-F1 |" in md and "micro-F1 0.5100 ± 0.0141" in md

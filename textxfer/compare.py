@@ -214,13 +214,25 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
 
 
+METRIC_LABELS = {"accuracy": "accuracy", "micro_f1": "micro-F1"}
+
+
+def headline(metrics: dict) -> str:
+    """The figure strategies are ranked by: accuracy, or micro-F1 on multi-label data (where `accuracy` is the
+    share of texts with every label right, too harsh to rank by)."""
+    return "micro_f1" if "micro_f1" in metrics else "accuracy"
+
+
 def summarise(records: list[RunRecord]) -> list[dict]:
-    """One row per (shots, variant): accuracy/macro-F1 mean ± std over seeds, time, parameters, memory."""
+    """One row per (shots, variant): the headline figure (`metric`: accuracy or micro-F1), accuracy and macro-F1,
+    each mean ± std over seeds; time, parameters, memory."""
     rows = []
     keys = list(dict.fromkeys((r.shots, r.variant) for r in records))
     for shots, variant in keys:
         runs = [r for r in records if r.shots == shots and r.variant == variant]
         ok = [r for r in runs if r.ok]
+        metric = headline(ok[0].metrics) if ok else "accuracy"
+        score = mean_std([r.metrics[metric] for r in ok if metric in r.metrics])
         acc = mean_std([r.metrics["accuracy"] for r in ok if "accuracy" in r.metrics])
         f1 = mean_std([r.metrics["macro_f1"] for r in ok if "macro_f1" in r.metrics])
         secs = mean_std([r.train_seconds for r in ok if r.train_seconds is not None])
@@ -228,6 +240,7 @@ def summarise(records: list[RunRecord]) -> list[dict]:
         rows.append({
             "examples_per_class": "all" if shots is None else shots, "strategy": variant,
             "runs_ok": len(ok), "runs_failed": len(runs) - len(ok),
+            "metric": metric, "score_mean": score[0], "score_std": score[1],
             "accuracy_mean": acc[0], "accuracy_std": acc[1], "macro_f1_mean": f1[0], "macro_f1_std": f1[1],
             "train_seconds_mean": secs[0], "trainable_params": ok[0].trainable_params if ok else None,
             "peak_memory_mb": max(mem) if mem else None, "split": ok[0].split if ok else "",
@@ -237,15 +250,15 @@ def summarise(records: list[RunRecord]) -> list[dict]:
 
 
 def best_rows(rows: list[dict]) -> dict:
-    """Per few-shot size, the variant with the highest mean accuracy (ties: the faster one)."""
+    """Per few-shot size, the variant with the highest mean headline figure (ties: the faster one)."""
     best = {}
     for row in rows:
-        if not row["runs_ok"] or math.isnan(row["accuracy_mean"]):
+        if not row["runs_ok"] or math.isnan(row["score_mean"]):
             continue
         k = row["examples_per_class"]
         cur = best.get(k)
-        if cur is None or (round(row["accuracy_mean"], 4), -row["train_seconds_mean"]) > \
-                (round(cur["accuracy_mean"], 4), -cur["train_seconds_mean"]):
+        if cur is None or (round(row["score_mean"], 4), -row["train_seconds_mean"]) > \
+                (round(cur["score_mean"], 4), -cur["train_seconds_mean"]):
             best[k] = row
     return best
 
@@ -265,26 +278,27 @@ def write_csv(rows: list[dict], path: Path) -> None:
 def write_runs_csv(records: list[RunRecord], path: Path) -> None:
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["examples_per_class", "strategy", "seed", "ok", "accuracy", "macro_f1", "train_seconds",
-                    "trainable_params", "peak_memory_mb", "split", "run_dir", "error"])
+        w.writerow(["examples_per_class", "strategy", "seed", "ok", "accuracy", "micro_f1", "macro_f1",
+                    "train_seconds", "trainable_params", "peak_memory_mb", "split", "run_dir", "error"])
         for r in records:
             w.writerow(["all" if r.shots is None else r.shots, r.variant, r.seed, r.ok, r.metrics.get("accuracy", ""),
-                        r.metrics.get("macro_f1", ""), r.train_seconds, r.trainable_params, r.peak_memory_mb,
+                        r.metrics.get("micro_f1", ""), r.metrics.get("macro_f1", ""), r.train_seconds, r.trainable_params, r.peak_memory_mb,
                         r.split, r.run_dir, r.error])
 
 
 def write_markdown(rows: list[dict], records: list[RunRecord], best: dict, out: Path, recipe_path: str,
                    seeds: list[int], plots: list[Path]) -> Path:
+    metric = METRIC_LABELS[rows[0]["metric"]]
     lines = [f"# textxfer compare: {recipe_path}", "",
              f"Seeds {', '.join(map(str, seeds))} (each draws its own few-shot subset, the same for every strategy); "
-             "accuracy and macro-F1 are means ± standard deviations over the seeds, on the "
+             f"{metric} and macro-F1 are means ± standard deviations over the seeds, on the "
              f"{rows[0]['split'] or 'evaluation'} split. Train time includes any contrastive stage and the frozen-"
              "prefix cache; peak memory is the resident memory added during the run (GPU: peak allocated).", ""]
     for k, row in best.items():
         label = "all examples" if k == "all" else f"{k} examples per class"
-        lines.append(f"**Best with {label}: `{row['strategy']}`** — accuracy {_fmt(row['accuracy_mean'], row['accuracy_std'])}"
+        lines.append(f"**Best with {label}: `{row['strategy']}`** — {metric} {_fmt(row['score_mean'], row['score_std'])}"
                      f", {row['train_seconds_mean']:.1f} s.")
-    lines += ["", "| examples/class | strategy | accuracy | macro-F1 | train s | trainable params | peak MB | runs |",
+    lines += ["", f"| examples/class | strategy | {metric} | macro-F1 | train s | trainable params | peak MB | runs |",
               "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         runs = f"{row['runs_ok']} ok" + (f", {row['runs_failed']} failed" if row["runs_failed"] else "")
@@ -297,18 +311,18 @@ def write_markdown(rows: list[dict], records: list[RunRecord], best: dict, out: 
         mem = f"{row['peak_memory_mb']:.0f}" if row["peak_memory_mb"] is not None else "—"
         err = f" ({row['error']})" if row["error"] else ""
         lines.append(f"| {row['examples_per_class']} | {row['strategy']}{mark} | "
-                     f"{_fmt(row['accuracy_mean'], row['accuracy_std'])} | {_fmt(row['macro_f1_mean'], row['macro_f1_std'])} | "
+                     f"{_fmt(row['score_mean'], row['score_std'])} | {_fmt(row['macro_f1_mean'], row['macro_f1_std'])} | "
                      f"{row['train_seconds_mean']:.1f} | {params} | {mem} | {runs}{err} |")
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in plots]
     lines += ["", "## Runs", "", "Each run directory has its model, metrics, `report.html` and `plots/`.", ""]
     for r in records:
         rel = r.run_dir.relative_to(out).as_posix()
         if r.ok:
-            acc = r.metrics.get("accuracy")
+            name = headline(r.metrics)
             report = f" · [report]({rel}/report.html)" if (r.run_dir / "report.html").is_file() else ""
             pngs = sorted((r.run_dir / "plots").glob("*.png")) if (r.run_dir / "plots").is_dir() else []
             pics = "".join(f" · [{p.stem}]({rel}/plots/{p.name})" for p in pngs[:4])
-            lines.append(f"- `{rel}`: accuracy {acc:.4f}{report}{pics}")
+            lines.append(f"- `{rel}`: {METRIC_LABELS[name]} {r.metrics[name]:.4f}{report}{pics}")
         else:
             lines.append(f"- `{rel}`: **failed**: {r.error} (traceback in `{rel}/error.txt`)")
     path = out / "compare.md"
@@ -321,23 +335,24 @@ def write_markdown(rows: list[dict], records: list[RunRecord], best: dict, out: 
 def plot_accuracy_vs_time(rows: list[dict], path: Path) -> Path | None:
     from textxfer.plots import _figure, _save
 
-    ok = [r for r in rows if r["runs_ok"] and not math.isnan(r["accuracy_mean"])]
+    ok = [r for r in rows if r["runs_ok"] and not math.isnan(r["score_mean"])]
     if not ok:
         return None
+    metric = METRIC_LABELS[ok[0]["metric"]]
     fig = _figure(6.4, 4.2)
     ax = fig.add_subplot(1, 1, 1)
     for shots in dict.fromkeys(r["examples_per_class"] for r in ok):
         sub = [r for r in ok if r["examples_per_class"] == shots]
         xs = [max(r["train_seconds_mean"], 1e-3) for r in sub]
-        ys = [r["accuracy_mean"] for r in sub]
-        ax.errorbar(xs, ys, yerr=[r["accuracy_std"] for r in sub], fmt="o", capsize=3,
+        ys = [r["score_mean"] for r in sub]
+        ax.errorbar(xs, ys, yerr=[r["score_std"] for r in sub], fmt="o", capsize=3,
                     label=f"{shots} per class" if shots != "all" else "all examples")
         for x, y, r in zip(xs, ys, sub, strict=True):
             ax.annotate(r["strategy"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("train time (s, log scale)")
-    ax.set_ylabel("accuracy (mean ± std over seeds)")
-    ax.set_title("Accuracy vs train time")
+    ax.set_ylabel(f"{metric} (mean ± std over seeds)")
+    ax.set_title(f"{metric[0].upper()}{metric[1:]} vs train time")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
