@@ -121,5 +121,6 @@ def test_multi_label_variants_are_ranked_by_micro_f1(tmp_path):
     assert rows[0]["score_mean"] == pytest.approx(0.42) and rows[0]["accuracy_mean"] == pytest.approx(0.30)
     best = best_rows(rows)
     assert best[8]["strategy"] == "contrastive"  # lower exact-set accuracy, higher micro-F1
-    md = write_markdown(rows, recs, best, tmp_path, "r.yaml", [0, 1], []).read_text()
+    failed = RunRecord("lora", 8, 0, tmp_path / "lora-0", ok=False, error="boom")  # listed first: no metric of its own
+    md = write_markdown(summarise([failed]) + rows, recs, best, tmp_path, "r.yaml", [0, 1], []).read_text()
     assert "| examples/class | strategy | micro-F1 | macro-F1 |" in md and "micro-F1 0.5100 ± 0.0141" in md

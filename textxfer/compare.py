@@ -282,13 +282,13 @@ def write_runs_csv(records: list[RunRecord], path: Path) -> None:
                     "train_seconds", "trainable_params", "peak_memory_mb", "split", "run_dir", "error"])
         for r in records:
             w.writerow(["all" if r.shots is None else r.shots, r.variant, r.seed, r.ok, r.metrics.get("accuracy", ""),
-                        r.metrics.get("micro_f1", ""), r.metrics.get("macro_f1", ""), r.train_seconds, r.trainable_params, r.peak_memory_mb,
-                        r.split, r.run_dir, r.error])
+                        r.metrics.get("micro_f1", ""), r.metrics.get("macro_f1", ""), r.train_seconds,
+                        r.trainable_params, r.peak_memory_mb, r.split, r.run_dir, r.error])
 
 
 def write_markdown(rows: list[dict], records: list[RunRecord], best: dict, out: Path, recipe_path: str,
                    seeds: list[int], plots: list[Path]) -> Path:
-    metric = METRIC_LABELS[rows[0]["metric"]]
+    metric = METRIC_LABELS[next((r["metric"] for r in rows if r["runs_ok"]), "accuracy")]  # a failed variant has none
     lines = [f"# textxfer compare: {recipe_path}", "",
              f"Seeds {', '.join(map(str, seeds))} (each draws its own few-shot subset, the same for every strategy); "
              f"{metric} and macro-F1 are means ± standard deviations over the seeds, on the "
