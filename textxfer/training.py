@@ -758,10 +758,8 @@ class Loop:
         if isinstance(mode, (int, float)) and not isinstance(mode, bool):
             self.thresholds = np.full(len(self.labels), float(mode), dtype=np.float32)
         elif mode in ("global", "per_label"):
-            if split == "validation":
+            if split == "validation":  # never on the test set: without validation `finish` sets them beforehand
                 self.thresholds = tune_thresholds(probs, targets.astype(np.float32), mode)
-            elif getattr(self, "thresholds", None) is None:  # never tuned on the split being scored (the test set)
-                self.thresholds = self.thresholds_without_validation()
         else:
             raise UserError(f"`training.threshold` is {mode!r}; use global, per_label or a number in (0, 1).")
         return multilabel_metrics(probs, targets, self.labels, self.thresholds)
