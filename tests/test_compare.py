@@ -48,7 +48,7 @@ def test_compare_table_plots_best_and_a_failing_variant(tiny_models, tiny_data, 
     assert "![accuracy_vs_time](plots/accuracy_vs_time.png)" in md and "report.html" in md
     assert (out / "plots" / "accuracy_vs_time.png").stat().st_size > 1000
     assert (out / "plots" / "learning_curves.png").stat().st_size > 1000
-    assert "best (6 per class):" in result.output
+    assert "best (6 per class):" in result.output and "paired by seed" in result.output  # against the runner-up
     runs = list(csv.DictReader(open(out / "runs.csv")))
     assert len(runs) == 6 and {r["seed"] for r in runs} == {"0", "1"}
     assert (out / "runs" / "6shot-lora-seed0" / "error.txt").is_file()
@@ -124,3 +124,35 @@ def test_multi_label_variants_are_ranked_by_micro_f1(tmp_path):
     failed = RunRecord("lora", 8, 0, tmp_path / "lora-0", ok=False, error="boom")  # listed first: no metric of its own
     md = write_markdown(summarise([failed]) + rows, recs, best, tmp_path, "r.yaml", [0, 1], []).read_text()
     assert "| examples/class | strategy | micro-F1 | macro-F1 |" in md and "micro-F1 0.5100 ± 0.0141" in md
+
+
+def test_best_is_said_ahead_only_when_the_paired_difference_is_clear(tmp_path):
+    """Each seed gives every variant the same subset, so the best is compared with the runner-up seed by seed:
+    'ahead' when the paired difference clears its 95% interval, 'level within noise' when the seeds disagree."""
+    from textxfer.compare import RunRecord, best_rows, margin_text, margins, write_markdown
+
+    def recs(scores: dict) -> list:
+        return [RunRecord(v, 8, seed, tmp_path / f"{v}-{seed}", ok=True, train_seconds=1.0,
+                          metrics={"accuracy": a, "macro_f1": a}) for v, accs in scores.items()
+                for seed, a in enumerate(accs)]
+
+    # freeze's seeds vary a lot, but it beats head on every one by 0.02-0.03: ahead
+    clear = recs({"head": [0.60, 0.70, 0.80], "freeze": [0.63, 0.72, 0.83], "lora": [0.50, 0.50, 0.50]})
+    rows = summarise(clear)
+    best = best_rows(rows)
+    (m,) = margins(best, rows, clear).values()
+    assert best[8]["strategy"] == "freeze" and m["runner_up"] == "head" and m["seeds"] == 3
+    assert m["diff"] == pytest.approx(0.0267, abs=1e-4) and m["se"] == pytest.approx(0.00333, abs=1e-4)
+    assert margin_text(m).startswith("ahead of `head` (+0.0267 paired by seed, standard error 0.0033, 3 seeds")
+    md = write_markdown(rows, clear, best, tmp_path, "r.yaml", [0, 1, 2], [], margins(best, rows, clear)).read_text()
+    assert "**Best with 8 examples per class: `freeze`** — accuracy 0.7267 ± 0.1002, 1.0 s; ahead of `head`" in md
+    # a higher mean from one lucky seed: level within noise
+    noisy = recs({"head": [0.70, 0.70, 0.70], "freeze": [0.66, 0.69, 0.80]})
+    rows = summarise(noisy)
+    (m,) = margins(best_rows(rows), rows, noisy).values()
+    assert m["runner_up"] == "head" and "level with `head` within noise" in margin_text(m)
+    # one seed: nothing to tell them apart with; a failed seed is left out of the pairing
+    one = recs({"head": [0.70], "freeze": [0.75]}) + [RunRecord("head", 8, 1, tmp_path / "h1", error="boom")]
+    rows = summarise(one)
+    (m,) = margins(best_rows(rows), rows, one).values()
+    assert m["se"] is None and m["seeds"] == 1 and "too few to tell them apart" in margin_text(m)

@@ -1,5 +1,6 @@
 """`textxfer compare`: run several transfer strategies on the same data, over several seeds (and few-shot sizes),
-and write one table (markdown + CSV), two plots and the name of the best strategy.
+and write one table (markdown + CSV), two plots and the name of the best strategy, with how far it is ahead of
+the runner-up paired by seed.
 
 Variants differ only in what trains (the `strategy` and the contrastive stage); data, model and optimisation
 settings come from the one recipe, so the comparison is fair. Each seed draws its own few-shot subset (the same
@@ -263,6 +264,52 @@ def best_rows(rows: list[dict]) -> dict:
     return best
 
 
+def seed_scores(records: list[RunRecord], variant: str, shots: int | str, metric: str) -> dict[int, float]:
+    """seed -> the variant's figure at this few-shot size (`all`: the whole training set), completed runs only."""
+    return {r.seed: r.metrics[metric] for r in records if r.ok and r.variant == variant
+            and ("all" if r.shots is None else r.shots) == shots and metric in r.metrics}
+
+
+def margins(best: dict, rows: list[dict], records: list[RunRecord]) -> dict:
+    """Per few-shot size, how far the best variant is ahead of the runner-up, paired by seed (each seed gives both
+    the same subset, so the seed's own luck cancels): the runner-up, mean difference, its standard error (None
+    with one seed) and the number of seeds both completed."""
+    out = {}
+    for k, top in best.items():
+        others = [r for r in rows if r["examples_per_class"] == k and r is not top and r["runs_ok"]
+                  and not math.isnan(r["score_mean"])]
+        if not others:
+            continue
+        runner = max(others, key=lambda r: (r["score_mean"], -r["train_seconds_mean"]))
+        a, b = (seed_scores(records, r["strategy"], k, top["metric"]) for r in (top, runner))
+        diffs = [a[s] - b[s] for s in sorted(set(a) & set(b))]
+        if not diffs:
+            continue
+        mean, std = mean_std(diffs)
+        out[k] = {"runner_up": runner["strategy"], "diff": mean, "seeds": len(diffs),
+                  "se": std / math.sqrt(len(diffs)) if len(diffs) > 1 else None}
+    return out
+
+
+T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23, 15: 2.13,
+       20: 2.09, 30: 2.04}
+"""Student's t, two-sided 95%, by degrees of freedom (seeds - 1): with 3 seeds a difference must exceed 4.3
+standard errors to count. Between entries the lower one's figure is used (slightly stricter)."""
+
+
+def margin_text(m: dict) -> str:
+    """`m` (one of `margins`) in words: ahead (the paired difference's 95% interval above zero), or not told apart."""
+    paired = f"{m['diff']:+.4f} paired by seed"
+    if m["se"] is None:
+        return f"{paired} over `{m['runner_up']}` on one seed: too few to tell them apart (use `--seeds 3` or more)"
+    detail = f"{paired}, standard error {m['se']:.4f}, {m['seeds']} seeds"
+    df = m["seeds"] - 1
+    t = T95[max(k for k in T95 if k <= df)] if df <= 30 else 1.96
+    if m["diff"] > t * m["se"]:
+        return f"ahead of `{m['runner_up']}` ({detail})"
+    return f"level with `{m['runner_up']}` within noise ({detail}): more seeds would tell them apart"
+
+
 def _fmt(m: float, s: float) -> str:
     return "—" if m is None or math.isnan(m) else f"{m:.4f} ± {s:.4f}"
 
@@ -287,7 +334,7 @@ def write_runs_csv(records: list[RunRecord], path: Path) -> None:
 
 
 def write_markdown(rows: list[dict], records: list[RunRecord], best: dict, out: Path, recipe_path: str,
-                   seeds: list[int], plots: list[Path]) -> Path:
+                   seeds: list[int], plots: list[Path], ahead: dict | None = None) -> Path:
     metric = METRIC_LABELS[next((r["metric"] for r in rows if r["runs_ok"]), "accuracy")]  # a failed variant has none
     lines = [f"# textxfer compare: {recipe_path}", "",
              f"Seeds {', '.join(map(str, seeds))} (each draws its own few-shot subset, the same for every strategy); "
@@ -297,7 +344,8 @@ def write_markdown(rows: list[dict], records: list[RunRecord], best: dict, out: 
     for k, row in best.items():
         label = "all examples" if k == "all" else f"{k} examples per class"
         lines.append(f"**Best with {label}: `{row['strategy']}`** — {metric} {_fmt(row['score_mean'], row['score_std'])}"
-                     f", {row['train_seconds_mean']:.1f} s.")
+                     f", {row['train_seconds_mean']:.1f} s" +
+                     (f"; {margin_text(ahead[k])}." if ahead and k in ahead else "."))
     lines += ["", f"| examples/class | strategy | {metric} | macro-F1 | train s | trainable params | peak MB | runs |",
               "|---|---|---|---|---|---|---|---|"]
     for row in rows:
@@ -425,12 +473,13 @@ def compare(recipe_path: str, strategies: list[str], seeds: list[int], shots: li
                 records.append(run_one(recipe, record))
     rows = summarise(records)
     best = best_rows(rows)
+    ahead = margins(best, rows, records)
     plots = [p for p in (plot_accuracy_vs_time(rows, output_dir / "plots" / "accuracy_vs_time.png"),
                          plot_learning_curves(records, output_dir / "plots" / "learning_curves.png")) if p]
     write_csv(rows, output_dir / "compare.csv")
     write_runs_csv(records, output_dir / "runs.csv")
-    md = write_markdown(rows, records, best, output_dir, recipe_path, seeds, plots)
-    return {"rows": rows, "best": best, "records": records, "markdown": md}
+    md = write_markdown(rows, records, best, output_dir, recipe_path, seeds, plots, ahead)
+    return {"rows": rows, "best": best, "margins": ahead, "records": records, "markdown": md}
 
 
 @click.command("compare")
@@ -465,5 +514,6 @@ def compare_command(recipe, strategies, seeds, shots, output_dir, overrides, ove
                      overwrite)
     click.echo(result["markdown"].read_text(encoding="utf-8").split("\n## Plots")[0])
     for k, row in result["best"].items():
-        click.echo(f"best ({k} per class): {row['strategy']}" if k != "all" else f"best: {row['strategy']}")
+        said = f" — {margin_text(result['margins'][k])}" if k in result["margins"] else ""
+        click.echo((f"best ({k} per class): " if k != "all" else "best: ") + row["strategy"] + said)
     click.echo(f"wrote {result['markdown']} and compare.csv, runs.csv, plots/ in {time.time() - started:.0f}s")

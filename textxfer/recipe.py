@@ -118,7 +118,9 @@ class DataConfig:
     max_train_examples: int | None = None
     """Keep at most this many training examples (stratified by class, seeded). Faster runs, lower accuracy."""
     examples_per_class: int | None = None
-    """Few-shot: keep exactly this many training examples per class (seeded); an error if a class has fewer."""
+    """Few-shot: keep exactly this many training examples per class (seeded); an error if a class has fewer.
+    Drawn after `validation_split` is carved from the whole file: that split stays its share of the file, not of
+    the few shots (set it to 0 for a strictly few-shot run, as `fewshot.yaml` does)."""
     dedupe: bool = False
     """Drop repeated texts within train (first kept), then train texts that also occur in validation/test
     (leakage). Without it, duplicates and overlap are only reported."""
