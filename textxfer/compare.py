@@ -294,15 +294,15 @@ def margins(best: dict, rows: list[dict], records: list[RunRecord]) -> dict:
 T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23, 15: 2.13,
        20: 2.09, 30: 2.04}
 """Student's t, two-sided 95%, by degrees of freedom (seeds - 1): with 3 seeds a difference must exceed 4.3
-standard errors to count. Between entries the lower one's figure is used (slightly stricter)."""
+standard errors to count. Between entries, the entry for fewer degrees of freedom is used (slightly stricter)."""
 
 
 def margin_text(m: dict) -> str:
     """`m` (one of `margins`) in words: ahead (the paired difference's 95% interval above zero), or not told apart."""
-    paired = f"{m['diff']:+.4f} paired by seed"
     if m["se"] is None:
-        return f"{paired} over `{m['runner_up']}` on one seed: too few to tell them apart (use `--seeds 3` or more)"
-    detail = f"{paired}, standard error {m['se']:.4f}, {m['seeds']} seeds"
+        return (f"{m['diff']:+.4f} over `{m['runner_up']}` on one seed: too few to tell them apart (use `--seeds 3` "
+                "or more)")
+    detail = f"{m['diff']:+.4f} paired by seed, standard error {m['se']:.4f}, {m['seeds']} seeds"
     df = m["seeds"] - 1
     t = T95[max(k for k in T95 if k <= df)] if df <= 30 else 1.96
     if m["diff"] > t * m["se"]:
