@@ -151,8 +151,8 @@ def test_best_is_said_ahead_only_when_the_paired_difference_is_clear(tmp_path):
     rows = summarise(noisy)
     (m,) = margins(best_rows(rows), rows, noisy).values()
     assert m["runner_up"] == "head" and "level with `head` within noise" in margin_text(m)
-    # one seed: nothing to tell them apart with; a failed seed is left out of the pairing
-    one = recs({"head": [0.70], "freeze": [0.75]}) + [RunRecord("head", 8, 1, tmp_path / "h1", error="boom")]
+    # head's seed 1 failed: only seed 0 pairs, and one seed cannot tell them apart
+    one = recs({"head": [0.70], "freeze": [0.75, 0.80]}) + [RunRecord("head", 8, 1, tmp_path / "h1", error="boom")]
     rows = summarise(one)
     (m,) = margins(best_rows(rows), rows, one).values()
     assert m["se"] is None and m["seeds"] == 1 and "too few to tell them apart" in margin_text(m)
