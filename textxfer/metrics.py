@@ -37,6 +37,11 @@ def classification_metrics(preds: np.ndarray, refs: np.ndarray, labels: list[str
 THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.01), 2)
 
 
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Multi-label probabilities from logits: each label on its own."""
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
 def multilabel_metrics(probs: np.ndarray, targets: np.ndarray, labels: list[str],
                        thresholds: float | np.ndarray = 0.5) -> tuple[dict, dict]:
     """(scalar metrics, per-label table) for multi-label data: a label is predicted when its sigmoid probability

@@ -751,9 +751,9 @@ class Loop:
 
     def multilabel_scores(self, split: str, logits: np.ndarray, targets: np.ndarray) -> tuple[dict, dict]:
         """Sigmoid probabilities; thresholds tuned on validation (then applied unchanged to test)."""
-        from textxfer.metrics import multilabel_metrics, tune_thresholds
+        from textxfer.metrics import multilabel_metrics, sigmoid, tune_thresholds
 
-        probs = 1.0 / (1.0 + np.exp(-logits))
+        probs = sigmoid(logits)
         mode = self.recipe.training.threshold
         if isinstance(mode, (int, float)) and not isinstance(mode, bool):
             self.thresholds = np.full(len(self.labels), float(mode), dtype=np.float32)
@@ -768,11 +768,11 @@ class Loop:
         """No validation split to tune the thresholds on (and never the test labels): the one threshold that
         maximises the micro-F1 expected under the model's own probabilities on the training texts. With few
         examples the head's probabilities are calibrated (`training.head_l2`) and 0.5 would leave most labels out."""
-        from textxfer.metrics import expected_f1_thresholds
+        from textxfer.metrics import expected_f1_thresholds, sigmoid
 
         _, dl = self.loader("train", False, 64 * self.acc.num_processes)
         logits, _, _ = self.predict_split("train", self.acc.prepare(dl))
-        thresholds = expected_f1_thresholds(1.0 / (1.0 + np.exp(-logits)))
+        thresholds = expected_f1_thresholds(sigmoid(logits))
         log.info(f"multi-label thresholds: no validation split to tune them on (`training.threshold: "
                  f"{self.recipe.training.threshold}`): {thresholds[0]:.2f}, the threshold that maximises the micro-F1 "
                  f"expected under the model's probabilities on the training texts. Give `data.validation` or "
