@@ -479,7 +479,7 @@ def test_new_keys_have_documented_defaults():
         ("cls", 1.0, 0.0, None, "epoch", 0, 0.0)
     c = load_recipe(data={"model": {"name": "x"}, "data": {"train": "x"}, "strategy": {"name": "freeze"},
                           "training": {"contrastive": {}}}).training.contrastive
-    assert (c.epochs, c.batch_size, c.then, c.loss) == (8, 16, "head", "cosine")
+    assert (c.epochs, c.learning_rate, c.batch_size, c.then, c.loss) == (6, 2e-4, 16, "head", "cosine")
     import inspect
 
     from textxfer import recipe as recipe_module
