@@ -18,7 +18,8 @@ Each seed draws its subset with textxfer's stratified sampler; all systems train
 CSV).
 
 Every run also records `other_load`, the share of the CPUs other processes kept busy meanwhile: a time measured
-beside another job is flagged as not comparable (two torch jobs on a few cores slow each other far more than twice).
+beside another job is flagged as not comparable (two torch jobs on a few cores slow each other far more than twice),
+and a second run of this benchmark refuses to start while one is going (--allow-concurrent overrides).
 
 SetFit runs in its own virtual environment (--setfit-python, default /work/setfit-venv/bin/python; create it with
 `python3 -m venv /work/setfit-venv && /work/setfit-venv/bin/pip install torch==2.13.0 setfit`), with its default
@@ -434,6 +435,33 @@ class OtherLoad:
         return round(max(0.0, busy - self.busy - own) / max(capacity, 1e-9), 3)
 
 
+def hold_machine(lock: Path, allow_concurrent: bool = False):
+    """Refuse to start beside another run of this benchmark: their training jobs would slow each other several
+    times over (two torch jobs on 2 cores: 242 s against 10 s for one stage), so neither run's times would mean
+    anything. Returns the lock file, held while it stays open (the OS releases it when the process ends, even
+    killed)."""
+    import fcntl
+
+    f = open(lock, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown process"
+        if not allow_concurrent:
+            f.close()
+            raise SystemExit(f"another bench_accuracy.py is running on this machine ({holder}; lock {lock}): run "
+                             f"side by side, both runs' train times would be wrong. Wait for it to finish, or pass "
+                             f"--allow-concurrent when only accuracy matters.") from None
+        print(f"warning: running beside another bench_accuracy.py ({holder}): train times are not comparable",
+              flush=True)
+        return f
+    f.truncate(0)
+    f.write(f"pid {os.getpid()}: {' '.join(sys.argv[1:])}")
+    f.flush()
+    return f
+
+
 BUSY = 0.1
 """Other processes' share of the CPUs above which a run's times are flagged as not comparable."""
 
@@ -505,6 +533,8 @@ def main() -> None:
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per training subprocess")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench_accuracy" / "results.jsonl"))
     ap.add_argument("--fresh", action="store_true", help="ignore earlier results in --out")
+    ap.add_argument("--allow-concurrent", action="store_true",
+                    help="run even while another run of this benchmark is going (its train times then mean nothing)")
     args = ap.parse_args()
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
@@ -513,6 +543,7 @@ def main() -> None:
         raise SystemExit(f"unknown rows/systems: {bad}; rows: {list(ROWS)}, systems: {list(SYSTEMS)}")
     if not DATA.is_dir():
         raise SystemExit(f"no benchmark data at {DATA}: set TEXTXFER_DATA to the shared data folder")
+    lock = hold_machine(Path(tempfile.gettempdir()) / "textxfer-bench-accuracy.lock", args.allow_concurrent)
     seeds = list(range(args.first_seed, args.first_seed + (1 if args.quick else args.seeds)))
     cap = args.eval_cap or (1000 if args.quick else None)
     out = Path(args.out)
@@ -544,6 +575,7 @@ def main() -> None:
                     what = (f"acc {res['accuracy']:.4f}{micro}{loss}, train {res['train_seconds']:.1f}s wall / "
                             f"{res['cpu_seconds']:.0f}s cpu") if "accuracy" in res else res["error"]
                     print(f"{row} seed {seed} {system}: {what}{busy_warning(res)}", flush=True)
+    lock.close()
     print()
     print(summarise(done, rows, systems))
 

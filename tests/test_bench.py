@@ -157,6 +157,21 @@ def test_bench_accuracy_flags_runs_that_shared_the_machine():
     assert "sst2-8 seed 0 setfit" in accuracy.summarise([res], ["sst2-8"], ["setfit"])
 
 
+def test_bench_accuracy_refuses_to_run_beside_itself(tmp_path, capsys):
+    """A second run while one holds the machine stops with the holder named (unless told to go on); once the first
+    ends, the next one starts."""
+    accuracy = load_script("bench_accuracy")
+    lock = tmp_path / "bench.lock"
+    first = accuracy.hold_machine(lock)
+    with pytest.raises(SystemExit, match=r"another bench_accuracy.py is running .*pid \d+.*--allow-concurrent"):
+        accuracy.hold_machine(lock)
+    beside = accuracy.hold_machine(lock, allow_concurrent=True)
+    assert "train times are not comparable" in capsys.readouterr().out
+    beside.close()
+    first.close()
+    accuracy.hold_machine(lock).close()
+
+
 def test_bench_accuracy_scores_multi_label_rows():
     """A multi-label row's cells (`a|b`) become multi-hot rows, and its scores are the usual micro/macro-F1 at the
     thresholds, exact-set accuracy and the mean binary log loss; the row is judged by micro-F1."""
