@@ -204,7 +204,7 @@ class ContrastiveConfig:
     epochs: float = 6
     """Passes over the training examples. Each pass pairs every example with `batch_size - 1` others. More passes
     pull the classes further apart; the cost is linear in epochs x examples. The default is fewshot.yaml's (6
-    passes at 2e-4 scored as 12 at 1e-4 on the benchmark's rows, in 0.55-0.6x the time: README)."""
+    passes at 2e-4 scored as well as 12 at 1e-4 on the benchmark's rows, in 0.55-0.6x the time: README)."""
     batch_size: int = 16
     """Examples per step (all pairs among them are used). Larger = more pairs per step, fewer steps."""
     min_steps: int = 0
