@@ -98,10 +98,12 @@ def test_summary_mean_std():
 
     from textxfer.compare import RunRecord
 
-    recs = [RunRecord("head", 8, s, Path("x"), ok=True, metrics={"accuracy": a, "macro_f1": a},
+    single_label = {"macro_f1": 0.4, "weighted_f1": 0.5, "macro_precision": 0.5, "macro_recall": 0.5, "loss": 1.0}
+    recs = [RunRecord("head", 8, s, Path("x"), ok=True, metrics={**single_label, "accuracy": a, "micro_f1": a},
                       train_seconds=1.0 + s) for s, a in enumerate([0.5, 0.7])]
     recs.append(RunRecord("head", 8, 2, Path("x"), ok=False, error="boom"))
     (row,) = summarise(recs)
+    assert row["metric"] == "accuracy"  # single-label runs report a micro-F1 too: the table still says accuracy
     assert row["accuracy_mean"] == pytest.approx(0.6) and row["accuracy_std"] == pytest.approx(0.1414, abs=1e-3)
     assert row["runs_ok"] == 2 and row["runs_failed"] == 1 and row["error"] == "boom"
 
@@ -113,7 +115,8 @@ def test_multi_label_variants_are_ranked_by_micro_f1(tmp_path):
 
     def rec(variant, seed, exact, micro):
         return RunRecord(variant, 8, seed, tmp_path / f"{variant}-{seed}", ok=True, train_seconds=1.0,
-                         metrics={"accuracy": exact, "micro_f1": micro, "macro_f1": micro - 0.1})
+                         metrics={"accuracy": exact, "micro_f1": micro, "macro_f1": micro - 0.1,
+                                  "samples_f1": micro, "hamming_loss": 0.1})
     recs = [rec("head", 0, 0.30, 0.40), rec("head", 1, 0.30, 0.44),
             rec("contrastive", 0, 0.25, 0.50), rec("contrastive", 1, 0.27, 0.52)]
     rows = summarise(recs)
