@@ -535,3 +535,16 @@ def test_contrastive_embeddings_in_chunks_equal_one_padded_batch(tiny_models, ti
         whole = embed(loop, collate(idx))
         chunked = embed_chunked(loop, collate, idx)
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_too_few_optimizer_steps_are_warned_of(tiny_models, tiny_data, tmp_path):
+    """A recipe's epochs and batch size carried to a few examples can leave a handful of steps: the run says so and
+    names the keys to change; a run with enough steps does not."""
+    from textxfer.training import train
+
+    train(tiny_recipe(tiny_models["bert"], tiny_data, tmp_path / "few", strategy__name="head", training__epochs=1,
+                      training__batch_size=32))
+    log = (tmp_path / "few" / "train.log").read_text()
+    assert "only 2 optimizer step(s) (48 training examples, training.batch_size 32, training.epochs 1)" in log
+    train(tiny_recipe(tiny_models["bert"], tiny_data, tmp_path / "enough", strategy__name="head"))
+    assert "optimizer step(s)" not in (tmp_path / "enough" / "train.log").read_text()
