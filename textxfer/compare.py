@@ -55,6 +55,11 @@ class RunRecord:
     peak_memory_mb: float | None = None
     split: str = ""
 
+    @property
+    def examples_per_class(self) -> int | str:
+        """The few-shot size as the tables name it: `all` for the whole training set."""
+        return "all" if self.shots is None else self.shots
+
 
 # ------------------------------------------------------------------------------------------ variants
 
@@ -229,9 +234,9 @@ def summarise(records: list[RunRecord]) -> list[dict]:
     """One row per (shots, variant): the headline figure (`metric`: accuracy or micro-F1), accuracy and macro-F1,
     each mean ± std over seeds; time, parameters, memory."""
     rows = []
-    keys = list(dict.fromkeys((r.shots, r.variant) for r in records))
+    keys = list(dict.fromkeys((r.examples_per_class, r.variant) for r in records))
     for shots, variant in keys:
-        runs = [r for r in records if r.shots == shots and r.variant == variant]
+        runs = [r for r in records if r.examples_per_class == shots and r.variant == variant]
         ok = [r for r in runs if r.ok]
         metric = headline(ok[0].metrics) if ok else "accuracy"
         score = mean_std([r.metrics[metric] for r in ok if metric in r.metrics])
@@ -240,7 +245,7 @@ def summarise(records: list[RunRecord]) -> list[dict]:
         secs = mean_std([r.train_seconds for r in ok if r.train_seconds is not None])
         mem = [r.peak_memory_mb for r in ok if r.peak_memory_mb is not None]
         rows.append({
-            "examples_per_class": "all" if shots is None else shots, "strategy": variant,
+            "examples_per_class": shots, "strategy": variant,
             "runs_ok": len(ok), "runs_failed": len(runs) - len(ok),
             "metric": metric, "score_mean": score[0], "score_std": score[1],
             "accuracy_mean": acc[0], "accuracy_std": acc[1], "macro_f1_mean": f1[0], "macro_f1_std": f1[1],
@@ -268,7 +273,7 @@ def best_rows(rows: list[dict]) -> dict:
 def seed_scores(records: list[RunRecord], variant: str, shots: int | str, metric: str) -> dict[int, float]:
     """seed -> the variant's figure at this few-shot size (`all`: the whole training set), completed runs only."""
     return {r.seed: r.metrics[metric] for r in records if r.ok and r.variant == variant
-            and ("all" if r.shots is None else r.shots) == shots and metric in r.metrics}
+            and r.examples_per_class == shots and metric in r.metrics}
 
 
 def margins(best: dict, rows: list[dict], records: list[RunRecord]) -> dict:
@@ -329,7 +334,7 @@ def write_runs_csv(records: list[RunRecord], path: Path) -> None:
         w.writerow(["examples_per_class", "strategy", "seed", "ok", "accuracy", "micro_f1", "macro_f1",
                     "train_seconds", "trainable_params", "peak_memory_mb", "split", "run_dir", "error"])
         for r in records:
-            w.writerow(["all" if r.shots is None else r.shots, r.variant, r.seed, r.ok, r.metrics.get("accuracy", ""),
+            w.writerow([r.examples_per_class, r.variant, r.seed, r.ok, r.metrics.get("accuracy", ""),
                         r.metrics.get("micro_f1", ""), r.metrics.get("macro_f1", ""), r.train_seconds,
                         r.trainable_params, r.peak_memory_mb, r.split, r.run_dir, r.error])
 
