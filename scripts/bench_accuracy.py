@@ -27,6 +27,19 @@ settings. Each system trains in a fresh subprocess; its train time is measured a
 and the process's CPU seconds: on a shared machine the CPU seconds are the steadier measure). Results are appended
 to --out (JSON lines) as they come, so an interrupted benchmark resumes where it stopped (--fresh starts over).
 Only the standard library is imported at the top: the same file is the SetFit worker inside the other venv.
+
+Precision: one for training and one for scoring, the same for every system, recorded with every result
+(`precision`, `predict_precision`) and printed on every line and in every row of the summary. Training:
+`--precision auto` (the default) is what textxfer's `training.mixed_precision: auto` resolves to on this machine
+(bf16 autocast where the CPU or GPU computes bf16 natively, else fp32; `TEXTXFER_AUTO_PRECISION` overrides it);
+`bf16` or `no` (fp32) force it. textxfer gets it as `training.mixed_precision`, the Trainer as
+`TrainingArguments(bf16=True)` (Accelerate autocasts its forward to bf16, on CPU too), and SetFit, whose only flag
+(`use_amp`) means fp16 on a GPU, trains under `torch.autocast(dtype=torch.bfloat16)`. Scoring: every system predicts
+the evaluation set in the precision textxfer's predictor (`textxfer.load(...)`) computes in, fp32
+(`PREDICT_PRECISION`): the Trainer's model with Accelerate's autocast wrapper removed, SetFit's as it is. Each worker
+reports what it actually computed in (Accelerate's setting, or the dtype its model's first Linear layer output), and
+the benchmark stops when a system ran in another precision than asked: it never compares unlike precisions. Results
+of an earlier precision are not resumed (the precision is part of each result's tag).
 """
 
 from __future__ import annotations
@@ -55,6 +68,87 @@ validation split to tune them on)."""
 SYSTEMS = ("textxfer", "setfit", "trainer")
 MAX_LENGTH = 256
 """Tokens read per text by the Trainer: all-MiniLM-L6-v2's own limit, as SetFit and fewshot.yaml read."""
+PRECISIONS = ("auto", "bf16", "no")
+"""`--precision` choices: textxfer's `training.mixed_precision` values that run on a CPU."""
+PRECISION_NAMES = {"bf16": "bf16", "no": "fp32"}
+"""A resolved precision (`bf16`, `no`) -> the name recorded and printed for every system."""
+PREDICT_PRECISION = "no"
+"""What textxfer's predictor (`textxfer.load(DIR).logits`) computes in: the saved model as stored (fp32), without
+autocast. Every system scores the evaluation set in it; the textxfer worker measures it, and the benchmark stops if
+it is ever something else."""
+
+
+# ------------------------------------------------------------------------------------------ precision
+
+def resolve_precision(setting: str) -> str:
+    """`--precision` -> `bf16` or `no`: `auto` is what textxfer's `training.mixed_precision: auto` resolves to on this
+    machine (the parent process only: it imports textxfer)."""
+    from textxfer.precision import effective_mixed_precision
+
+    resolved = effective_mixed_precision(setting)
+    if resolved not in PRECISION_NAMES:
+        raise SystemExit(f"precision {setting!r} resolves to {resolved!r}; the benchmark compares bf16 or fp32 only")
+    return resolved
+
+
+def precision_context(precision: str):
+    """Runs a plain model at `precision` (`bf16` or `no`): bf16 autocast on this process's device, or nothing."""
+    import contextlib
+
+    import torch
+
+    if precision == "bf16":
+        return torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16)
+    if precision != "no":
+        raise ValueError(f"unknown precision {precision!r}")
+    return contextlib.nullcontext()
+
+
+def accelerator_precision(acc) -> str:
+    """What an Accelerate `Accelerator` computed in (textxfer and the Trainer train through one): `bf16` when it
+    autocasts the model's forward to bf16, `fp32` when it runs it as is."""
+    mode = str(acc.mixed_precision)
+    if mode == "no":
+        return "fp32"
+    return mode if getattr(acc, "native_amp", False) else f"{mode} asked, autocast not applied"
+
+
+class PrecisionProbe:
+    """`with PrecisionProbe(model) as probe: ...`; then `probe.name`: the precision the model's matmuls ran in inside
+    the block (the dtype its first Linear layer output first: bf16 under bf16 autocast, fp32 otherwise)."""
+
+    def __init__(self, model) -> None:
+        import torch
+
+        self.linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+        self.dtype = None
+
+    def __enter__(self) -> PrecisionProbe:
+        self.hook = self.linear.register_forward_hook(self._seen)
+        return self
+
+    def _seen(self, _module, _inputs, out) -> None:
+        if self.dtype is None:
+            self.dtype = out.dtype
+
+    def __exit__(self, *exc) -> None:
+        self.hook.remove()
+
+    @property
+    def name(self) -> str:
+        import torch
+
+        names = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+        return names.get(self.dtype, str(self.dtype)) if self.dtype is not None else "not measured"
+
+
+def precision_mismatch(res: dict, precision: str, predict_precision: str = PREDICT_PRECISION) -> str:
+    """Why a worker's result does not compare with the others' ("" when it trained in `precision` and predicted in
+    `predict_precision`, as every system was asked to)."""
+    want = {"precision": PRECISION_NAMES[precision], "predict_precision": PRECISION_NAMES[predict_precision]}
+    wrong = [f"{'trained' if k == 'precision' else 'predicted'} in {res.get(k)}, not {v}"
+             for k, v in want.items() if res.get(k) != v]
+    return "; ".join(wrong)
 
 
 def data_config(dataset: str) -> dict:
@@ -169,6 +263,18 @@ def read_csv(path: str) -> tuple[list[str], list[str]]:
 
 # ------------------------------------------------------------------------------------------ workers
 
+def textxfer_overrides(a) -> list[str]:
+    """The recipe overrides of textxfer's run: the subset's files and columns, the seed, and the benchmark's training
+    precision (`a.precision`, resolved) as `training.mixed_precision`; `--set` overrides last."""
+    multi = ["data.multi_label=true", f"data.label_delimiter={json.dumps(LABEL_SEP)}"] if a.multi_label else []
+    return [f"data.train={a.train}", "data.test=null", "data.validation=null", "data.format=csv",
+            "data.validation_split=0", "data.examples_per_class=null", "data.text_column=text",
+            "data.label_column=label", f"data.labels={json.dumps(json.loads(a.labels))}",
+            f"training.seed={a.seed}", "training.checkpoint_every=null", "training.cache=memory",
+            "data.max_train_examples=null", "data.test_split=0",
+            f"training.mixed_precision={a.precision}"] + multi + list(a.set or [])
+
+
 def work_textxfer(a) -> dict:
     """textxfer's few-shot recipe on the subset (no validation split: nothing to spare with few examples). The
     evaluation set is scored afterwards through the saved model folder (what `pipeline()` loads), so the train
@@ -183,12 +289,7 @@ def work_textxfer(a) -> dict:
     from textxfer.predict import load
     from textxfer.training import train
 
-    multi = ["data.multi_label=true", f"data.label_delimiter={json.dumps(LABEL_SEP)}"] if a.multi_label else []
-    overrides = [f"data.train={a.train}", "data.test=null", "data.validation=null", "data.format=csv",
-                 "data.validation_split=0", "data.examples_per_class=null", "data.text_column=text",
-                 "data.label_column=label", f"data.labels={json.dumps(json.loads(a.labels))}",
-                 f"training.seed={a.seed}", "training.checkpoint_every=null", "training.cache=memory",
-                 "data.max_train_examples=null", "data.test_split=0"] + multi + list(a.set or [])
+    overrides = textxfer_overrides(a)
     import textxfer.contrastive as contrastive
     import textxfer.training as training
 
@@ -196,6 +297,7 @@ def work_textxfer(a) -> dict:
     # training work (the frozen-prefix cache pass or the contrastive stage; data read, texts tokenised and model
     # loaded before it) to the end of training, where saving the run starts.
     marks: dict[str, tuple[float, float]] = {}
+    computed: dict[str, str] = {}
     finish, build_cache, run_stage = training.Loop.finish, training.Loop.build_cache, contrastive.run_stage
 
     def mark(name: str) -> None:
@@ -211,6 +313,7 @@ def work_textxfer(a) -> dict:
 
     def timed_finish(loop):
         mark("end")
+        computed.setdefault("precision", accelerator_precision(loop.acc))  # what it ran in, not what was asked
         return finish(loop)
     training.Loop.finish, training.Loop.build_cache, contrastive.run_stage = \
         timed_finish, timed_build_cache, timed_run_stage
@@ -225,14 +328,26 @@ def work_textxfer(a) -> dict:
     clf = load(Path(a.run_dir) / "model")
     times = {"train_seconds": round(w1 - w0, 2), "cpu_seconds": round(c1 - c0, 2),
              "run_seconds": run["train_seconds"], "wall_seconds_incl_save": round(wall, 2)}
+    with PrecisionProbe(clf.model) as probe:  # textxfer's predictor as users get it: whatever it computes in
+        scores = (clf.probabilities if a.multi_label else clf.logits)(etexts, batch_size=128)
+    times |= {"precision": computed["precision"], "predict_precision": probe.name}
     if a.multi_label:  # the saved model's own thresholds (0.5 here: no validation split to tune them on)
-        return multilabel_scores(clf.probabilities(etexts, batch_size=128), label_matrix(eys, labels),
-                                 clf.thresholds) | times
-    logits = clf.logits(etexts, batch_size=128)
+        return multilabel_scores(scores, label_matrix(eys, labels), clf.thresholds) | times
+    logits = scores
     pred = logits.argmax(-1)
     y = np.array([lid[t] for t in eys])
     return {"accuracy": float((pred == y).mean()), "macro_f1": macro_f1(y, pred, len(labels)),
             "log_loss": log_loss(softmax(logits), y)} | times
+
+
+def trainer_arguments(a, gpu: bool) -> dict:
+    """`TrainingArguments` of the Trainer row: its defaults, and the benchmark's training precision (`a.precision`,
+    resolved): `bf16=True` makes Accelerate autocast the forward to bf16 (on CPU too), as textxfer's
+    `training.mixed_precision: bf16` does; `bf16=False` trains in fp32."""
+    if a.precision not in PRECISION_NAMES:
+        raise ValueError(f"unresolved precision {a.precision!r}: pass bf16 or no")
+    return dict(output_dir=a.run_dir, seed=a.seed, report_to=[], save_strategy="no", logging_strategy="no",
+                use_cpu=not gpu, disable_tqdm=True, bf16=a.precision == "bf16", fp16=False)
 
 
 def work_trainer(a) -> dict:
@@ -261,20 +376,23 @@ def work_trainer(a) -> dict:
     targets = label_matrix(ys, labels).tolist() if a.multi_label else [lid[y] for y in ys]
     ds = Dataset.from_dict({"text": texts, "label": targets}).map(
         lambda b: tok(b["text"], truncation=True, max_length=MAX_LENGTH), batched=True)
-    args = TrainingArguments(output_dir=a.run_dir, seed=a.seed, report_to=[], save_strategy="no",
-                             logging_strategy="no", use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
+    args = TrainingArguments(**trainer_arguments(a, torch.cuda.is_available()))
     trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=DataCollatorWithPadding(tok))
     wall, cpu = time.time(), time.process_time()
     trainer.train()
     wall, cpu = time.time() - wall, time.process_time() - cpu
+    trained_in = accelerator_precision(trainer.accelerator)
+    # Accelerate left its autocast wrapper on the model's forward: scored without it, at the predict precision
+    model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
     model.eval()
     logits = []
-    with torch.inference_mode():
+    with torch.inference_mode(), PrecisionProbe(model) as probe, precision_context(a.predict_precision):
         for i in range(0, len(etexts), 128):
             b = tok(etexts[i:i + 128], truncation=True, max_length=MAX_LENGTH, padding=True, return_tensors="pt")
             logits.append(model(**b.to(model.device)).logits.float().cpu().numpy())
     logits = np.concatenate(logits)
-    times = {"train_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2)}
+    times = {"train_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2), "precision": trained_in,
+             "predict_precision": probe.name}
     if a.multi_label:
         return multilabel_scores(1 / (1 + np.exp(-logits)), label_matrix(eys, labels)) | times
     preds = logits.argmax(-1)
@@ -303,15 +421,19 @@ def work_setfit(a) -> dict:
         args.num_iterations = a.setfit_iterations
     trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": texts, "label": ys}))
     wall, cpu = time.time(), time.process_time()
-    trainer.train()
+    # SetFit's own flag (`use_amp`) means fp16 on a GPU: bf16 is an autocast around its training, which computes the
+    # classifier's embeddings too (as textxfer's cache pass does under its mixed precision)
+    with PrecisionProbe(model.model_body) as probe, precision_context(a.precision):
+        trainer.train()
     wall, cpu = time.time() - wall, time.process_time() - cpu
-    times = {"train_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2)}
-    if a.multi_label:  # predict_proba: one column per label, the probability that the label applies
+    times = {"train_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2), "precision": probe.name}
+    with PrecisionProbe(model.model_body) as probe, precision_context(a.predict_precision):
         probs = np.asarray(model.predict_proba(etexts, batch_size=128, as_numpy=True))
+        preds = None if a.multi_label else np.array([str(p) for p in model.predict(etexts, batch_size=128)])
+    times["predict_precision"] = probe.name
+    if a.multi_label:  # predict_proba: one column per label, the probability that the label applies
         return multilabel_scores(probs, label_matrix(eys, labels)) | times
-    preds = np.array([str(p) for p in model.predict(etexts, batch_size=128)])
     lid = {n: i for i, n in enumerate(labels)}
-    probs = np.asarray(model.predict_proba(etexts, batch_size=128, as_numpy=True))
     classes = [str(c) for c in model.model_head.classes_]  # predict_proba's columns, in the head's class order
     probs = probs[:, [classes.index(n) for n in labels]] if set(labels) <= set(classes) else None
     return {"accuracy": float((preds == np.array(eys)).mean()),
@@ -354,6 +476,8 @@ def worker_main(argv: list[str]) -> None:
     ap.add_argument("--setfit-iterations", type=int, default=0)
     ap.add_argument("--set", action="append")
     ap.add_argument("--multi-label", action="store_true")
+    ap.add_argument("--precision", choices=tuple(PRECISION_NAMES), required=True, help="training, resolved")
+    ap.add_argument("--predict-precision", choices=tuple(PRECISION_NAMES), required=True)
     a = ap.parse_args(argv)
     if a.threads:
         import torch
@@ -379,7 +503,7 @@ def run_system(system: str, subset: dict, seed: int, args, tmp: Path) -> dict:
     cmd = [python, str(Path(__file__).resolve()), "--worker", system, "--train", subset["train"], "--eval",
            subset["eval"], "--labels", json.dumps(subset["labels"]), "--model", model_path(), "--run-dir",
            str(tmp / f"{system}-run"), "--result", str(result), "--seed", str(seed), "--recipe", args.recipe,
-           "--threads", str(args.threads)]
+           "--threads", str(args.threads), "--precision", args.precision, "--predict-precision", PREDICT_PRECISION]
     if system == "setfit" and args.setfit_iterations:
         cmd += ["--setfit-iterations", str(args.setfit_iterations)]
     if subset["multi_label"]:
@@ -387,6 +511,7 @@ def run_system(system: str, subset: dict, seed: int, args, tmp: Path) -> dict:
     for s in (args.set or []) + ([f"training.threads={args.threads}"] if args.threads and system == "textxfer" else []):
         cmd += ["--set", s]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
+    env.pop("ACCELERATE_MIXED_PRECISION", None)  # the Trainer reads it when bf16=False: --precision decides alone
     started, others = time.time(), OtherLoad()
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
@@ -398,6 +523,11 @@ def run_system(system: str, subset: dict, seed: int, args, tmp: Path) -> dict:
     out = json.loads(result.read_text())
     out["process_seconds"] = round(time.time() - started, 1)
     out["other_load"] = others.share()
+    wrong = precision_mismatch(out, args.precision)
+    if wrong:
+        raise SystemExit(f"{system} {wrong}, unlike what every system was asked to: its result would compare unlike "
+                         f"precisions, so the benchmark stops here (nothing recorded for it). Pick a --precision "
+                         f"every system runs in here (bf16 or no).")
     return out
 
 
@@ -479,6 +609,12 @@ def headline(row: str) -> str:
     return "micro_f1" if ROWS[row][0] in MULTI_LABEL else "accuracy"
 
 
+def result_precision(results: list[dict]) -> str:
+    """`bf16 train / fp32 predict` of a system's results (every distinct pair, `?` where one was not recorded)."""
+    pairs = sorted({(r.get("precision", "?"), r.get("predict_precision", "?")) for r in results})
+    return ", ".join(f"{t} train / {p} predict" for t, p in pairs)
+
+
 def summarise(results: list[dict], rows: list[str], systems: list[str]) -> str:
     def ms(vals):
         if not vals:
@@ -486,7 +622,7 @@ def summarise(results: list[dict], rows: list[str], systems: list[str]) -> str:
         m = sum(vals) / len(vals)
         return m, (math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0)
 
-    head = "| row | " + " | ".join(f"{s} acc | {s} train s (cpu s)" for s in systems) + " | seeds |"
+    head = "| row | " + " | ".join(f"{s} acc | {s} train s (cpu s), precision" for s in systems) + " | seeds |"
     lines = [head, "|" + "---|" * (2 * len(systems) + 2)]
     for row in rows:
         cells, seeds = [], set()
@@ -499,7 +635,7 @@ def summarise(results: list[dict], rows: list[str], systems: list[str]) -> str:
             if not ok:
                 cells += ["failed" if failed else "not run", "—"]
                 continue
-            cells += [f"{acc[0]:.4f} ± {acc[1]:.4f}", f"{secs:.1f} ({cpu:.0f})"]
+            cells += [f"{acc[0]:.4f} ± {acc[1]:.4f}", f"{secs:.1f} ({cpu:.0f}), {result_precision(ok)}"]
         name = f"{row} (micro-F1)" if headline(row) == "micro_f1" else row
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {len(seeds)} |")
     busy = [r for r in results if r["row"] in rows and r["system"] in systems and busy_warning(r)]
@@ -531,6 +667,9 @@ def main() -> None:
                          "negative sets repeated to match the larger); anything else is not SetFit's default")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: torch's default)")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per training subprocess")
+    ap.add_argument("--precision", choices=PRECISIONS, default="auto",
+                    help="training precision of every system: auto (default) = what textxfer's mixed_precision auto "
+                         "resolves to on this machine (bf16 where native, else fp32); bf16; no (fp32)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench_accuracy" / "results.jsonl"))
     ap.add_argument("--fresh", action="store_true", help="ignore earlier results in --out")
     ap.add_argument("--allow-concurrent", action="store_true",
@@ -543,17 +682,20 @@ def main() -> None:
         raise SystemExit(f"unknown rows/systems: {bad}; rows: {list(ROWS)}, systems: {list(SYSTEMS)}")
     if not DATA.is_dir():
         raise SystemExit(f"no benchmark data at {DATA}: set TEXTXFER_DATA to the shared data folder")
+    asked, args.precision = args.precision, resolve_precision(args.precision)
     lock = hold_machine(Path(tempfile.gettempdir()) / "textxfer-bench-accuracy.lock", args.allow_concurrent)
     seeds = list(range(args.first_seed, args.first_seed + (1 if args.quick else args.seeds)))
     cap = args.eval_cap or (1000 if args.quick else None)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tag = {"recipe": Path(args.recipe).name, "set": args.set or [], "eval_cap": cap, "clock": "training",
-           "setfit_iterations": args.setfit_iterations or None}
+           "setfit_iterations": args.setfit_iterations or None, "precision": PRECISION_NAMES[args.precision],
+           "predict_precision": PRECISION_NAMES[PREDICT_PRECISION]}
     done = [] if args.fresh or not out.is_file() else [json.loads(x) for x in out.read_text().splitlines() if x]
     done = [r for r in done if r.get("tag") == tag]
-    print(f"textxfer recipe {args.recipe}{' ' + str(args.set) if args.set else ''}; seeds {seeds}; eval cap {cap}",
-          flush=True)
+    print(f"textxfer recipe {args.recipe}{' ' + str(args.set) if args.set else ''}; seeds {seeds}; eval cap {cap}; "
+          f"precision for every system: training {PRECISION_NAMES[args.precision]} (--precision {asked}), "
+          f"prediction {PRECISION_NAMES[PREDICT_PRECISION]}", flush=True)
     for row in rows:
         dataset, shots = ROWS[row]
         for seed in seeds:
@@ -574,7 +716,8 @@ def main() -> None:
                     micro = f", micro-F1 {res['micro_f1']:.4f}" if "micro_f1" in res else ""
                     what = (f"acc {res['accuracy']:.4f}{micro}{loss}, train {res['train_seconds']:.1f}s wall / "
                             f"{res['cpu_seconds']:.0f}s cpu") if "accuracy" in res else res["error"]
-                    print(f"{row} seed {seed} {system}: {what}{busy_warning(res)}", flush=True)
+                    prec = f" [{result_precision([res])}]" if "accuracy" in res else ""
+                    print(f"{row} seed {seed} {system}{prec}: {what}{busy_warning(res)}", flush=True)
     lock.close()
     print()
     print(summarise(done, rows, systems))

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# GPU check: the quickstart (as written: its contrastive stage, then the classifier) and the SST-2 recipe (EPOCHS
-# epochs), bf16 on ONE GPU; prints training throughput.
+# GPU check: the fast test suite on the GPU, the quickstart (as written: its contrastive stage, then the classifier)
+# and the SST-2 recipe (EPOCHS epochs), bf16 on ONE GPU, printing training throughput; then a 2-process (DDP) run
+# where the machine has two GPUs or more (SKIP_SUITE=1 leaves the suite out).
 #
 #   TEXTXFER_DATA=/path/to/data scripts/gpu_check.sh          # data holds sst2/train.tsv and sst2/dev.tsv
 #   PY=/opt/venv/bin/python EPOCHS=2 scripts/gpu_check.sh     # another interpreter, more SST-2 epochs
@@ -70,7 +71,20 @@ PYEOF
 }
 
 status=0
+if [ -z "${SKIP_SUITE:-}" ]; then
+  if "$PY" -m pytest -q -p no:cacheprovider tests > "$OUTDIR/suite.log" 2>&1; then
+    echo "suite: $(tail -1 "$OUTDIR/suite.log")"
+  else
+    echo "suite: FAILED"; grep -E "^(FAILED|ERROR)" "$OUTDIR/suite.log" | head -20; tail -1 "$OUTDIR/suite.log"; status=1
+  fi
+fi
 run quickstart recipes/quickstart.yaml || status=1
 run sst2 recipes/sst2.yaml --set "training.epochs=$EPOCHS" || status=1
+gpus=$("$PY" -c 'import torch; print(torch.cuda.device_count())')
+if [ "$gpus" -ge 2 ]; then
+  run sst2-2proc recipes/sst2.yaml --num-processes 2 --set "training.epochs=$EPOCHS" || status=1
+else
+  echo "sst2-2proc: skipped ($gpus GPU: a 2-process run needs one GPU per process)"
+fi
 echo "runs and logs: $OUTDIR"
 exit $status

@@ -12,6 +12,35 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
+AUTO_PRECISION_ENV = "TEXTXFER_AUTO_PRECISION"  # textxfer.precision.ENV_AUTO (not imported here: keeps collection light)
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--auto-precision", choices=("native", "bf16", "no"), default=None,
+        help="What `training.mixed_precision: auto` resolves to in this run: `bf16` runs every auto-precision test "
+             "as on a bf16-native CPU or GPU (emulated where the CPU lacks bf16: slower, still correct), `no` as on an "
+             "fp32-only CPU, `native` (default) as this machine decides. Sets TEXTXFER_AUTO_PRECISION.")
+
+
+def pytest_configure(config):
+    choice = config.getoption("--auto-precision")
+    if choice is not None:
+        os.environ[AUTO_PRECISION_ENV] = choice
+
+
+def pytest_report_header(config):
+    from textxfer.precision import effective_mixed_precision
+
+    return f"textxfer: mixed_precision auto -> {effective_mixed_precision('auto')}"
+
+
+@pytest.fixture(scope="session")
+def auto_precision() -> str:
+    """What `training.mixed_precision: auto` resolves to in this test run: `bf16` or `no`."""
+    from textxfer.precision import effective_mixed_precision
+
+    return effective_mixed_precision("auto")
 SHARED_DATA = Path(os.environ.get("TEXTXFER_DATA", ROOT.parent / "shared" / "data"))
 
 WORDS = ["good", "great", "fine", "happy", "bad", "awful", "poor", "sad", "the", "a", "movie", "film", "was",

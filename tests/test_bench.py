@@ -35,10 +35,25 @@ def sst2_like(tmp_path) -> Path:
     return folder
 
 
-def _args(bench, model: Path, strategy: str, work: Path, data: Path, system: str) -> argparse.Namespace:
+def _args(bench, model: Path, strategy: str, work: Path, data: Path, system: str,
+          precision: str = "no") -> argparse.Namespace:
     return argparse.Namespace(worker=system, strategy=strategy, model=str(model), train=str(data / "train.tsv"),
-                              trainer_eval_batch=0,
+                              trainer_eval_batch=0, precision=precision,
                               dev_file=str(data / "dev.tsv"), epochs=1.0, seed=0, work=str(work))
+
+
+def _fresh_accelerate_state() -> None:
+    """Each benchmark worker runs in its own process; in this one, a Trainer after a run at another precision
+    needs Accelerate's per-process state forgotten (as `textxfer.train` does for itself)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+
+
+def _ratio(row: str) -> float:
+    """The first `<number>x` of a row: what the acceptance check reads as best-Trainer / textxfer time."""
+    return float(re.findall(r"(\d+(?:\.\d+)?)\s*[x×]", row)[0])
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -68,13 +83,19 @@ def test_trainer_side_trains_the_same_parameters(bench, strategy, tiny_models, m
 
 def test_workers_report_time_accuracy_and_the_row_parses(bench, tiny_models, sst2_like, tmp_path, capsys,
                                                          monkeypatch):
+    """Both workers train in bf16 when told to (textxfer not left to resolve `auto`, the Trainer with bf16=True), say
+    so, and the row shows each system's precision after the ratio the acceptance check reads."""
     monkeypatch.setenv("TEXTXFER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TEXTXFER_AUTO_PRECISION", "no")  # `auto` would mean fp32: bf16 must come from the argument
     runs = {}
     for system in ("textxfer", "trainer-grouped"):
-        a = _args(bench, tiny_models["bert"], "head", tmp_path / system, sst2_like, system)
+        a = _args(bench, tiny_models["bert"], "head", tmp_path / system, sst2_like, system, precision="bf16")
+        if system != "textxfer":
+            _fresh_accelerate_state()
         out = bench.run_textxfer(a) if system == "textxfer" else bench.run_trainer(a, grouped=True)
         assert 0 < out["seconds"] <= out["total_seconds"]
         assert 0.0 <= out["accuracy"] <= 1.0 and out["evals"] == 1
+        assert out["precision"] == "bf16", system
         out["peak_rss_mb"] = bench.peak_rss_mb()
         runs[("head", system)] = [out]
     assert runs[("head", "textxfer")][0]["trainable"] == runs[("head", "trainer-grouped")][0]["trainable"]
@@ -92,7 +113,98 @@ def test_workers_report_time_accuracy_and_the_row_parses(bench, tiny_models, sst
     bench.report_row("head", ["textxfer", "trainer-grouped"], runs, stats, 1.0, peak=100.0)
     row = capsys.readouterr().out.splitlines()[0].lower()
     assert re.match(r"\W*head\b", row)
-    assert float(re.findall(r"(\d+(?:\.\d+)?)\s*[x×]", row)[0]) == pytest.approx(8.5)
+    assert _ratio(row) == pytest.approx(8.5)
+    assert "precision bf16 / bf16" in row
+
+
+@pytest.mark.parametrize("precision", ["bf16", "no"])
+def test_bench_train_gives_every_system_the_same_precision(bench, precision, tmp_path):
+    """One precision, passed explicitly: textxfer's recipe carries it as `training.mixed_precision` (valid, not
+    `auto`), and the Trainer's `TrainingArguments` turn bf16 autocast on exactly when it is bf16."""
+    from transformers import TrainingArguments
+
+    from textxfer.recipe import load_recipe
+
+    a = _args(bench, tmp_path / "model", "freeze", tmp_path, tmp_path, "textxfer", precision=precision)
+    recipe = bench.textxfer_recipe(a)
+    assert recipe["training"]["mixed_precision"] == precision
+    assert load_recipe(data=recipe).training.mixed_precision == precision
+    for grouped in (False, True):
+        kwargs = bench.trainer_arguments(a, grouped)
+        assert kwargs["bf16"] is (precision == "bf16") and not kwargs["fp16"] and not kwargs["bf16_full_eval"]
+        args = TrainingArguments(**kwargs)
+        assert args.mixed_precision == precision  # what the Trainer hands its Accelerator
+        assert args.use_cpu and args.learning_rate == bench.LEARNING_RATES["freeze"]
+    with pytest.raises(ValueError, match="unresolved"):
+        bench.trainer_arguments(_args(bench, tmp_path, "head", tmp_path, tmp_path, "trainer", precision="auto"), False)
+
+
+def test_bench_precision_auto_is_what_textxfer_resolves(bench, monkeypatch):
+    from textxfer.precision import effective_mixed_precision
+
+    assert bench.resolve_precision("auto") == effective_mixed_precision("auto")
+    for forced in ("bf16", "no"):
+        monkeypatch.setenv("TEXTXFER_AUTO_PRECISION", forced)
+        assert bench.resolve_precision("auto") == forced
+        assert bench.resolve_precision("bf16") == "bf16" and bench.resolve_precision("no") == "no"
+    assert bench.precision_name("no") == "fp32" and bench.precision_name("bf16") == "bf16"
+
+
+def test_bench_train_refuses_a_system_that_ran_in_another_precision(bench):
+    bench.check_precision("trainer", "head", "bf16", "bf16")
+    bench.check_precision("trainer", "head", "no", "fp32")
+    with pytest.raises(SystemExit, match=r"trainer / head computed in fp32, not bf16.*unlike precisions"):
+        bench.check_precision("trainer", "head", "bf16", "fp32")
+    with pytest.raises(SystemExit, match="not fp32"):
+        bench.check_precision("textxfer", "full", "no", "bf16 asked, autocast not applied")
+
+
+def test_bench_train_row_shows_each_systems_precision_after_the_ratio(bench, capsys):
+    stats = {"train": {"n": 10, "tokens": 50, "squares": 300}, "dev": {"n": 4, "tokens": 20, "squares": 100},
+             "sizes": {"hidden": 8, "layers": 1, "ffn": 16}}
+    systems = ["textxfer", "trainer", "trainer-grouped"]
+    runs = {("full", y): [{"seconds": s, "total_seconds": s + 1, "accuracy": 0.5, "peak_rss_mb": 100.0,
+                           "trainable": 10, "evals": 1, "precision": "bf16"}]
+            for y, s in zip(systems, (2.0, 9.0, 5.0), strict=True)}
+    bench.report_row("full", systems, runs, stats, 1.0, peak=100.0)
+    out = capsys.readouterr().out
+    row = out.splitlines()[0]
+    assert row.startswith("full ") and _ratio(row) == pytest.approx(2.5)
+    assert "precision bf16 / bf16 / bf16" in row and "WARNING" not in out
+    assert "% of the bf16 matmul peak" in out
+    runs[("full", "trainer")][0]["precision"] = "fp32"
+    bench.report_row("full", systems, runs, stats, 1.0, peak=100.0)
+    out = capsys.readouterr().out
+    assert "precision bf16 / fp32 / bf16" in out and "different precisions" in out
+
+
+def test_bench_predict_matches_textxfers_predictor_precision(tmp_path, monkeypatch):
+    """textxfer's predictor computes in fp32 (measured), the pipeline rows follow it, bf16 is autocast for the
+    pipeline and is refused while textxfer's predictor cannot compute in it."""
+    from conftest import make_tiny_checkpoint
+    from transformers import pipeline
+
+    import textxfer
+
+    predict = load_script("bench_predict")
+    folder = make_tiny_checkpoint("bert", tmp_path / "clf", with_head=True)
+    clf = textxfer.load(folder)
+    texts = ["good film", "a bad movie was sad"]
+    assert predict.compute_precision(clf.model, lambda: clf.predict(texts)) == "fp32"
+    pipe = pipeline("text-classification", model=str(folder), tokenizer=str(folder), device=-1)
+    for precision, name in (("bf16", "bf16"), ("no", "fp32")):
+        call = predict.pipeline_call(pipe, precision, truncation=True, batch_size=2)
+        assert predict.compute_precision(pipe.model, lambda call=call: call(texts)) == name
+        assert len(call(texts)) == 2
+
+    assert predict.choose_precision(None, "fp32") == "no"
+    assert predict.choose_precision("no", "fp32") == "no"
+    assert predict.choose_precision(None, "bf16") == "bf16"
+    with pytest.raises(SystemExit, match=r"computes in fp32 and has no precision setting"):
+        predict.choose_precision("bf16", "fp32")
+    monkeypatch.setenv("TEXTXFER_AUTO_PRECISION", "bf16")
+    with pytest.raises(SystemExit, match=r"--precision auto means bf16"):
+        predict.choose_precision("auto", "fp32")
 
 
 def test_useful_work_counts_real_tokens_only(bench):
@@ -112,8 +224,11 @@ def test_bench_train_main_end_to_end(bench, tiny_models, sst2_like, capsys):
     out = capsys.readouterr().out.lower()
     rows = {s: line for line in out.splitlines() for s in ("head", "full") if re.match(rf"\W*{s}\b", line)}
     assert set(rows) == {"head", "full"}
+    name = bench.precision_name(bench.resolve_precision("auto"))  # the default: what textxfer's auto means here
     for line in rows.values():
         assert re.findall(r"(\d+(?:\.\d+)?)\s*[x×]", line)
+        assert f"precision {name} / {name} / {name}" in line
+    assert f"precision: {name}" in out
     assert "useful work (textxfer)" in out
 
 
@@ -127,6 +242,48 @@ def test_profile_cache_pass_lists_the_operators(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "first_only True, last-layer cut True" in out
     assert "aten::addmm" in out
+
+
+@pytest.mark.parametrize("precision", ["bf16", "no"])
+def test_bench_accuracy_gives_every_system_the_same_precision(precision, tmp_path, tiny_models):
+    """textxfer gets the precision as `training.mixed_precision` (after which only `--set` comes), the Trainer as
+    `bf16=`; the Trainer worker trains in it and scores with Accelerate's autocast wrapper removed, in fp32 as
+    textxfer's predictor does."""
+    import json
+
+    from transformers import TrainingArguments
+
+    accuracy = load_script("bench_accuracy")
+    labels = ["negative", "positive"]
+    for split, n in (("train", 12), ("eval", 6)):
+        rows = ["text,label"] + [f"{'a good film' if i % 2 else 'a bad movie'} {i},{labels[i % 2]}" for i in range(n)]
+        (tmp_path / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    a = argparse.Namespace(train=str(tmp_path / "train.csv"), eval=str(tmp_path / "eval.csv"),
+                           labels=json.dumps(labels), model=str(tiny_models["bert"]), run_dir=str(tmp_path / "run"),
+                           seed=0, multi_label=False, set=["training.epochs=1"], precision=precision,
+                           predict_precision=accuracy.PREDICT_PRECISION)
+    overrides = accuracy.textxfer_overrides(a)
+    assert f"training.mixed_precision={precision}" in overrides and overrides[-1] == "training.epochs=1"
+    kwargs = accuracy.trainer_arguments(a, gpu=False)
+    assert kwargs["bf16"] is (precision == "bf16") and TrainingArguments(**kwargs).mixed_precision == precision
+
+    _fresh_accelerate_state()
+    res = accuracy.work_trainer(a)
+    assert res["precision"] == accuracy.PRECISION_NAMES[precision]
+    assert res["predict_precision"] == "fp32"  # textxfer's predictor computes in fp32: so does the Trainer's scoring
+    assert accuracy.precision_mismatch(res, precision) == ""
+    assert 0.0 <= res["accuracy"] <= 1.0
+
+
+def test_bench_accuracy_refuses_and_prints_unlike_precisions():
+    accuracy = load_script("bench_accuracy")
+    res = {"row": "sst2-8", "seed": 0, "system": "setfit", "accuracy": 0.6, "train_seconds": 7.0,
+           "cpu_seconds": 13.0, "other_load": 0.0, "precision": "fp32", "predict_precision": "fp32"}
+    assert accuracy.precision_mismatch(res, "bf16") == "trained in fp32, not bf16"
+    assert accuracy.precision_mismatch({**res, "predict_precision": "bf16"}, "no") == "predicted in bf16, not fp32"
+    assert accuracy.precision_mismatch({"accuracy": 0.5}, "no").startswith("trained in None")
+    table = accuracy.summarise([res, {**res, "system": "trainer"}], ["sst2-8"], ["setfit", "trainer"])
+    assert table.count("fp32 train / fp32 predict") == 2 and "precision" in table.splitlines()[0]
 
 
 def test_bench_accuracy_flags_runs_that_shared_the_machine():

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from textxfer.environment import describe as describe_environment
 from textxfer.errors import UserError
 
 MODEL_DIR = "model"
@@ -88,11 +89,13 @@ def save_model(loop, out: Path) -> None:
     thresholds = getattr(loop, "thresholds", None)
     if loop.splits.multi_label and thresholds is not None:  # predict/pipeline users get the tuned thresholds
         model.config.textxfer_thresholds = [float(t) for t in thresholds]
+    if getattr(loop, "task", "text") != "image":
+        record_reading(model.config, loop.recipe)
     if loop.applied.is_peft and loop.recipe.save_adapter:
         tmp = out / f".{ADAPTER_DIR}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp)
-        _preprocessor(loop).save_pretrained(tmp)
+        _save_preprocessor(loop, tmp)
         meta = {"labels": loop.labels, "id2label": dict(enumerate(loop.labels)),
                 "label2id": {lab: i for i, lab in enumerate(loop.labels)},
                 "problem_type": model.config.problem_type, "base_model": loop.recipe.model.name}
@@ -105,8 +108,41 @@ def save_model(loop, out: Path) -> None:
     tmp = out / f".{MODEL_DIR}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
-    _preprocessor(loop).save_pretrained(tmp)
+    _save_preprocessor(loop, tmp)
     replace_dir(tmp, out / MODEL_DIR)
+
+
+CONFIG_MAX_LENGTH = "textxfer_max_length"
+"""Config key of the token limit the model was trained and scored at (`model.max_length`)."""
+CONFIG_PAIR_COLUMN = "textxfer_text_pair_column"
+"""Config key of the second-text column a sentence-pair model was trained with (`data.text_pair_column`)."""
+
+
+def record_reading(config, recipe) -> None:
+    """Write into the model config how training read text: its token limit and, for sentence pairs, the second
+    column. `textxfer predict`/`evaluate` and `textxfer.load` read the same way (a checkpoint that was itself a
+    textxfer model loses a pair column this run did not use)."""
+    setattr(config, CONFIG_MAX_LENGTH, int(recipe.model.max_length))
+    pair = recipe.data.text_pair_column
+    if pair is not None:
+        setattr(config, CONFIG_PAIR_COLUMN, pair)
+    elif hasattr(config, CONFIG_PAIR_COLUMN):
+        delattr(config, CONFIG_PAIR_COLUMN)
+
+
+def _save_preprocessor(loop, folder: Path) -> None:
+    """The tokenizer (or image processor) next to the model. A tokenizer is saved with `model_max_length` set to
+    the run's `model.max_length`, so `pipeline(..., truncation=True)` reads as many tokens as training did."""
+    pre = _preprocessor(loop)
+    if getattr(loop, "task", "text") == "image":
+        pre.save_pretrained(folder)
+        return
+    before = pre.model_max_length
+    pre.model_max_length = int(loop.recipe.model.max_length)
+    try:
+        pre.save_pretrained(folder)
+    finally:
+        pre.model_max_length = before
 
 
 def write_predictions(loop, split: str, logits: np.ndarray, path: Path) -> None:
@@ -119,6 +155,7 @@ def write_predictions(loop, split: str, logits: np.ndarray, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     key = "image" if "image" in ds.column_names else "text"  # images: the file path (or source#row)
     items, targets = column(ds, key), column(ds, "labels" if multi else "label")
+    pairs = column(ds, "text_pair") if "text_pair" in ds.column_names else None  # sentence pairs: the second text
     with open(tmp, "w", encoding="utf-8") as f:
         for i, (item, target) in enumerate(zip(items, targets, strict=True)):
             p = probs[i]
@@ -129,8 +166,8 @@ def write_predictions(loop, split: str, logits: np.ndarray, path: Path) -> None:
                 confidence = float(p[chosen].min()) if len(chosen) else float(1 - p.max())
             else:
                 label, pred, confidence = loop.labels[int(target)], loop.labels[int(p.argmax())], float(p.max())
-            row = {key: item, "label": label, "pred": pred, "confidence": confidence,
-                   "probs": [round(float(x), 6) for x in p]}
+            row = {key: item, **({"text_pair": pairs[i]} if pairs is not None else {}), "label": label,
+                   "pred": pred, "confidence": confidence, "probs": [round(float(x), 6) for x in p]}
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
 
@@ -160,8 +197,10 @@ def write_run(loop, results: dict, predictions: dict[str, np.ndarray]) -> None:
         "layer_groups": len(loop.parts.layers),
         "labels": loop.labels, "multi_label": loop.splits.multi_label, "num_processes": loop.acc.num_processes,
         "hardware": hardware(), "versions": versions(), "git_revision": git_revision(),
+        "environment": describe_environment(),
         "data": {split: {"rows": len(ds), "source": loop.splits.sources.get(split, "carved from train"),
-                         "fingerprint": _fingerprint(ds, loop, split)} for split, ds in loop.splits.items()},
+                         "fingerprint": _fingerprint(ds, loop, split), **_in_memory(loop, split)}
+                 for split, ds in loop.splits.items()},
         "finished": True,
     }
     write_json(out / "run.json", record)
@@ -186,6 +225,12 @@ def _fingerprint(ds, loop=None, split: str = "") -> str:
     from textxfer.data import fingerprint
 
     return fingerprint(ds)
+
+
+def _in_memory(loop, split: str) -> dict:
+    """For data given from Python (`train(train=df)`): {"in_memory": type, argument, rows, columns, fingerprint}."""
+    record = getattr(loop.splits, "in_memory", {}).get(split)
+    return {"in_memory": record} if record else {}
 
 
 def loop_log(msg: str) -> None:

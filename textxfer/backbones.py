@@ -7,9 +7,11 @@ list found here. Each family's names are the expected case; anything else is dis
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -187,14 +189,12 @@ def load_classifier(name: str, labels: list[str], *, multi_label: bool = False, 
             if hasattr(config, key):
                 setattr(config, key, dropout)
     check_classifiable(config, name, task)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()  # textxfer reports new parameters itself, in one line
     try:
-        model, info = auto.from_pretrained(
-            name, config=config, revision=revision, trust_remote_code=trust_remote_code,
-            ignore_mismatched_sizes=True, output_loading_info=True, use_safetensors=True,
-        )
+        with transformers_errors_only():  # textxfer reports new parameters itself, in one line
+            model, info = auto.from_pretrained(
+                name, config=config, revision=revision, trust_remote_code=trust_remote_code,
+                ignore_mismatched_sizes=True, output_loading_info=True, use_safetensors=True,
+            )
     except OSError as e:
         raise UserError(f"Could not load the weights of `{name}`: {str(e).splitlines()[0]}") from None
     new = set(info.get("missing_keys", [])) | {m[0] if isinstance(m, tuple) else m
@@ -202,6 +202,20 @@ def load_classifier(name: str, labels: list[str], *, multi_label: bool = False, 
     parts = describe(model)
     parts.new_params = {n for n, _ in model.named_parameters() if n in new}
     return model, parts
+
+
+@contextlib.contextmanager
+def transformers_errors_only() -> Iterator[None]:
+    """Inside the block transformers logs errors only; its verbosity before is restored afterwards (a library
+    leaves its host's logging as it found it)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def _module_exists(model: nn.Module, path: str) -> bool:

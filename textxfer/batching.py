@@ -40,8 +40,9 @@ def encode(tokenizer, texts: list[str], pairs: list[str] | None, targets, max_le
     truncated = 0
     if full_length:
         some = [texts[i] for i in full_length]
-        full = tokenizer(some, [pairs[i] for i in full_length], truncation=False, padding=False) \
-            if pairs is not None else tokenizer(some, truncation=False, padding=False)
+        quiet = dict(truncation=False, padding=False, verbose=False)  # no "longer than model_max_length" warning
+        full = tokenizer(some, [pairs[i] for i in full_length], **quiet) if pairs is not None \
+            else tokenizer(some, **quiet)
         truncated = sum(len(a) > max_length for a in full["input_ids"])
     tt = enc.get("token_type_ids")
     return Encoded(list(enc["input_ids"]), list(tt) if tt is not None else None,

@@ -476,11 +476,13 @@ def usage_snippet(run: Run, mode: str, ref: str, revision: str | None = None) ->
         if run.multi_label:
             th = {label: float(t) for label, t in zip(run.labels, thresholds, strict=False)} if thresholds else None
             code += (f"thresholds = {json.dumps(th, ensure_ascii=False)}\n" if th else "")
-            code += (f"scores = classifier([{_py_str(EXAMPLE_TEXT)}], top_k=None)[0]  # sigmoid score per label\n"
+            code += (f"scores = classifier([{_py_str(EXAMPLE_TEXT)}], top_k=None, truncation=True)[0]"
+                     "  # sigmoid score per label\n"
                      "print([s[\"label\"] for s in scores if s[\"score\"] >= "
                      + ("thresholds[s[\"label\"]]" if th else "0.5") + "])\n")
         else:
-            code += f"print(classifier([{_py_str(EXAMPLE_TEXT)}]))\n"
+            # truncation: the tokenizer's model_max_length is the run's model.max_length, what training read
+            code += f"print(classifier([{_py_str(EXAMPLE_TEXT)}], truncation=True))\n"
         return code
     problem = ', problem_type="multi_label_classification"' if run.multi_label else ""
     code = ("import torch\nfrom peft import AutoPeftModelForSequenceClassification\n"

@@ -345,7 +345,10 @@ def check_recipe(saved: dict, current: dict) -> list[str]:
     """Refuse (UserError) when the model, data or strategy changed; return notes on other changed keys."""
     from textxfer.recipe import recipe_diff
 
-    diff = recipe_diff(saved, current)
+    if not isinstance(saved, dict) or not saved:
+        raise UserError("Cannot resume: the checkpoint's state.json holds no recipe to check this one against (the "
+                        "file was edited or written by another program). Start a new run in another --output-dir.")
+    diff = recipe_diff(saved, current)  # compared as JSON gives them back: {0: a} equals {"0": a}
     fixed = [d for d in diff if d.split(".", 1)[0].split(":", 1)[0] in FIXED_SECTIONS]
     if fixed:
         raise UserError(
@@ -368,14 +371,16 @@ def restore(loop, ckpt: Path) -> dict:
     if state.get("cache_key") != getattr(loop, "cache_key", None) and state.get("cache_key") is not None:
         raise UserError(
             f"Cannot resume from {ckpt}: the frozen part of the model (or its cached features) differs from the one "
-            "that was trained, although the recipe is the same: the checkpoint files at `model.name` changed. "
-            "Point `model.name` at the original checkpoint, or start a new run."
+            "that was trained: the checkpoint files at `model.name` changed or, with `training.contrastive`, the "
+            "stage tuned the body differently this time (a changed stage setting, seed, precision or machine). "
+            "Restore what changed, or start a new run."
         )
     changed = [s for s, f in state.get("data", {}).items() if data_fingerprints(loop).get(s) not in (None, f)]
     if changed:
         raise UserError(
             f"Cannot resume from {ckpt}: the {', '.join(changed)} data differ from the data the run trained on "
-            "(same recipe, different file contents). Restore the original files, or start a new run."
+            "(same recipe, different file contents or a different DataFrame/Dataset). Restore the original data, or "
+            "start a new run."
         )
     model = acc.unwrap_model(loop.model)
     _load_into(model, load_file(str(ckpt / "model.safetensors")), ckpt)

@@ -12,8 +12,9 @@ from pathlib import Path
 import click
 
 from textxfer.errors import UserError
+from textxfer.recipe import BUNDLED_RECIPES
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES_DIR = BUNDLED_RECIPES
 
 # Commands that live in their own modules, imported only when used.
 LAZY = {
@@ -74,10 +75,12 @@ def cli():
               help="Continue an interrupted run from its newest complete checkpoint (in the output directory, or "
                    "in DIR: a run directory or one checkpoint folder).")
 def train(recipe, overrides, output_dir, overwrite, num_processes, resume):
-    """Train a classifier as RECIPE says and write a run directory.
+    """Train a classifier as RECIPE says and write a run directory. RECIPE is a YAML file, or the name of a
+    bundled recipe (`textxfer recipes` lists them).
 
     \b
     Examples:
+      textxfer train quickstart
       textxfer train recipes/quickstart.yaml
       textxfer train recipes/sst2.yaml --set strategy.name=head --set training.epochs=1
       textxfer train recipes/sst2.yaml --num-processes 2
@@ -139,8 +142,20 @@ def _print_summary(result) -> None:
 
 def read_texts(source: str, text_column: str) -> list[str]:
     """Texts from a CSV/TSV/JSONL file, plain lines, or stdin (`-`)."""
+    return read_inputs(source, text_column)[0]
+
+
+def read_inputs(source: str, text_column: str, pair_column: str | int | None = None,
+                pair_why: str = "--pair-column") -> tuple[list[str], list[str] | None]:
+    """(texts, second texts or None) from a CSV/TSV/JSONL file, plain lines, or stdin (`-`). `pair_column`
+    names the second text of sentence pairs (tables only); `pair_why` says where that name came from."""
+    if source == "-" or Path(source).suffix.lower() not in (".csv", ".tsv", ".jsonl", ".ndjson"):
+        if pair_column is not None:
+            raise UserError(f"{'stdin' if source == '-' else source} has one text per line, but the model reads "
+                            f"sentence pairs (second text: column `{pair_column}`, {pair_why}). Give a CSV/TSV/JSONL "
+                            "file with both columns (--text-column, --pair-column).")
     if source == "-":
-        return [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        return [line.rstrip("\n") for line in sys.stdin if line.strip()], None
     path = Path(source)
     if not path.is_file():
         raise UserError(f"Input file {path} does not exist. Give a CSV/TSV/JSONL file, a text file, or `-`.")
@@ -153,9 +168,19 @@ def read_texts(source: str, text_column: str) -> list[str]:
         if text_column not in rows[0]:
             raise UserError(f"{path} has no column `{text_column}`; columns: {', '.join(rows[0])}. "
                             "Use --text-column.")
-        return [r[text_column] for r in rows]
+        texts = [r[text_column] for r in rows]
+        if pair_column is None:
+            return texts, None
+        names = list(rows[0])
+        key = str(pair_column)
+        if key not in rows[0] and key.isdigit() and int(key) < len(names):  # a 0-based column number
+            key = names[int(key)]
+        if key not in rows[0]:
+            raise UserError(f"{path} has no column `{pair_column}` for the second text of each pair "
+                            f"({pair_why}); columns: {', '.join(names)}. Use --pair-column.")
+        return texts, [r[key] for r in rows]
     if suffix in (".jsonl", ".ndjson"):
-        texts = []
+        texts, pairs = [], []
         for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
             if not line.strip():
                 continue
@@ -163,8 +188,13 @@ def read_texts(source: str, text_column: str) -> list[str]:
             if text_column not in row:
                 raise UserError(f"{path}, line {i + 1}: no key `{text_column}`. Use --text-column.")
             texts.append(row[text_column])
-        return texts
-    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            if pair_column is not None:
+                if str(pair_column) not in row:
+                    raise UserError(f"{path}, line {i + 1}: no key `{pair_column}` for the second text of the pair "
+                                    f"({pair_why}). Use --pair-column.")
+                pairs.append(row[str(pair_column)])
+        return texts, pairs if pair_column is not None else None
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()], None
 
 
 def _is_image_model(model_dir: str) -> bool:
@@ -179,9 +209,12 @@ def _is_image_model(model_dir: str) -> bool:
               help="CSV/TSV/JSONL file, plain text (one per line), or - for stdin.")
 @click.option("--output", type=click.Path(dir_okay=False), help="Write .jsonl or .csv here (default: JSONL to stdout).")
 @click.option("--text-column", default="text", show_default=True, help="Text column of CSV/TSV/JSONL input.")
+@click.option("--pair-column", default=None,
+              help="Second-text column of CSV/TSV/JSONL input, for sentence-pair models (default: the column the "
+                   "model was trained with).")
 @click.option("--top-k", type=int, default=1, show_default=True, help="How many labels per text.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
-def predict(model_dir, source, output, text_column, top_k, batch_size):
+def predict(model_dir, source, output, text_column, pair_column, top_k, batch_size):
     """Predict labels for texts with a trained model (a run directory or its model folder).
 
     \b
@@ -189,30 +222,40 @@ def predict(model_dir, source, output, text_column, top_k, batch_size):
       textxfer predict runs/quickstart --input news.txt
       echo "What a great film" | textxfer predict runs/sst2
       textxfer predict runs/sst2 --input reviews.csv --text-column review --output preds.csv --top-k 2
+      textxfer predict runs/mnli --input pairs.csv --text-column premise --pair-column hypothesis
     """
     if _is_image_model(model_dir):
+        if pair_column is not None:
+            raise UserError("--pair-column is for sentence-pair text models; this is an image model.")
         from textxfer.vision import predict_images
 
         predict_images(model_dir, source, output, top_k)
         return
     from textxfer.predict import load
 
-    texts = read_texts(source, text_column)
-    results = load(model_dir).predict(texts, top_k=top_k, batch_size=batch_size)
-    write_predictions(texts, results, output)
+    clf = load(model_dir)
+    pair = pair_column if pair_column is not None else clf.pair_column
+    why = "--pair-column" if pair_column is not None else "the column the model was trained with"
+    texts, pairs = read_inputs(source, text_column, pair, why)
+    # stripped as training strips its texts (tokenizers such as RoBERTa's read a leading space)
+    results = clf.predict([str(t).strip() for t in texts], top_k=top_k, batch_size=batch_size,
+                          pairs=[str(p).strip() for p in pairs] if pairs is not None else None)
+    write_predictions(texts, results, output, pairs=pairs)
 
 
-def write_predictions(items: list[str], results: list[list[dict]], output: str | None, key: str = "text") -> None:
-    rows = [{key: t, "label": r[0]["label"] if r else None, "score": r[0]["score"] if r else None,
+def write_predictions(items: list[str], results: list[list[dict]], output: str | None, key: str = "text",
+                      pairs: list[str] | None = None) -> None:
+    rows = [{key: t, **({"text_pair": pairs[i]} if pairs is not None else {}),
+             "label": r[0]["label"] if r else None, "score": r[0]["score"] if r else None,
              "labels": [x["label"] for x in r], "scores": [round(x["score"], 6) for x in r]}
-            for t, r in zip(items, results, strict=True)]
+            for i, (t, r) in enumerate(zip(items, results, strict=True))]
     if output and output.endswith((".csv", ".tsv")):
         with open(output, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f, delimiter="\t" if output.endswith(".tsv") else ",")
-            w.writerow([key, "label", "score", "labels", "scores"])
+            w.writerow([key, *(["text_pair"] if pairs is not None else []), "label", "score", "labels", "scores"])
             for r in rows:
-                w.writerow([r[key], r["label"], r["score"], "|".join(r["labels"]),
-                            "|".join(map(str, r["scores"]))])
+                w.writerow([r[key], *([r["text_pair"]] if pairs is not None else []), r["label"], r["score"],
+                            "|".join(r["labels"]), "|".join(map(str, r["scores"]))])
         return
     stream = open(output, "w", encoding="utf-8") if output else sys.stdout
     try:
@@ -229,16 +272,21 @@ def write_predictions(items: list[str], results: list[list[dict]], output: str |
 @click.option("--text-column", default="text", show_default=True,
               help="Text column (image models: the image-path column, default `image`).")
 @click.option("--label-column", default="label", show_default=True)
+@click.option("--pair-column", default=None,
+              help="Second-text column, for sentence-pair models (default: the column the model was trained with).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def evaluate(model_dir, data_file, text_column, label_column, as_json):
+def evaluate(model_dir, data_file, text_column, label_column, pair_column, as_json):
     """Evaluate a trained model on a labelled file.
 
     \b
     Examples:
       textxfer evaluate runs/sst2 --data ../shared/data/sst2/dev.tsv --text-column sentence
       textxfer evaluate runs/sst2/model --data test.csv --json
+      textxfer evaluate runs/mnli --data dev.csv --text-column premise --pair-column hypothesis
     """
     if _is_image_model(model_dir):
+        if pair_column is not None:
+            raise UserError("--pair-column is for sentence-pair text models; this is an image model.")
         from textxfer.vision import evaluate_images
 
         image_column = "image" if text_column == "text" else text_column
@@ -246,7 +294,7 @@ def evaluate(model_dir, data_file, text_column, label_column, as_json):
     else:
         from textxfer.evaluation import evaluate_file
 
-        metrics, per_class = evaluate_file(model_dir, data_file, text_column, label_column)
+        metrics, per_class = evaluate_file(model_dir, data_file, text_column, label_column, pair_column)
     if as_json:
         click.echo(json.dumps({**metrics, "per_class": per_class}, indent=2))
         return
@@ -267,17 +315,42 @@ def recipes(name):
     Examples:
       textxfer recipes
       textxfer recipes quickstart
+      textxfer train quickstart
     """
     files = sorted(RECIPES_DIR.glob("*.yaml"))
     if name is None:
+        from textxfer.recipe import load_yaml
+
         for f in files:
-            first = next((line for line in f.read_text().splitlines() if line.startswith("#")), "")
-            click.echo(f"{f.stem:<28} {first.lstrip('# ').strip()}")
+            described = (load_yaml(f.read_text(encoding="utf-8")) or {}).get("description") or ""
+            click.echo(f"{f.stem:<28} {described}")
+        click.echo(f"\n{len(files)} recipes in {RECIPES_DIR}; run one by name: textxfer train NAME")
         return
     match = [f for f in files if f.stem == name or f.name == name]
     if not match:
         raise UserError(f"No bundled recipe `{name}`. Available: {', '.join(f.stem for f in files)}.")
     click.echo(match[0].read_text())
+
+
+@cli.command("env")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (what run.json records).")
+def env_command(as_json):
+    """Print what a bug report needs: versions, Python, CPU, bf16, GPUs, caches.
+
+    Package versions (textxfer, torch, transformers, accelerate, peft, datasets, ...), Python, the OS, the CPU
+    model and cores, whether bf16 is native and what `mixed_precision: auto` resolves to here, each GPU with
+    its memory and bf16 support, and the cache folders. Paste it into an issue; no token is ever printed.
+
+    \b
+    Examples:
+      textxfer env
+      textxfer env --json > env.json
+      TEXTXFER_AUTO_PRECISION=no textxfer env
+    """
+    from textxfer.environment import describe, format_report
+
+    info = describe()
+    click.echo(json.dumps(info, indent=2) if as_json else format_report(info))
 
 
 @cli.command()

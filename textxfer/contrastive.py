@@ -328,9 +328,11 @@ def cache_prefix(loop, parts: Parts, k: int, splits: list[str]) -> None:
     for split in splits:
         batches = prefix_batches(loop.encoded[split], loop.tokenizer.pad_token_id, loop.input_names)
         features[split] = cache.compute(batches, loop.acc.device)
+    # hashed before install() swaps the cached layers out of the model: the key covers the weights the stage
+    # tuned, so a resume whose stage came out different (another recipe value, seed or machine) is refused
+    loop.cache_key = cache.frozen_hash()
     cache.install()
     loop.cache, loop.features = cache, features
-    loop.cache_key = cache.frozen_hash()
     n = sum(len(f) for f in features.values())
     log.info(f"frozen-prefix cache: embeddings + {cache.k} layers computed once for {n} examples "
              f"({', '.join(splits)}) in {time.time() - started:.1f}s")

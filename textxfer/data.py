@@ -52,6 +52,9 @@ class Splits:
     info: dict[str, dict] = field(default_factory=dict)
     """Per split: `source`, `rows_read` (rows in the source before skipping, dedupe and carving), `skipped_rows`,
     `label_counts_read` ({label: rows} as read). Carved splits have source "carved from train"."""
+    in_memory: dict[str, dict] = field(default_factory=dict)
+    """Per split given from Python (`textxfer.train(train=df)`): its type, rows, columns and content fingerprint
+    (`InMemory.record`), for the run record."""
 
     def items(self):
         return [(n, getattr(self, n)) for n in SPLITS if getattr(self, n) is not None]
@@ -93,6 +96,8 @@ class Table:
     class_names: dict[Any, list[str]] = field(default_factory=dict)  # ClassLabel names of a Hub dataset
     fixed: bool = False  # columns are always `text`/`label` (prefix lines, per-class files)
     header: bool = True
+    index: Any = None  # per-row label shown after the row number (a DataFrame's index); None: none
+    hint: str = ""  # said after a missing-column error: e.g. the file was read with another delimiter than it uses
 
     def __len__(self) -> int:
         return len(next(iter(self.columns.values()))) if self.columns else 0
@@ -101,7 +106,8 @@ class Table:
         f = self.files[i] if self.files else self.source
         if self.unit == "file":
             return f
-        return f"{f}, {self.unit} {self.rows[i] if self.rows else i + 1}"
+        where = f"{f}, {self.unit} {self.rows[i] if self.rows else i + 1}"
+        return where if self.index is None else f"{where} (index {self.index[i]})"
 
 
 def _resolve_path(value: str) -> Path:
@@ -114,6 +120,12 @@ def _resolve_path(value: str) -> Path:
 
 def _read_table(value: Any, cfg: DataConfig, split: str, notes: list[str]) -> Table:
     """Dispatch one recipe value (`data.train` etc.) to its reader."""
+    if isinstance(value, InMemory):
+        return value.table
+    if isinstance(value, str) and value.startswith(IN_MEMORY_PREFIX):
+        raise UserError(f"`data.{split}` was given from Python ({value}), so there is no file to read. Pass the data "
+                        f"again (`textxfer.train(recipe, {split}=...)`, with `resume=True` to continue that run), or "
+                        f"point `data.{split}` at a file.")
     if isinstance(value, dict):
         return _read_per_class({str(k): v for k, v in value.items()}, cfg, notes)
     if not isinstance(value, str):
@@ -223,10 +235,11 @@ def _read_delimited(path: Path, content: str, cfg: DataConfig, fmt: str, notes: 
             "the delimiter must be quoted; `quoting: none` when quote marks are part of the text)."
         ) from None
     cells = [frame[c].tolist() for c in frame.columns]
+    hint = _delimiter_hint(content, sep, cfg, fmt, path) if len(cells) == 1 else ""
     header = _has_header(cells, cfg, path, notes)
     if not header:
         return Table({i: col for i, col in enumerate(cells)}, str(path), names=list(range(len(cells))),
-                     header=False)
+                     header=False, hint=hint)
     names: list[Any] = []
     for c in cells:
         name = str(c[0]).strip() if isinstance(c[0], str) else str(len(names))
@@ -234,7 +247,32 @@ def _read_delimited(path: Path, content: str, cfg: DataConfig, fmt: str, notes: 
     if len(cells[0]) < 2:
         raise UserError(f"Data file {path} has a header ({', '.join(names)}) but no rows. Add examples to it, or "
                         "set `data.header: false` if that line is an example.")
-    return Table({n: c[1:] for n, c in zip(names, cells, strict=True)}, str(path), names=names)
+    return Table({n: c[1:] for n, c in zip(names, cells, strict=True)}, str(path), names=names, hint=hint)
+
+
+_DELIMITER_NAMES = {",": "comma-separated", "\t": "tab-separated", ";": "semicolon-separated", "|": "pipe-separated"}
+
+
+def _delimiter_hint(content: str, sep: str, cfg: DataConfig, fmt: str, path: Path) -> str:
+    """A file that came out as one column although its lines all hold another delimiter the same number of times:
+    say how it was read, what it looks like, and which recipe key to change."""
+    sample = [line for line in content.splitlines()[:50] if line.strip()]
+    if not sample:
+        return ""
+    looks = [d for d in _DELIMITER_NAMES if d != sep and sample[0].count(d) > 0
+             and len({line.count(d) for line in sample}) == 1]
+    if not looks:
+        return ""
+    found = looks[0]
+    read_as = _DELIMITER_NAMES.get(sep, f"separated by {sep!r}")
+    because = f"`data.delimiter: {cfg.delimiter}`" if cfg.delimiter else f"`data.format: {fmt}`"
+    if found == ",":
+        fix = ("set `data.format: csv`" + (" and remove `data.delimiter`" if cfg.delimiter else "")
+               + " (or `auto`, which tells them apart)")
+    else:
+        fix = f"set `data.delimiter: {'tab' if found == chr(9) else found}`" + (
+            "" if fmt == "csv" else " with `data.format: csv`")
+    return (f" {path} was read as {read_as} ({because}), but its lines look {_DELIMITER_NAMES[found]}: {fix}.")
 
 
 def _has_header(cells: list[list], cfg: DataConfig, path: Path, notes: list[str]) -> bool:
@@ -388,7 +426,7 @@ def _read_hub(spec: str, cfg: DataConfig, split: str) -> Table:
     """`hub:<id>` reads the split named like the recipe key; `hub:<id>:<split>` picks one (slices allowed)."""
     repo, _, split_name = spec.partition(":")
     split_name = split_name or split
-    from datasets import ClassLabel, load_dataset
+    from datasets import load_dataset
 
     what = f"Hub dataset `{repo}`" + (f" (config {cfg.hub_config})" if cfg.hub_config else "") + \
         f", split `{split_name}`"
@@ -404,17 +442,120 @@ def _read_hub(spec: str, cfg: DataConfig, split: str) -> Table:
     names = list(ds.column_names)
     wanted |= {names[k] for k in wanted if isinstance(k, int) and k < len(names)}
     columns = {c: ds[c][:] for c in names if c in wanted}
-    class_names = {}
+    if not len(ds):
+        raise UserError(f"The {what} has no rows.")
+    return Table(columns, f"hub:{repo}:{split_name}", names=names, class_names=_class_label_names(ds, columns))
+
+
+def _class_label_names(ds, columns) -> dict[Any, list[str]]:
+    """{column: names} for a Dataset's ClassLabel columns (and lists of ClassLabel, for multi-label)."""
+    from datasets import ClassLabel
+
+    out = {}
     for c in columns:
         feat = ds.features[c]
         inner = getattr(feat, "feature", None)
         if isinstance(feat, ClassLabel):
-            class_names[c] = list(feat.names)
+            out[c] = list(feat.names)
         elif isinstance(inner, ClassLabel):
-            class_names[c] = list(inner.names)
-    if not len(ds):
-        raise UserError(f"The {what} has no rows.")
-    return Table(columns, f"hub:{repo}:{split_name}", names=names, class_names=class_names)
+            out[c] = list(inner.names)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- in memory
+
+IN_MEMORY_PREFIX = "<in-memory "
+"""How the saved recipe spells a split given from Python: `<in-memory pandas.DataFrame, 120 rows, fingerprint ...>`."""
+
+
+@dataclass
+class InMemory:
+    """A split given from Python (`textxfer.train(recipe, train=df)`) instead of a file. It becomes the same
+    `Table` a file becomes after parsing, so columns, labels, bad rows, dedupe, carving and few-shot subsets all
+    take the file path's code; errors name it like a file (`train DataFrame, row 3 (index 2)`)."""
+
+    split: str
+    kind: str  # "pandas.DataFrame" or "datasets.Dataset"
+    table: Table
+    fingerprint: str
+
+    def describe(self) -> str:
+        """What the saved recipe holds in place of a path."""
+        return f"{IN_MEMORY_PREFIX}{self.kind}, {len(self.table)} rows, fingerprint {self.fingerprint}>"
+
+    def record(self) -> dict:
+        """The run record's account of the data: where it came from and a hash of its rows."""
+        return {"type": self.kind, "argument": f"{self.split}=", "rows": len(self.table),
+                "columns": [str(c) for c in self.table.names], "fingerprint": self.fingerprint}
+
+
+def in_memory(split: str, value: Any) -> InMemory:
+    """A pandas DataFrame or a `datasets.Dataset` given as `split=` -> an `InMemory` (anything else: UserError)."""
+    import sys
+
+    pd, hf = sys.modules.get("pandas"), sys.modules.get("datasets")  # a DataFrame or Dataset has imported them
+    if pd is not None and isinstance(value, pd.DataFrame):
+        kind, source = "pandas.DataFrame", f"{split} DataFrame"
+        table = _frame_table(value, source)
+    elif hf is not None and isinstance(value, hf.Dataset):
+        kind, source = "datasets.Dataset", f"{split} Dataset"
+        table = _hf_table(value, source)
+    else:
+        what = f"{type(value).__module__}.{type(value).__qualname__}".removeprefix("builtins.")
+        hint = ""
+        if hf is not None and isinstance(value, hf.DatasetDict):
+            hint = f" For a DatasetDict pass one split, e.g. `{split}=dd[{split!r}]`."
+        elif hf is not None and isinstance(value, hf.IterableDataset):
+            hint = " Materialise a streamed dataset first (`Dataset.from_generator`, or `.take(n)` then a list)."
+        elif isinstance(value, (dict, list, tuple)):
+            hint = " Wrap columns or records in one: `pandas.DataFrame({\"text\": [...], \"label\": [...]})`."
+        elif isinstance(value, (str, Path)):
+            hint = f" For a file, set the recipe's `data.{split}` to its path instead."
+        raise UserError(f"`{split}=` is a {what}: give a pandas.DataFrame or a datasets.Dataset with the columns the "
+                        f"recipe names (`data.text_column`, `data.label_column`).{hint}")
+    if not len(table):
+        raise UserError(f"The {source} has no rows ({split}=); give it examples.")
+    return InMemory(split, kind, table, _content_fingerprint(table))
+
+
+def _frame_table(frame, source: str) -> Table:
+    """Columns as Python lists, missing values (NaN, NA, NaT) as None: what the JSON reader gives."""
+    names = list(frame.columns)
+    dupes = sorted({str(n) for n in names if names.count(n) > 1})
+    if dupes:
+        raise UserError(f"The {source} has the column name(s) {', '.join(dupes)} more than once; rename them "
+                        "(the recipe picks columns by name).")
+    columns = {}
+    for name in names:
+        s = frame[name].astype(object)
+        columns[name] = s.where(s.notna(), None).tolist()
+    return Table(columns, source, names=names, index=frame.index)
+
+
+def _hf_table(ds, source: str) -> Table:
+    plain = ds.with_format(None)
+    names = list(ds.column_names)
+    columns = {c: plain[c][:] for c in names}
+    return Table(columns, source, names=names, index=range(len(ds)), class_names=_class_label_names(ds, names))
+
+
+def _plain(o: Any) -> Any:
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.generic):
+        return o.item()
+    return str(o)
+
+
+def _content_fingerprint(table: Table) -> str:
+    """A stable hash of the rows as given (column names, values in order, ClassLabel names): the same rows give
+    the same fingerprint in any process, whether they come as a DataFrame or a Dataset."""
+    h = hashlib.sha256()
+    for name in table.names:
+        h.update(json.dumps([str(name), table.columns[name]], ensure_ascii=False, default=_plain).encode())
+    if table.class_names:
+        h.update(json.dumps({str(k): v for k, v in table.class_names.items()}, sort_keys=True).encode())
+    return h.hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------------------------------- rows
@@ -439,9 +580,13 @@ def _pick(table: Table, key: Any, what: str) -> list:
                     f"`data.{what}` to a number, or `data.header: true` if the first line names the columns.")
         elif isinstance(key, int):
             hint = f" Set `data.{what}` to one of those names, or a number below {len(table.names)}."
+        elif table.index is not None:
+            hint = f" Set `data.{what}` to one of them, or rename the column."
         else:
             hint = (f" Set `data.{what}` to one of them. If the first line is an example rather than a header, set "
                     "`data.header: false` and use 0-based column numbers.")
+        if table.hint:
+            hint = table.hint
         raise UserError(f"{table.source} has no column `{key}` (recipe key `data.{what}`). Columns that exist: "
                         f"{shown}.{hint}")
     values = table.columns[col]
@@ -859,14 +1004,15 @@ class _Split:
         return [text_key(t, self.pairs[i] if self.pairs else None) for i, t in enumerate(self.texts)]
 
 
-def _check_config(cfg: DataConfig) -> None:
-    if cfg.train is None:
+def _check_config(cfg: DataConfig, memory: dict[str, InMemory]) -> None:
+    if cfg.train is None and "train" not in memory:
         raise UserError("Recipe key `data.train` is missing: give the training data.")
     for key in ("max_train_examples", "examples_per_class"):
         v = getattr(cfg, key)
         if v is not None and v < 1:
             raise UserError(f"`data.{key}` must be at least 1 (or null for all), not {v}.")
-    if (cfg.validation_split if cfg.validation is None else 0) + (cfg.test_split if cfg.test is None else 0) >= 1:
+    carve = {n: getattr(cfg, n) is None and n not in memory for n in ("validation", "test")}
+    if (cfg.validation_split if carve["validation"] else 0) + (cfg.test_split if carve["test"] else 0) >= 1:
         raise UserError(f"`data.validation_split` ({cfg.validation_split}) + `data.test_split` ({cfg.test_split}) "
                         "leave nothing to train on; keep their sum below 1.")
 
@@ -894,14 +1040,18 @@ def _declared(cfg: DataConfig) -> set[str]:
     return {str(x) for x in spec} if isinstance(spec, list) else set()
 
 
-def load_splits(cfg: DataConfig, seed: int) -> Splits:
+def load_splits(cfg: DataConfig, seed: int, memory: dict[str, InMemory] | None = None) -> Splits:
     """Read train/validation/test as the recipe says, fix the labels, de-duplicate, carve missing splits
-    (stratified, seeded) and take few-shot subsets of train."""
-    _check_config(cfg)
+    (stratified, seeded) and take few-shot subsets of train.
+
+    `memory`: splits given from Python (`in_memory`), read in place of the recipe's `data.<split>`."""
+    memory = memory or {}
+    _check_config(cfg, memory)
     notes: list[str] = []
     declared = _declared(cfg)
-    given = [n for n in SPLITS if getattr(cfg, n) is not None]
-    rows = {n: _rows(_read_table(getattr(cfg, n), cfg, n, notes), cfg, notes, declared) for n in given}
+    sources = {n: memory.get(n, getattr(cfg, n)) for n in SPLITS}
+    given = [n for n in SPLITS if sources[n] is not None]
+    rows = {n: _rows(_read_table(sources[n], cfg, n, notes), cfg, notes, declared) for n in given}
     keys = {n: _normalise(r, cfg, declared, notes) for n, r in rows.items()}
     train_table = rows["train"].table
     label_col = train_table.names[cfg.label_column] \
@@ -942,7 +1092,8 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
                      f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}.")
     sets = {n: _dataset(s, len(names), multi) for n, s in data.items()}
     return Splits(train=sets["train"], validation=sets.get("validation"), test=sets.get("test"), labels=names,
-                  multi_label=multi, sources={n: rows[n].table.source for n in given}, notes=notes, info=info)
+                  multi_label=multi, sources={n: rows[n].table.source for n in given}, notes=notes, info=info,
+                  in_memory={n: m.record() for n, m in memory.items() if n in given})
 
 
 def _label_freq(ids: list[list[int]], num_labels: int) -> np.ndarray:

@@ -29,19 +29,13 @@ def _quiet():
     textxfer_log = logging.getLogger("textxfer")
     was = textxfer_log.disabled
     textxfer_log.disabled = True
-    try:
-        from transformers.utils import logging as hf_logging
+    from textxfer.backbones import transformers_errors_only
 
-        level = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-    except ImportError:  # transformers is a dependency; this only guards partial installs
-        hf_logging = None
     try:
-        yield
+        with transformers_errors_only():
+            yield
     finally:
         textxfer_log.disabled = was
-        if hf_logging is not None:
-            hf_logging.set_verbosity(level)
 
 
 def load_tokenizer(recipe) -> tuple[Any | None, str]:

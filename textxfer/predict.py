@@ -11,13 +11,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from textxfer.artifacts import find_model_dir
+from textxfer.artifacts import CONFIG_MAX_LENGTH, CONFIG_PAIR_COLUMN, find_model_dir
 from textxfer.backbones import input_names
 from textxfer.batching import Collator, encode, sorted_batches
 
 
 class Classifier:
-    """A saved text classifier. `textxfer.load(DIR).predict(["some text"])`."""
+    """A saved text classifier. `textxfer.load(DIR).predict(["some text"])`.
+
+    Texts are read as training read them: cut at the run's `model.max_length` tokens (recorded in the config as
+    `textxfer_max_length`; older model folders: the tokenizer's `model_max_length`, at most 512), or at
+    `max_length` when given. `pair_column` is the second-text column of a sentence-pair model (None otherwise):
+    pass those texts as `pairs=`."""
 
     def __init__(self, model_dir: str | Path, device: str | None = None, max_length: int | None = None):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -33,7 +38,10 @@ class Classifier:
         self.multi_label = cfg.problem_type == "multi_label_classification"
         thresholds = getattr(cfg, "textxfer_thresholds", None)
         self.thresholds = np.asarray(thresholds if thresholds is not None else [0.5] * len(self.labels))
-        self.max_length = max_length or min(int(getattr(self.tokenizer, "model_max_length", 512) or 512), 512)
+        self.pair_column = getattr(cfg, CONFIG_PAIR_COLUMN, None)
+        trained = getattr(cfg, CONFIG_MAX_LENGTH, None)
+        self.max_length = int(max_length or trained
+                              or min(int(getattr(self.tokenizer, "model_max_length", 512) or 512), 512))
 
     @torch.inference_mode()
     def logits(self, texts: list[str], pairs: list[str] | None = None, batch_size: int = 64) -> np.ndarray:
@@ -66,6 +74,6 @@ class Classifier:
         return results
 
 
-def load(model_dir: str | Path, device: str | None = None) -> Classifier:
+def load(model_dir: str | Path, device: str | None = None, max_length: int | None = None) -> Classifier:
     """Load a run directory (or the model folder in it) for prediction."""
-    return Classifier(model_dir, device=device)
+    return Classifier(model_dir, device=device, max_length=max_length)

@@ -21,10 +21,17 @@ from textxfer.errors import UserError
 
 
 class RecipeLoader(yaml.SafeLoader):
-    """The safe loader, reading `3e-2` and `1e4` as numbers (YAML 1.2) where PyYAML's YAML 1.1 rules give the
-    strings '3e-2' and '1e4': learning rates are written that way."""
+    """The safe loader with YAML 1.2's plain scalars: `3e-2` and `1e4` are numbers (PyYAML's YAML 1.1 rules give the
+    strings '3e-2' and '1e4': learning rates are written that way), and only true/false are booleans. YAML 1.1 also
+    reads `no`, `off`, `yes`, `on` as booleans, which turned `mixed_precision: no` into False; here they stay
+    strings, and a key's type in the recipe schema decides what they mean (`_coerce`: a boolean key takes them)."""
 
 
+_BOOL = "tag:yaml.org,2002:bool"
+RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+RecipeLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 RecipeLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+(?:[eE][-+]?[0-9]+)?)$"),
@@ -384,6 +391,10 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "")
 
 
+_WORDS_TRUE = {"true", "yes", "on", "y"}
+_WORDS_FALSE = {"false", "no", "off", "n"}
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against the annotation `tp` and convert where lossless (int -> float, env expansion)."""
     if isinstance(value, str):
@@ -423,6 +434,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, str) and value.strip().lower() in _WORDS_TRUE | _WORDS_FALSE:
+            return value.strip().lower() in _WORDS_TRUE
         raise UserError(f"Recipe key `{key}` must be true or false, not {value!r}.")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -498,13 +511,34 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def read_yaml(path: str | Path) -> dict:
+BUNDLED_RECIPES = Path(__file__).resolve().parent / "recipes"
+"""The recipes shipped inside the package (`textxfer recipes` lists them; `textxfer train NAME` runs one)."""
+
+
+def bundled_recipes() -> list[Path]:
+    """The bundled recipe files, by name."""
+    return sorted(BUNDLED_RECIPES.glob("*.yaml"))
+
+
+def resolve_recipe(path: str | Path) -> Path:
+    """A recipe file: `path` itself where it exists, else the bundled recipe of that name (`quickstart`,
+    `quickstart.yaml`), as `tune run` resolves its built-in configs; a clear error naming both otherwise."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(
-            f"Recipe file {path} does not exist. Give the path of a YAML recipe, or see `textxfer recipes` "
-            "for the bundled ones."
-        )
+    if path.is_file():
+        return path
+    if path.parent == Path("."):
+        bundled = BUNDLED_RECIPES / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
+        if bundled.is_file():
+            return bundled
+    names = ", ".join(p.stem for p in bundled_recipes())
+    raise UserError(
+        f"Recipe file {path} does not exist, and no bundled recipe has that name. Give the path of a YAML recipe, "
+        f"or the name of a bundled one: {names} (`textxfer recipes` describes them)."
+    )
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = resolve_recipe(path)
     try:
         data = load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
@@ -520,10 +554,15 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None,
-                data: dict | None = None) -> Recipe:
-    """Read a recipe from YAML (or a dict), apply `key.path=value` overrides, validate and return it."""
+                data: dict | None = None, in_memory: dict[str, str] | None = None) -> Recipe:
+    """Read a recipe from YAML (or a dict), apply `key.path=value` overrides, validate and return it.
+
+    `in_memory`: {split: description} of splits given from Python (`textxfer.train(train=df)`); the description
+    replaces `data.<split>`, so a recipe without `data.train` is valid when train data comes that way."""
     raw = read_yaml(path) if path is not None else dict(data or {})
     apply_overrides(raw, list(overrides or []))
+    if in_memory and isinstance(raw.get("data") or {}, dict):  # a malformed `data:` is reported by _build
+        raw["data"] = {**(raw.get("data") or {}), **in_memory}
     recipe = _build(Recipe, raw)
     validate(recipe)
     return recipe
@@ -534,7 +573,8 @@ def validate(recipe: Recipe) -> None:
     if not recipe.model.name:
         raise UserError("Recipe key `model.name` is missing: give a checkpoint folder or a Hub id.")
     if recipe.data.train is None:
-        raise UserError("Recipe key `data.train` is missing: give the training data file.")
+        raise UserError("Recipe key `data.train` is missing: give the training data file (or, from Python, a "
+                        "DataFrame: `textxfer.train(recipe, train=df)`).")
     t = recipe.training
     if t.epochs <= 0:
         raise UserError(f"Recipe key `training.epochs` must be > 0, not {t.epochs}.")
@@ -580,14 +620,61 @@ def save_recipe(recipe: Recipe, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False, allow_unicode=True), encoding="utf-8")
 
 
-def recipe_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """Key paths whose values differ between two recipe dicts (for refusing a resume with a changed recipe)."""
-    out = []
-    for k in sorted(set(a) | set(b)):
-        key = f"{prefix}.{k}" if prefix else k
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += recipe_diff(va, vb, key)
-        elif va != vb:
-            out.append(f"{key}: {va!r} -> {vb!r}")
-    return out
+def recipe_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Key paths whose values differ between two recipe dicts (for refusing a resume with a changed recipe).
+
+    Both sides are first normalised as a checkpoint's state.json gives a recipe back (JSON): mapping keys become
+    strings (`{0: negative}` equals `{"0": negative}`), tuples become lists, other objects their JSON value (or
+    text). Then nested mappings are compared key by key, anything else (lists, nulls, a mapping against a
+    scalar) as a whole; `True` differs from `1`, and NaN equals NaN. Never raises on what a recipe can hold."""
+    import json
+    import math
+
+    def key_text(k: Any) -> str:  # how json.dumps writes a mapping key
+        if isinstance(k, str):
+            return k
+        if isinstance(k, bool):
+            return "true" if k else "false"
+        if k is None:
+            return "null"
+        if isinstance(k, int):
+            return int.__repr__(k)
+        if isinstance(k, float):
+            return float.__repr__(k)
+        return str(k)
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {key_text(k): plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if v is None or isinstance(v, str):
+            return v
+        try:
+            return json.loads(json.dumps(v, default=str))
+        except (TypeError, ValueError, RecursionError):
+            return str(v)
+
+    def same(x: Any, y: Any) -> bool:
+        if isinstance(x, dict) or isinstance(y, dict):
+            return (isinstance(x, dict) and isinstance(y, dict) and x.keys() == y.keys()
+                    and all(same(x[k], y[k]) for k in x))
+        if isinstance(x, list) or isinstance(y, list):
+            return (isinstance(x, list) and isinstance(y, list) and len(x) == len(y)
+                    and all(same(i, j) for i, j in zip(x, y, strict=True)))
+        if isinstance(x, bool) or isinstance(y, bool):
+            return isinstance(x, bool) and isinstance(y, bool) and x == y
+        if isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y):
+            return True
+        comparable = type(x) is type(y) or (isinstance(x, (int, float)) and isinstance(y, (int, float)))
+        return comparable and x == y
+
+    def walk(x: Any, y: Any, where: str) -> list[str]:
+        if isinstance(x, dict) and isinstance(y, dict):
+            out = []
+            for k in sorted(set(x) | set(y)):
+                out += walk(x.get(k), y.get(k), f"{where}.{k}" if where else k)
+            return out
+        return [] if same(x, y) else [f"{where or 'recipe'}: {x!r} -> {y!r}"]
+
+    return walk(plain(a), plain(b), prefix)

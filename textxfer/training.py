@@ -27,6 +27,12 @@ from textxfer.batching import BatchPlan, Collator, Encoded, encode, prefix_batch
 from textxfer.checkpoint import Progress
 from textxfer.data import column
 from textxfer.errors import UserError
+from textxfer.precision import (
+    autocast_dtype,
+    effective_mixed_precision,
+    full_precision_forward,
+    warn_if_emulated,
+)
 from textxfer.recipe import Recipe, load_recipe, save_recipe, to_dict
 
 log = logging.getLogger("textxfer")
@@ -74,6 +80,8 @@ def physical_cores() -> int:
 def setup_logging(output_dir: Path | None, is_main: bool, append: bool = False) -> None:
     """Progress on stderr (main process only; the others report warnings) and in RUN_DIR/train.log (appended to
     when a run resumes)."""
+    for handler in log.handlers:  # an earlier run's (in this process): its train.log is closed
+        handler.close()
     log.handlers.clear()
     log.setLevel(logging.INFO if is_main else logging.WARNING)
     log.propagate = False
@@ -131,6 +139,8 @@ def make_accelerator(recipe: Recipe):
         )
     from textxfer.launch import check_process_count, tracker_kwargs
 
+    fresh_accelerate_state()
+    warn_if_emulated(t.mixed_precision)
     # Gradient accumulation is done by Loop.train_step (with no_sync), not by Accelerate: every global batch is
     # cut into accumulation x processes shards there, so results do not depend on how it is cut.
     acc = Accelerator(
@@ -142,22 +152,23 @@ def make_accelerator(recipe: Recipe):
     return acc
 
 
-def effective_mixed_precision(setting: str) -> str:
-    """`auto` -> `bf16` where bf16 is native (a GPU with bf16; a CPU with AMX or AVX512-BF16), else `no`: without
-    them torch emulates bf16 matmuls and they run ~3x slower than fp32 (measured on an AVX512 CPU without BF16)."""
-    if setting != "auto":
-        return setting
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
-    native = any(getattr(torch.cpu, name, lambda: False)()
-                 for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
-    return "bf16" if native else "no"
+def fresh_accelerate_state() -> None:
+    """Forget the precision and gradient settings a previous `train()` in this process left in Accelerate.
+
+    Accelerate keeps one `AcceleratorState` per process and refuses a second `Accelerator` with another precision,
+    so a notebook, `compare` or the test suite could train only once per precision. Each run builds its own
+    Accelerator; what it must share with earlier runs is only the process set-up (`PartialState`: device, process
+    group), which is kept. Accelerate's own test utilities reset the same two states between tests."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
 
 
 def cache_dtypes(t) -> tuple[torch.dtype, torch.dtype | None]:
     """(storage dtype, autocast dtype or None) of a frozen-prefix cache pass under these training settings."""
     store = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[t.cache_dtype]
-    return store, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(effective_mixed_precision(t.mixed_precision))
+    return store, autocast_dtype(t.mixed_precision)
 
 
 def fused_adamw(model: torch.nn.Module) -> dict:
@@ -304,6 +315,8 @@ class Loop:
         """The checkpoint this run continues from (`train(resume=...)`)."""
         self.cache_key: str | None = None
         """Hash of the frozen part's weights when the frozen-prefix cache is used (checked on resume)."""
+        self.memory: dict = {}
+        """Splits given from Python (`train(train=df)`): {split: textxfer.data.InMemory}, read instead of files."""
 
     # -- data and model
     def build(self) -> None:
@@ -333,9 +346,13 @@ class Loop:
 
         self.task = vision.task_of(r)
         if self.task == "image":  # image files, the image processor and pixel batches; the same strategies
+            if self.memory:
+                raise UserError(f"Data given from Python (`{', '.join(f'{s}=' for s in self.memory)}`) is for text "
+                                "recipes for now; this one trains an image model. Write the image paths and labels "
+                                "to a CSV file and point `data.train` at it.")
             vision.build(self)
             return
-        self.splits = load_splits(r.data, r.training.seed)
+        self.splits = load_splits(r.data, r.training.seed, self.memory)
         for note in self.splits.notes:
             log.info(note)
         self.labels = self.splits.labels
@@ -480,7 +497,7 @@ class Loop:
         self.eval_dls = {}
         for split in ("validation", "test"):
             if split in self.encoded:
-                _, dl = self.loader(split, False, max(micro, 64) * self.acc.num_processes)
+                _, dl = self.loader(split, False, self.eval_batch_size())
                 self.eval_dls[split] = self.acc.prepare(dl)
         weights = class_weight_tensor(t.class_weights, self.labels, self.encoded["train"].targets) \
             if not self.splits.multi_label else None
@@ -496,6 +513,11 @@ class Loop:
                         f"training examples, training.batch_size {t.batch_size}, training.epochs {t.epochs:g}): too "
                         f"few to learn much. Raise training.epochs or lower training.batch_size (recipes/fewshot.yaml "
                         f"trains its classifier for 30 epochs at batch 16).")
+
+    def eval_batch_size(self) -> int:
+        """Global batch size of the evaluation loaders: the training micro-batch, at least 64 per process."""
+        t = self.recipe.training
+        return max(t.batch_size // t.gradient_accumulation_steps, 64) * self.acc.num_processes
 
     def freeze_unused(self) -> None:
         """DDP wants a gradient for every trainable parameter at every step. One forward/backward on two examples
@@ -850,8 +872,34 @@ class Loop:
         self.restore_best()
         self.train_seconds = time.time() - self.started
         self.end_tracking()
-        scores, predictions, per_class_all = {}, {}, {}
         last = getattr(self, "last_validation", None)
+        if effective_mixed_precision(self.recipe.training.mixed_precision) != "no":
+            self.score_in_full_precision()
+            last = None
+        with full_precision_forward(self.acc.unwrap_model(self.model)):
+            results = self.final_scores(last)
+        if self.cache is not None:
+            self.cache.uninstall()
+        if self.acc.is_main_process:
+            artifacts.write_run(self, *results)
+        self.acc.wait_for_everyone()
+        return results[0]
+
+    def score_in_full_precision(self) -> None:
+        """Score the final model as it is saved: the whole model in fp32, no frozen-prefix cache (whose features
+        were computed under autocast). A run that trained in bf16 then reports the metrics, and writes the
+        predictions, that loading its model folder reproduces (`textxfer evaluate`, `pipeline()`)."""
+        if self.cache is not None:
+            self.cache.uninstall()
+            self.cache = None
+        self.features = None
+        for split in list(self.eval_dls):
+            _, dl = self.loader(split, False, self.eval_batch_size())
+            self.eval_dls[split] = self.acc.prepare(dl)
+
+    def final_scores(self, last) -> tuple[dict, dict]:
+        """(results for metrics.json, logits per split) of the restored best model."""
+        scores, predictions, per_class_all = {}, {}, {}
         if self.splits.multi_label and "validation" not in self.eval_dls and \
                 self.recipe.training.threshold in ("global", "per_label"):  # the saved model needs its thresholds
             self.thresholds = self.thresholds_without_validation()
@@ -877,29 +925,34 @@ class Loop:
         results["per_class"] = per_class_all
         if self.splits.multi_label and getattr(self, "thresholds", None) is not None:
             results["thresholds"] = [round(float(t), 4) for t in self.thresholds]
-        if self.cache is not None:
-            self.cache.uninstall()
-        if self.acc.is_main_process:
-            artifacts.write_run(self, results, predictions)
-        self.acc.wait_for_everyone()
-        return results
+        return results, predictions
 
 
 def train(recipe: Recipe | str | Path | dict, overrides: list[str] | None = None, output_dir: str | Path | None = None,
-          overwrite: bool = False, command: str | None = None, resume: str | Path | bool | None = None) -> RunResult:
+          overwrite: bool = False, command: str | None = None, resume: str | Path | bool | None = None, *,
+          train=None, validation=None, test=None) -> RunResult:
     """Train as the recipe says and write the run directory. Python twin of `textxfer train`.
 
     `resume`: True (or "") continues from the newest complete checkpoint in the output directory; a path names a
     run directory or one checkpoint folder, whose run directory is then the output directory unless one is given.
+
+    `train`, `validation`, `test`: data from Python, a pandas DataFrame or a `datasets.Dataset` with the columns the
+    recipe names (`data.text_column`, `data.label_column`...), in place of the recipe's `data.<split>` files; read
+    exactly as a file with the same rows. The saved recipe says `<in-memory pandas.DataFrame, N rows, fingerprint
+    ...>` there, run.json records each one's type, rows, columns and fingerprint; a resume needs the same data again.
     """
     from textxfer import checkpoint
+    from textxfer.data import IN_MEMORY_PREFIX, in_memory
 
+    memory = {split: in_memory(split, value) for split, value in
+              (("train", train), ("validation", validation), ("test", test)) if value is not None}
+    given = {split: m.describe() for split, m in memory.items()}
     if isinstance(recipe, (str, Path)):
-        recipe = load_recipe(recipe, overrides)
+        recipe = load_recipe(recipe, overrides, in_memory=given)
     elif isinstance(recipe, dict):
-        recipe = load_recipe(data=recipe, overrides=overrides)
-    elif overrides:
-        recipe = load_recipe(data=to_dict(recipe), overrides=overrides)
+        recipe = load_recipe(data=recipe, overrides=overrides, in_memory=given)
+    elif overrides or memory:
+        recipe = load_recipe(data=to_dict(recipe), overrides=overrides, in_memory=given)
     if output_dir is not None:
         recipe.output_dir = str(output_dir)
     ckpt, notes = None, []
@@ -909,22 +962,32 @@ def train(recipe: Recipe | str | Path | dict, overrides: list[str] | None = None
         if output_dir is None:
             recipe.output_dir = str(ckpt.parent.parent)
         saved = checkpoint.read_state(ckpt).get("recipe", {})
-        notes += checkpoint.check_recipe(_with_defaults(saved), to_dict(recipe))
+        current = to_dict(recipe)
+        for split in memory:  # in-memory data is compared by its rows' fingerprints (checkpoint.restore), as files are
+            before = (saved.get("data") or {}).get(split)
+            if isinstance(before, str) and before.startswith(IN_MEMORY_PREFIX):
+                current["data"][split] = before
+        notes += checkpoint.check_recipe(_with_defaults(saved), current)
     out = Path(recipe.output_dir)
     prepare_output_dir(out, overwrite, resuming=ckpt is not None)
     loop = Loop(recipe, out, command)
     loop.resume_from = ckpt
-    loop.build()
-    for note in notes:
-        log.info(note)
-    if loop.acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        save_recipe(recipe, out / "recipe.yaml")
-    loop.prepare()
-    if ckpt is not None:
-        checkpoint.restore(loop, ckpt)
-    loop.fit()
-    metrics = loop.finish()
+    loop.memory = memory
+    threads = torch.get_num_threads()
+    try:  # the run sets torch's thread count for itself; the host process gets its own back, even on failure
+        loop.build()
+        for note in notes:
+            log.info(note)
+        if loop.acc.is_main_process:
+            out.mkdir(parents=True, exist_ok=True)
+            save_recipe(recipe, out / "recipe.yaml")
+        loop.prepare()
+        if ckpt is not None:
+            checkpoint.restore(loop, ckpt)
+        loop.fit()
+        metrics = loop.finish()
+    finally:
+        torch.set_num_threads(threads)
     return RunResult(out, metrics)
 
 
@@ -934,5 +997,5 @@ def _with_defaults(saved: dict) -> dict:
 
     try:
         return to_dict(load_recipe(data=copy.deepcopy(saved)))
-    except UserError:
+    except Exception:  # a damaged saved recipe: compared as it is (check_recipe refuses what cannot be compared)
         return saved

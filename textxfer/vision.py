@@ -794,10 +794,20 @@ class VisionPrefixCache(FrozenPrefixCache):
             self.swapped.append((path, self._set(path, FrozenStage(original, self.tuple_len or 0))))
 
     def verify(self, pixel_values: torch.Tensor, device: torch.device) -> str | None:
-        """None when the cached forward reproduces the plain forward's logits on these images; else why not."""
+        """None when the cached forward reproduces the plain forward's logits on these images; else why not.
+
+        Exactness is checked in fp32, both forwards alike, whatever precision the run trains in (even on a model
+        whose forward Accelerate wrapped in autocast): under bf16 both would round differently and hide or fake a
+        difference."""
+        from textxfer.precision import full_precision_forward
+
         was_training, dtype, autocast = self.root.training, self.store_dtype, self.autocast_dtype
-        self.store_dtype, self.autocast_dtype = torch.float32, None  # exactness is checked in full precision
+        self.store_dtype, self.autocast_dtype = torch.float32, None
         pixel_values = pixel_values.to(device)
+        with full_precision_forward(self.root):
+            return self._verify(pixel_values, device, was_training, dtype, autocast)
+
+    def _verify(self, pixel_values, device, was_training, dtype, autocast) -> str | None:
         try:
             self.root.eval()
             with torch.inference_mode():
