@@ -159,3 +159,13 @@ def test_best_is_said_ahead_only_when_the_paired_difference_is_clear(tmp_path):
     rows = summarise(one)
     (m,) = margins(best_rows(rows), rows, one).values()
     assert m["se"] is None and m["seeds"] == 1 and "too few to tell them apart" in margin_text(m)
+
+
+def test_the_verdicts_t_is_students_at_every_seed_count():
+    """scipy's t: at 31 degrees of freedom it is 2.04, not the normal 1.96 (a hand table's fallback past 30)."""
+    from textxfer.compare import margin_text, t95
+
+    assert t95(2) == pytest.approx(4.303, abs=1e-3) and t95(31) == pytest.approx(2.040, abs=1e-3)
+    # 32 seeds, a difference of 2.0 standard errors: inside t's interval (2.04), outside the normal one (1.96)
+    m = {"runner_up": "head", "diff": 0.02, "se": 0.01, "seeds": 32}
+    assert "level with `head` within noise" in margin_text(m)

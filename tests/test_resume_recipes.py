@@ -131,7 +131,7 @@ def tiny_bert6(folder: Path) -> Path:
 def tiny_efficientnet16(folder: Path) -> Path:
     """test_vision's tiny EfficientNet with the 16 blocks of EfficientNet-Lite0 (digits freezes 12 of them),
     BatchNorm statistics calibrated on random pictures like a trained CNN's."""
-    from test_vision import tiny_processor, tiny_vision_config
+    from test_vision import calibrate_like_a_trained_cnn, tiny_processor, tiny_vision_config
     from transformers import AutoModel
 
     torch.manual_seed(0)
@@ -140,18 +140,7 @@ def tiny_efficientnet16(folder: Path) -> Path:
     config.depth_coefficient = 1.0
     model = AutoModel.from_config(config)
     assert len(model.encoder.blocks) == 16
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for m in model.modules():
-        if isinstance(m, (torch.nn.Conv2d, torch.nn.modules.batchnorm._BatchNorm)):
-            m.reset_parameters()
-    for m in norms:
-        m.momentum = None
-    model.train()
-    with torch.no_grad():
-        for _ in range(4):
-            model(pixel_values=torch.randn(8, 3, 32, 32))
-    for m in norms:
-        m.momentum = 0.1
+    calibrate_like_a_trained_cnn(model)
     model.save_pretrained(folder)
     tiny_processor("efficientnet").save_pretrained(folder)
     return folder
@@ -398,3 +387,53 @@ def test_resume_check_accepts_json_keys_and_refuses_changed_labels():
     for broken in ({}, None, ["model"]):
         with pytest.raises(UserError, match="holds no recipe"):
             checkpoint.check_recipe(broken, current)
+
+
+# ------------------------------------------------------------------------------------------------ contrastive stage
+
+class Interrupted(Exception):
+    """Raised inside a training step to stop a run after a checkpoint (as a kill would, in this process)."""
+
+
+def test_resume_refuses_a_changed_contrastive_stage(models, tmp_path, monkeypatch):
+    """quickstart.yaml (a contrastive stage, then the classifier on the cached tuned body) stopped in the
+    classifier phase after a checkpoint: resumed with another `training.contrastive.learning_rate`, the stage tunes
+    the body differently, so the checkpointed classifier no longer fits its features: refused with exit code 2
+    and a message naming the stage (the frozen-part hash covers the tuned weights, hashed before the cache swaps
+    them out of the model). Resumed with the same settings, the run continues and finishes."""
+    import textxfer.training as tr
+    from textxfer.cli import cli
+
+    name = "quickstart.yaml"
+    assert raw_recipe(name)["training"]["contrastive"]["learning_rate"] == 1.0e-4
+    monkeypatch.setenv("TEXTXFER_CACHE", str(tmp_path / "cache"))
+    overrides = shrink(raw_recipe(name), models, installed=True)
+    args = ["train", str(RECIPES / name), *[arg for o in overrides for arg in ("--set", o)],
+            "--output-dir", str(tmp_path / "run")]
+    step = tr.Loop.train_step
+
+    def train_step(self, indices):
+        if self.progress.step == 3:  # after the checkpoint of step 2
+            raise Interrupted(f"step {self.progress.step} of {self.total_steps}")
+        return step(self, indices)
+
+    with monkeypatch.context() as m:
+        m.setattr(tr.Loop, "train_step", train_step)
+        result = CliRunner().invoke(cli, args)
+    assert isinstance(result.exception, Interrupted), result.output + repr(result.exception)
+    saved = checkpoint.complete_checkpoints(tmp_path / "run" / "checkpoints")
+    assert saved and saved[-1].name == "step-0000002"
+    assert checkpoint.read_state(saved[-1]).get("cache_key")  # the classifier phase reads the cached tuned body
+
+    changed = CliRunner().invoke(cli, [*args, "--resume", "--set", "training.contrastive.learning_rate=3.0e-4"])
+    assert changed.exit_code == 2, changed.output + repr(changed.exception)
+    message = " ".join(changed.output.split())
+    assert f"error: Cannot resume from {saved[-1]}: the frozen part of the model (or its cached features) " \
+           "differs" in message
+    assert "`training.contrastive`" in message and "stage tuned the body differently" in message
+    assert not (tmp_path / "run" / "run.json").exists()
+
+    same = CliRunner().invoke(cli, [*args, "--resume"])
+    assert same.exit_code == 0, same.output + repr(same.exception)
+    assert f"resumed from {saved[-1]}: step 2 of " in (tmp_path / "run" / "train.log").read_text(encoding="utf-8")
+    assert (tmp_path / "run" / "run.json").exists()

@@ -79,22 +79,29 @@ def tiny_vision_checkpoint(arch: str, folder: Path) -> Path:
     torch.manual_seed(0)
     folder.mkdir(parents=True, exist_ok=True)
     model = AutoModel.from_config(tiny_vision_config(arch))
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if norms:  # like a trained CNN: PyTorch's default conv init and BatchNorm statistics of real activations
-        for m in model.modules():
-            if isinstance(m, (torch.nn.Conv2d, torch.nn.modules.batchnorm._BatchNorm)):
-                m.reset_parameters()
-        for m in norms:
-            m.momentum = None  # a cumulative average over the calibration batches
-        model.train()
-        with torch.no_grad():
-            for _ in range(4):
-                model(pixel_values=torch.randn(8, 3, 32, 32))
-        for m in norms:
-            m.momentum = 0.1
+    calibrate_like_a_trained_cnn(model)
     model.save_pretrained(folder)
     tiny_processor(arch).save_pretrained(folder)
     return folder
+
+
+def calibrate_like_a_trained_cnn(model) -> None:
+    """PyTorch's default conv init and BatchNorm statistics of real activations (4 batches of random pictures), as
+    in a trained CNN; nothing for a model without BatchNorm."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.modules.batchnorm._BatchNorm)):
+            m.reset_parameters()
+    for m in norms:
+        m.momentum = None  # a cumulative average over the calibration batches
+    model.train()
+    with torch.no_grad():
+        for _ in range(4):
+            model(pixel_values=torch.randn(8, 3, 32, 32))
+    for m in norms:
+        m.momentum = 0.1
 
 
 def colour_image(colour: str, rng: np.random.Generator, size=(40, 48)) -> Image.Image:

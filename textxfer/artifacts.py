@@ -28,11 +28,11 @@ PACKAGES = ("textxfer", "torch", "transformers", "datasets", "accelerate", "eval
 
 def write_json(path: Path, data) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=_jsonable), encoding="utf-8")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=jsonable), encoding="utf-8")
     os.replace(tmp, path)
 
 
-def _jsonable(o):
+def jsonable(o):
     if isinstance(o, (np.integer,)):
         return int(o)
     if isinstance(o, (np.floating,)):

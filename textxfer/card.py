@@ -226,19 +226,13 @@ def _title(run: Run, repo_id: str | None) -> str:
 
 
 def card_metadata(run: Run, mode: str, repo_id: str | None = None, license: str | None = None) -> dict:
-    """The Hub's YAML metadata block as a dict (validated by the Hub on upload)."""
+    """The Hub's YAML metadata block as a dict, built with huggingface_hub's `ModelCardData` and `EvalResult` (the
+    model-index the Hub reads its evaluation results from)."""
+    from huggingface_hub import ModelCardData
+
     pipeline_tag = "image-classification" if run.task == "image" else "text-classification"
     base_meta = _base_card_metadata(run)
-    meta: dict[str, Any] = {"library_name": "peft" if mode == "adapter" else "transformers",
-                            "pipeline_tag": pipeline_tag}
-    if is_hub_id(run.model_name):
-        meta["base_model"] = run.model_name
-    meta["license"] = license or base_meta.get("license") or "other"
-    if base_meta.get("language"):
-        meta["language"] = base_meta["language"]
-    datasets = _hub_datasets(run)
-    if datasets:
-        meta["datasets"] = datasets
+    base_model = base_hub_id(run)
     strategy = (run.record.get("strategy") or {}).get("name")
     tags = ["textxfer", pipeline_tag, "transfer-learning"]
     if strategy:
@@ -247,19 +241,40 @@ def card_metadata(run: Run, mode: str, repo_id: str | None = None, license: str 
         tags.append("multi-label-classification")
     if mode == "adapter" or strategy == "lora":
         tags += ["lora", "peft"]
-    if mode == "adapter" and "base_model" in meta:
-        tags.append(f"base_model:adapter:{meta['base_model']}")
-    meta["tags"] = list(dict.fromkeys(tags))
+    if mode == "adapter" and base_model:
+        tags.append(f"base_model:adapter:{base_model}")
     keys = [k for k in ("accuracy", "macro_f1") if any(k in (run.metrics.get(s) or {}) for s in ("test", "validation"))]
-    if keys:
-        meta["metrics"] = [METRIC_SPECS[k][0] for k in keys]
-    index = _model_index(run, pipeline_tag, _title(run, repo_id))
-    if index:
-        meta["model-index"] = index
-    return meta
+    data = ModelCardData(
+        library_name="peft" if mode == "adapter" else "transformers", pipeline_tag=pipeline_tag,
+        base_model=base_model, license=license or base_meta.get("license") or "other",
+        language=base_meta.get("language") or None, datasets=_hub_datasets(run) or None,
+        tags=list(dict.fromkeys(tags)), metrics=[METRIC_SPECS[k][0] for k in keys] or None,
+        model_name=_title(run, repo_id), eval_results=_eval_results(run, pipeline_tag) or None)
+    meta = data.to_dict()
+    order = ("library_name", "pipeline_tag", "base_model", "license", "language", "datasets", "tags", "metrics",
+             "model-index")
+    return {k: meta[k] for k in order if k in meta} | {k: v for k, v in meta.items() if k not in order}
 
 
-def _model_index(run: Run, pipeline_tag: str, name: str) -> list[dict]:
+def base_hub_id(run: Run) -> str | None:
+    """The Hub repo id of the base checkpoint: the recipe's `model.name` when it is one; for a local or `package:`
+    checkpoint, the id its own README loads it from (`from_pretrained('org/name')`, as sentence-transformers cards
+    do), so the published card links its base model."""
+    if is_hub_id(run.model_name):
+        return run.model_name
+    path = run.record.get("model_path")
+    readme = Path(path) / "README.md" if path else None
+    if readme is None or not readme.is_file():
+        return None
+    loaded = re.findall(r"""(?:from_pretrained|SentenceTransformer)\(\s*['"]([\w.-]+/[\w.-]+)['"]""",
+                        readme.read_text(encoding="utf-8", errors="replace"))
+    ids = [i for i in loaded if is_hub_id(i)]
+    return max(set(ids), key=ids.count) if ids else None
+
+
+def _eval_results(run: Run, pipeline_tag: str) -> list:
+    from huggingface_hub import EvalResult
+
     task_name = "Image Classification" if pipeline_tag == "image-classification" else "Text Classification"
     datasets = _hub_datasets(run)
     data = run.record.get("data") or {}
@@ -268,26 +283,22 @@ def _model_index(run: Run, pipeline_tag: str, name: str) -> list[dict]:
         metrics = run.metrics.get(split)
         if not isinstance(metrics, dict):
             continue
-        entries = []
+        src = (data.get(split) or {}).get("source")
+        if datasets:
+            name = kind = datasets[0]
+        else:
+            train_src = (data.get("train") or {}).get("source")
+            name, kind = (_display_source(train_src) if train_src else "custom"), "custom"
         for key in _metric_keys(metrics, run.metrics.get("best_metric")):
             if key not in INDEX_METRICS and key != run.metrics.get("best_metric"):
                 continue
             mtype, mname, args = METRIC_SPECS.get(key, (key, key.replace("_", " "), None))
-            entry: dict[str, Any] = {"type": mtype, "value": round(float(metrics[key]), 4), "name": mname}
-            if args:
-                entry["args"] = dict(args)  # a copy: shared dicts would become YAML anchors
-            entries.append(entry)
-        if not entries:
-            continue
-        src = (data.get(split) or {}).get("source")
-        if datasets:
-            dataset = {"name": datasets[0], "type": datasets[0]}
-        else:
-            train_src = (data.get("train") or {}).get("source")
-            dataset = {"name": _display_source(train_src) if train_src else "custom", "type": "custom"}
-        dataset["split"] = split if src != "carved from train" else f"{split} (held out from train)"
-        results.append({"task": {"type": pipeline_tag, "name": task_name}, "dataset": dataset, "metrics": entries})
-    return [{"name": name, "results": results}] if results else []
+            results.append(EvalResult(
+                task_type=pipeline_tag, task_name=task_name, dataset_type=kind, dataset_name=name,
+                dataset_split=split if src != "carved from train" else f"{split} (held out from train)",
+                metric_type=mtype, metric_value=round(float(metrics[key]), 4), metric_name=mname,
+                metric_args=dict(args) if args else None))
+    return results
 
 
 # ---------------------------------------------------------------------------------------------- sections

@@ -105,9 +105,9 @@ def _save_torch(obj, path: Path) -> None:
 
 
 def _save_json(obj, path: Path) -> None:
-    from textxfer.artifacts import _jsonable
+    from textxfer.artifacts import jsonable
 
-    path.write_text(json.dumps(obj, indent=1, ensure_ascii=False, default=_jsonable), encoding="utf-8")
+    path.write_text(json.dumps(obj, indent=1, ensure_ascii=False, default=jsonable), encoding="utf-8")
     _fsync(path)
 
 

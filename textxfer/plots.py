@@ -20,7 +20,7 @@ _NOT_METRICS = {"step", "epoch", "split", "loss"}
 _NOT_METRIC_PARTS = ("runtime", "per_second", "seconds", "samples", "num_", "time")
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
     """A Figure drawn by the Agg canvas (no pyplot, no display)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -30,7 +30,7 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", bbox_inches="tight", facecolor="white")
     return path
@@ -68,7 +68,7 @@ def metric_keys(evals: Sequence[dict]) -> list[str]:
 def _step_to_epoch(train: Sequence[dict], evals: Sequence[dict]):
     """(forward, inverse) maps step <-> epoch from the logged records, or None when they do not allow it."""
     pairs = sorted(
-        {(float(r["step"]), float(r["epoch"])) for r in [*train, *evals] if _num(r.get("step")) and _num(r.get("epoch"))}
+        {(float(r["step"]), float(r["epoch"])) for r in [*train, *evals] if is_number(r.get("step")) and is_number(r.get("epoch"))}
     )
     if len(pairs) < 2:
         return None
@@ -79,17 +79,17 @@ def _step_to_epoch(train: Sequence[dict], evals: Sequence[dict]):
     return (lambda s: np.interp(s, steps, epochs)), (lambda e: np.interp(e, epochs, steps))
 
 
-def _num(value) -> bool:
+def is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def plot_loss(train: Sequence[dict], evals: Sequence[dict], path: Path) -> Path | None:
     """Training loss per logged step (raw, faint; EMA-smoothed, bold) and validation loss per evaluation."""
-    train_pts = [(r["step"], r["loss"]) for r in train if _num(r.get("step")) and _num(r.get("loss"))]
-    eval_pts = [(r["step"], r["loss"]) for r in evals if _num(r.get("step")) and _num(r.get("loss"))]
+    train_pts = [(r["step"], r["loss"]) for r in train if is_number(r.get("step")) and is_number(r.get("loss"))]
+    eval_pts = [(r["step"], r["loss"]) for r in evals if is_number(r.get("step")) and is_number(r.get("loss"))]
     if not train_pts and not eval_pts:
         return None
-    fig = _figure(9, 4.8)
+    fig = new_figure(9, 4.8)
     ax = fig.add_subplot()
     if train_pts:
         steps, losses = np.array(train_pts, dtype=float).T
@@ -117,7 +117,7 @@ def plot_loss(train: Sequence[dict], evals: Sequence[dict], path: Path) -> Path 
     ax.set_title("Loss")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _find_best(evals: Sequence[dict], metric: str, best: dict | None) -> int | None:
@@ -125,11 +125,11 @@ def _find_best(evals: Sequence[dict], metric: str, best: dict | None) -> int | N
     values = [r.get(metric) for r in evals]
     if best:
         for key in ("step", "epoch"):
-            if _num(best.get(key)):
+            if is_number(best.get(key)):
                 for i, r in enumerate(evals):
-                    if _num(r.get(key)) and float(r[key]) == float(best[key]) and _num(values[i]):
+                    if is_number(r.get(key)) and float(r[key]) == float(best[key]) and is_number(values[i]):
                         return i
-    scored = [(v, i) for i, v in enumerate(values) if _num(v)]
+    scored = [(v, i) for i, v in enumerate(values) if is_number(v)]
     if not scored:
         return None
     return (min(scored) if lower_is_better(metric) else max(scored, key=lambda t: (t[0], -t[1])))[1]
@@ -138,13 +138,13 @@ def _find_best(evals: Sequence[dict], metric: str, best: dict | None) -> int | N
 def plot_metrics(evals: Sequence[dict], best_metric: str | None, best: dict | None, path: Path) -> Path | None:
     """Validation metrics per evaluation, with the best evaluation of the selection metric marked."""
     keys = metric_keys(evals)
-    if best_metric and best_metric not in keys and any(_num(r.get(best_metric)) for r in evals):
+    if best_metric and best_metric not in keys and any(is_number(r.get(best_metric)) for r in evals):
         keys.insert(0, best_metric)
     if not keys:
         return None
-    use_epoch = all(_num(r.get("epoch")) for r in evals) and len({r["epoch"] for r in evals}) == len(evals)
+    use_epoch = all(is_number(r.get("epoch")) for r in evals) and len({r["epoch"] for r in evals}) == len(evals)
     xkey = "epoch" if use_epoch else "step"
-    if not all(_num(r.get(xkey)) for r in evals):
+    if not all(is_number(r.get(xkey)) for r in evals):
         xs_all = list(range(1, len(evals) + 1))
         xlabel = "evaluation"
     else:
@@ -153,9 +153,9 @@ def plot_metrics(evals: Sequence[dict], best_metric: str | None, best: dict | No
     # metrics that are the same series (single-label micro F1 is accuracy) are drawn once, named together
     series: dict[tuple, list[str]] = {}
     for key in keys:
-        pts = tuple((x, round(float(r[key]), 9)) for x, r in zip(xs_all, evals, strict=True) if _num(r.get(key)))
+        pts = tuple((x, round(float(r[key]), 9)) for x, r in zip(xs_all, evals, strict=True) if is_number(r.get(key)))
         series.setdefault(pts, []).append(key)
-    fig = _figure(9, 4.8)
+    fig = new_figure(9, 4.8)
     ax = fig.add_subplot()
     for pts, names in series.items():
         xs, ys = zip(*pts, strict=True)
@@ -169,7 +169,7 @@ def plot_metrics(evals: Sequence[dict], best_metric: str | None, best: dict | No
         ax.axvline(bx, color="gray", linestyle="--", linewidth=1, alpha=0.7)
         ax.plot([bx], [by], marker="*", markersize=18, color="gold", markeredgecolor="black", zorder=5,
                 label=f"best {target}")
-        where = f"epoch {evals[idx]['epoch']:g}" if _num(evals[idx].get("epoch")) else f"step {evals[idx].get('step')}"
+        where = f"epoch {evals[idx]['epoch']:g}" if is_number(evals[idx].get("epoch")) else f"step {evals[idx].get('step')}"
         right = len(xs_all) > 1 and bx > (min(xs_all) + max(xs_all)) / 2
         ax.annotate(f"best {target} {by:.4f}\n{where}", (bx, by), textcoords="offset points",
                     xytext=(-10 if right else 10, -32), ha="right" if right else "left", fontsize=9,
@@ -183,7 +183,7 @@ def plot_metrics(evals: Sequence[dict], best_metric: str | None, best: dict | No
     ax.set_title("Validation metrics per evaluation")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, borderaxespad=0)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _short(label: str, limit: int = 40) -> str:
@@ -234,7 +234,7 @@ def _draw_matrix(labels, norm, counts, support, path, title, cbar) -> Path:
     longest = max(len(s) for s in shown_y + shown_x)
     margin = longest * font * 0.62 / 72 + 1.0
     side = max(n * cell, 3.0)
-    fig = _figure(side + margin + 1.4, side + margin + 0.8)
+    fig = new_figure(side + margin + 1.4, side + margin + 0.8)
     ax = fig.add_subplot()
     image = ax.imshow(norm, cmap="Blues", norm=PowerNorm(gamma=0.5, vmin=0.0, vmax=1.0), aspect="equal",
                       interpolation="nearest")
@@ -263,7 +263,7 @@ def _draw_matrix(labels, norm, counts, support, path, title, cbar) -> Path:
     bar.set_label(cbar + ", square-root colour scale", fontsize=font + 1)
     bar.ax.tick_params(labelsize=font)
     ax.set_title(title, fontsize=font + 4, pad=12)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_per_label_f1(labels: Sequence[str], f1: dict[str, Sequence[float | None]], support: Sequence[int],
@@ -276,7 +276,7 @@ def plot_per_label_f1(labels: Sequence[str], f1: dict[str, Sequence[float | None
     primary = "test" if "test" in splits else splits[0]
     order = sorted(range(n), key=lambda i: -(f1[primary][i] or 0.0))  # best at the top
     height = max(3.0, 0.32 * n + 1.2)
-    fig = _figure(11, height)
+    fig = new_figure(11, height)
     has_thr = thresholds is not None and len(thresholds) == n
     grid = fig.add_gridspec(1, 2, width_ratios=[3, 1] if has_thr else [1, 0.001], wspace=0.12)
     ax = fig.add_subplot(grid[0, 0])
@@ -312,4 +312,4 @@ def plot_per_label_f1(labels: Sequence[str], f1: dict[str, Sequence[float | None
         tax.set_title("tuned threshold")
         tax.tick_params(axis="y", labelleft=False)
         tax.grid(True, axis="x", alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)

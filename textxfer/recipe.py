@@ -7,6 +7,7 @@ what it trades off. Unknown keys and wrong types are rejected with the key path 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 import types
@@ -418,8 +419,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
+            close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1, cutoff=0.6)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
             raise UserError(
-                f"Recipe key `{key}` is {value!r}; allowed values: {', '.join(repr(a) for a in allowed)}."
+                f"Recipe key `{key}` is {value!r}; allowed values: {', '.join(repr(a) for a in allowed)}.{hint}"
             )
         return value
     if origin is list:
@@ -477,7 +480,7 @@ def _build(cls: type, data: Any, prefix: str = "") -> Any:
     for k, v in data.items():
         key = f"{prefix}.{k}" if prefix else str(k)
         if k not in names:
-            close = [n for n in names if n.startswith(str(k)[:3])]
+            close = difflib.get_close_matches(str(k), names, n=1, cutoff=0.6)
             hint = f" Did you mean `{close[0]}`?" if close else ""
             raise UserError(
                 f"Unknown recipe key `{key}`.{hint} Allowed keys here: {', '.join(names)}."

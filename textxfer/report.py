@@ -152,7 +152,7 @@ def _read_predictions(path: Path, split: str, labels: Sequence[str], multi: bool
         else:
             label, pred = _as_name(label, labels), _as_name(pred, labels)
         confidence = row.get("confidence")
-        if not plots._num(confidence):
+        if not plots.is_number(confidence):
             probs = row.get("probs")
             confidence = max(probs) if isinstance(probs, list) and probs else float("nan")
         text = row.get("text", row.get("image", ""))
@@ -288,9 +288,9 @@ def mistakes(run: RunFiles) -> list[Example]:
 
 def thresholds(run: RunFiles) -> list[float] | None:
     value = (run.metrics or {}).get("thresholds")
-    if plots._num(value):
+    if plots.is_number(value):
         return [float(value)] * len(run.labels)
-    if isinstance(value, list) and len(value) == len(run.labels) and all(plots._num(v) for v in value):
+    if isinstance(value, list) and len(value) == len(run.labels) and all(plots.is_number(v) for v in value):
         return [float(v) for v in value]
     return None
 
@@ -440,7 +440,7 @@ def _fmt(value) -> str:
 
 
 def _fmt_seconds(seconds) -> str:
-    if not plots._num(seconds):
+    if not plots.is_number(seconds):
         return "—"
     s = float(seconds)
     if s < 60:
@@ -451,7 +451,7 @@ def _fmt_seconds(seconds) -> str:
 
 
 def _fmt_params(n) -> str:
-    if not plots._num(n):
+    if not plots.is_number(n):
         return "—"
     n = float(n)
     for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
@@ -465,7 +465,7 @@ def _metric_items(scores: dict | None, best_metric: str | None) -> list[tuple[st
     if not isinstance(scores, dict):
         return []
     keys = plots.metric_keys([scores])
-    if "loss" in scores and plots._num(scores["loss"]):
+    if "loss" in scores and plots.is_number(scores["loss"]):
         keys.append("loss")
     if best_metric in keys:
         keys.remove(best_metric)
@@ -486,9 +486,9 @@ def _headline(scores: dict | None, best_metric: str | None, limit: int) -> list[
 
 def _where(best: dict) -> str:
     parts = []
-    if plots._num(best.get("epoch")):
+    if plots.is_number(best.get("epoch")):
         parts.append(f"epoch {_fmt(best['epoch'])}")
-    if plots._num(best.get("step")):
+    if plots.is_number(best.get("step")):
         parts.append(f"step {_fmt(best['step'])}")
     return " (" + ", ".join(parts) + ")" if parts else ""
 
@@ -500,7 +500,7 @@ def summary_lines(run_dir: str | Path) -> list[str]:
     best_metric = metrics.get("best_metric")
     best = metrics.get("best") if isinstance(metrics.get("best"), dict) else {}
     lines = []
-    if best_metric and plots._num(best.get(best_metric)):
+    if best_metric and plots.is_number(best.get(best_metric)):
         lines.append(f"Best {best_metric}: {best[best_metric]:.4f}{_where(best)}")
     elif metrics and "validation" not in metrics:  # a finished run with nothing to select on (few-shot recipes)
         lines.append("No validation split, so the saved model is the last epoch's.")
@@ -510,7 +510,7 @@ def summary_lines(run_dir: str | Path) -> list[str]:
     if test:
         lines.append("Test: " + ", ".join(f"{k} {v:.4f}" for k, v in test))
     info = run.run or {}
-    if plots._num(info.get("train_seconds")):
+    if plots.is_number(info.get("train_seconds")):
         hardware = info.get("hardware") if isinstance(info.get("hardware"), dict) else {}
         gpu, device = hardware.get("gpu"), hardware.get("device")
         device = gpu if isinstance(gpu, str) and gpu else device
@@ -613,14 +613,14 @@ def _overview(run: RunFiles) -> str:
     best_metric = metrics.get("best_metric")
     best = metrics.get("best") if isinstance(metrics.get("best"), dict) else {}
     cards = []
-    if best_metric and plots._num(best.get(best_metric)):
+    if best_metric and plots.is_number(best.get(best_metric)):
         cards.append((f"best validation {best_metric}", f"{best[best_metric]:.4f}", _where(best).strip(" ()")))
     for k, v in _headline(metrics.get("test"), best_metric, limit=3):
         cards.append((f"test {k}", f"{v:.4f}", ""))
     info = run.run or {}
-    if plots._num(info.get("train_seconds")):
+    if plots.is_number(info.get("train_seconds")):
         cards.append(("training time", _fmt_seconds(info["train_seconds"]), ""))
-    if plots._num(info.get("trainable_params")) and plots._num(info.get("total_params")) and info["total_params"]:
+    if plots.is_number(info.get("trainable_params")) and plots.is_number(info.get("total_params")) and info["total_params"]:
         share = 100 * info["trainable_params"] / info["total_params"]
         cards.append(("trainable parameters", _fmt_params(info["trainable_params"]),
                       f"{share:.2f}% of {_fmt_params(info['total_params'])}"))
@@ -649,7 +649,7 @@ def _metrics_table(run: RunFiles) -> str:
     rows = []
     for k in keys:
         cells = "".join(
-            f'<td class="n">{_e(f"{s[k]:.4f}") if plots._num(s.get(k)) else "—"}</td>' for _, s in columns)
+            f'<td class="n">{_e(f"{s[k]:.4f}") if plots.is_number(s.get(k)) else "—"}</td>' for _, s in columns)
         mark = " (selects the best checkpoint)" if k == best_metric else ""
         rows.append(f"<tr><th>{_e(k + mark)}</th>{cells}</tr>")
     best = metrics.get("best") if isinstance(metrics.get("best"), dict) else {}
@@ -663,9 +663,9 @@ def _model_section(run: RunFiles) -> str:
         return ""
     items = [("model", info.get("model_name")), ("task", info.get("task")),
              ("labels", f"{len(run.labels)}" + (" (multi-label)" if run.multi_label else ""))]
-    if plots._num(info.get("trainable_params")):
+    if plots.is_number(info.get("trainable_params")):
         total = info.get("total_params")
-        share = f" ({100 * info['trainable_params'] / total:.2f}% of {_fmt(total)})" if plots._num(total) and total else ""
+        share = f" ({100 * info['trainable_params'] / total:.2f}% of {_fmt(total)})" if plots.is_number(total) and total else ""
         items.append(("trainable parameters", f"{_fmt(info['trainable_params'])}{share}"))
     if info.get("frozen"):
         items.append(("frozen", ", ".join(map(str, info["frozen"]))))
@@ -753,7 +753,7 @@ def _per_class_section(run: RunFiles, table: dict[str, dict[str, dict]]) -> str:
     thr = thresholds(run) if run.multi_label else None
     rows_data = table[primary]
     names = [n for n in run.labels if n in rows_data] + sorted(set(rows_data) - set(run.labels))
-    names.sort(key=lambda n: rows_data[n].get("f1") if plots._num(rows_data[n].get("f1")) else -1.0)
+    names.sort(key=lambda n: rows_data[n].get("f1") if plots.is_number(rows_data[n].get("f1")) else -1.0)
     head = (f"<tr><th>label</th><th class='n'>support</th><th class='n'>precision</th><th class='n'>recall</th>"
             f"<th>F1 ({_e(primary)})</th>" + (f"<th class='n'>F1 ({_e(other)})</th>" if other else "")
             + ("<th class='n'>threshold</th>" if thr else "") + "</tr>")
@@ -761,12 +761,12 @@ def _per_class_section(run: RunFiles, table: dict[str, dict[str, dict]]) -> str:
     index = {n: i for i, n in enumerate(run.labels)}
 
     def num(v) -> str:
-        return _e(f"{v:.3f}") if plots._num(v) else "—"
+        return _e(f"{v:.3f}") if plots.is_number(v) else "—"
 
     for name in names:
         s = rows_data[name]
         f1 = s.get("f1")
-        width = 100 * f1 if plots._num(f1) else 0
+        width = 100 * f1 if plots.is_number(f1) else 0
         bar = f'style="background:linear-gradient(90deg,#cfe0f5 {width:.0f}%,transparent {width:.0f}%)"'
         cells = (f"<td>{_e(name)}</td><td class='n'>{_e(_fmt(s.get('support')))}</td>"
                  f"<td class='n'>{num(s.get('precision'))}</td><td class='n'>{num(s.get('recall'))}</td>"

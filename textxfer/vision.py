@@ -67,7 +67,7 @@ def converted_model_dir(ref: str) -> Path:
     from textxfer import convert
 
     variant = ref.removeprefix("convert:")
-    spec = convert._variant(variant)
+    spec = convert.variant_spec(variant)
     code = hashlib.sha256(Path(convert.__file__).read_bytes() + spec.sha256.encode()).hexdigest()[:12]
     final = cache_root() / "converted" / f"{variant}-{code}"
     if (final / "config.json").is_file() and (final / "model.safetensors").is_file():
