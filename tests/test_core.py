@@ -15,6 +15,9 @@ from textxfer.training import Loop
 
 
 def test_train_writes_a_run_that_transformers_loads(tiny_models, tiny_data, tmp_path):
+    """Precision: the suite's (`auto`) for training; every check is exact in both modes: metrics.json's best and
+    history.json's evaluations are the same training-time figures, and pipeline() and textxfer.load() both run the
+    saved model in fp32 (scores to 1e-5: the same forward, batched differently)."""
     from transformers import pipeline
 
     out = tmp_path / "run"
@@ -40,7 +43,10 @@ def test_train_writes_a_run_that_transformers_loads(tiny_models, tiny_data, tmp_
 
 
 def test_metrics_json_leads_with_the_test_score(tiny_models, tiny_data, tmp_path):
-    """A reader (or a script) taking the first `accuracy` in metrics.json gets the held-out test figure."""
+    """A reader (or a script) taking the first `accuracy` in metrics.json gets the held-out test figure.
+
+    Precision: the suite's; the two figures are equal in both modes: the final evaluation (fp32 whatever the
+    training precision, Loop.finish) scores the same rows with the same model."""
     out = tmp_path / "run"
     textxfer.train(tiny_recipe(tiny_models["bert"], tiny_data, out, data__test=str(tiny_data["validation"]),
                                training__epochs=1))
@@ -51,6 +57,8 @@ def test_metrics_json_leads_with_the_test_score(tiny_models, tiny_data, tmp_path
 
 
 def test_seeded_runs_are_identical(tiny_models, tiny_data, tmp_path):
+    """Precision: the suite's; bit-identical in both modes: the two runs compute the same ops in the same order, and
+    bf16's rounding is as deterministic as fp32's."""
     a = textxfer.train(tiny_recipe(tiny_models["bert"], tiny_data, tmp_path / "a"))
     b = textxfer.train(tiny_recipe(tiny_models["bert"], tiny_data, tmp_path / "b"))
     assert a.metrics["validation"] == b.metrics["validation"]
@@ -61,6 +69,9 @@ def test_seeded_runs_are_identical(tiny_models, tiny_data, tmp_path):
 
 @pytest.mark.parametrize("arch", ["bert", "deberta-v2"])
 def test_lora_merged_equals_unmerged_and_adapter_reloads(arch, tiny_models, tiny_data, tmp_path):
+    """Precision: fp32 in both modes: the merged model (textxfer.load) and the PEFT adapter load in fp32, and the
+    run's saved predictions come from its final fp32 evaluation. 1e-4 covers merging B @ A into the weights, which
+    changes fp32's rounding only (measured ~1e-7 relative)."""
     from peft import AutoPeftModelForSequenceClassification
 
     out = tmp_path / "run"
@@ -92,7 +103,11 @@ def test_lora_merged_equals_unmerged_and_adapter_reloads(arch, tiny_models, tiny
 def test_cache_gives_the_same_logits_and_weights(strategy, layers, arch, pooling, tiny_models, tiny_data, tmp_path):
     """Frozen-prefix cache on vs off: same trained weights and logits within 1e-5 (dropout off in frozen parts,
     and here off everywhere so the two runs consume the same random numbers). With the whole body frozen
-    (strategy head) only position 0 is kept, and with mean pooling it is the pooling layer's output."""
+    (strategy head) only position 0 is kept, and with mean pooling it is the pooling layer's output.
+
+    Precision: the suite's; exact in both modes (measured 0 difference under bf16 as under fp32): with and without
+    the cache the frozen prefix runs the same ops in the same order under the same autocast, so bf16 rounds both
+    alike. The 1e-5 of fp32 holds for both."""
     results = {}
     for cache in ("memory", "off"):
         recipe = load_recipe(data=tiny_recipe(
@@ -121,7 +136,10 @@ def test_cache_gives_the_same_logits_and_weights(strategy, layers, arch, pooling
 
 def test_mean_pooling_layer_has_no_dropout_so_cache_on_and_off_agree(tiny_models, tiny_data, tmp_path):
     """The fixed pooling layer never trains, so it runs in eval mode like every frozen part: with dropout on in the
-    head, a cached and an uncached run still train the same classifier."""
+    head, a cached and an uncached run still train the same classifier.
+
+    Precision: the suite's; exact in both modes (measured 0 under bf16), for the reason given in
+    test_cache_gives_the_same_logits_and_weights; 1e-5 for both."""
     weights = {}
     for cache in ("memory", "off"):
         out = tmp_path / cache
@@ -156,6 +174,8 @@ def test_cache_keeps_the_whole_sequence_for_a_head_that_reads_it(tiny_models, ti
 
 
 def test_cache_on_disk_is_keyed_and_reused(tiny_models, tiny_data, tmp_path, monkeypatch):
+    """Precision: the suite's; the accuracies are equal in both modes: the rebuilt cache holds the features the
+    first run computed (same ops, same autocast), and both figures come from the final fp32 evaluation."""
     monkeypatch.setenv("TEXTXFER_CACHE", str(tmp_path / "cache"))
     recipe = tiny_recipe(tiny_models["bert"], tiny_data, tmp_path / "a", strategy__name="head", training__cache="auto")
     textxfer.train(recipe)
@@ -190,6 +210,7 @@ def test_full_disk_while_writing_the_cache_falls_back_to_memory(tiny_models, tin
 
 
 def test_mapped_safetensors_round_trip(tmp_path):
+    """Bit-exact storage round trip of fp32, bf16 and integer tensors; no computation, so no precision setting."""
     from textxfer.features import map_safetensors, write_safetensors
 
     tensors = {"w": torch.randn(3, 5), "h": torch.randn(7).to(torch.bfloat16), "i": torch.arange(4),
@@ -200,7 +221,21 @@ def test_mapped_safetensors_round_trip(tmp_path):
         assert mapped[name].dtype == t.dtype and torch.equal(mapped[name], t)
 
 
-def test_best_weights_stay_in_memory_when_the_run_directory_is_full(tiny_models, tiny_data, tmp_path, monkeypatch):
+# The best evaluation is scored at the training precision, the validation figures of metrics.json by the final
+# evaluation in fp32 (Loop.finish). fp32: the same forward of the same (restored) weights, equal to the bit. bf16: the
+# best's logits carry bf16's rounding (8 significant bits, a relative step of 2**-8 ~ 0.4%); this barely trained
+# model's logits stay below 0.1 in size, so each moves by < 4e-4 and a cross-entropy by at most twice that: < 1e-3.
+BEST_LOSS_TOLERANCE = {"no": 0.0, "bf16": 1e-3}
+
+
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_best_weights_stay_in_memory_when_the_run_directory_is_full(precision, tiny_models, tiny_data, tmp_path,
+                                                                     monkeypatch):
+    """The best weights, kept in memory when they cannot be written, are the ones restored and saved.
+
+    Precision: pinned, each in turn: fp32 exact; bf16 to BEST_LOSS_TOLERANCE on the loss. The accuracy is equal
+    under bf16 too because no validation row's two likeliest classes lie within bf16's rounding of each other (the
+    closest are ~0.01 apart in probability; the two losses differ by ~3e-6)."""
     import errno
 
     from textxfer import features
@@ -211,13 +246,17 @@ def test_best_weights_stay_in_memory_when_the_run_directory_is_full(tiny_models,
     monkeypatch.setattr(features, "write_safetensors", full_disk)
     out = tmp_path / "run"
     result = textxfer.train(tiny_recipe(tiny_models["bert"], tiny_data, out, strategy__name="freeze",
-                                        strategy__freeze_layers=1, training__cache="memory"))
+                                        strategy__freeze_layers=1, training__cache="memory",
+                                        training__mixed_precision=precision))
     assert "keeping them in memory" in (out / "train.log").read_text()
-    assert result.metrics["best"]["accuracy"] == result.metrics["validation"]["accuracy"]
+    best, final = result.metrics["best"], result.metrics["validation"]
+    assert best["accuracy"] == final["accuracy"]
+    assert final["loss"] == pytest.approx(best["loss"], abs=BEST_LOSS_TOLERANCE[precision], rel=0)
     assert not list(out.glob(".best-weights-*"))
 
 
 def test_class_weights_balanced_are_inverse_frequency():
+    """fp32 arithmetic on given counts (no model, no autocast): torch's default fp32 tolerance."""
     from textxfer.training import class_weight_tensor
 
     w = class_weight_tensor("balanced", ["a", "b"], np.array([0, 0, 0, 1]))
@@ -252,7 +291,11 @@ def test_length_grouping_cuts_padding():
 
 def test_multilabel_run_end_to_end(tiny_models, tmp_path):
     """Sigmoid/BCE, thresholds tuned on validation, saved in the config; predict returns every label above them;
-    plain transformers sees a multi-label model."""
+    plain transformers sees a multi-label model.
+
+    Precision: the suite's for training. The config's thresholds match metrics.json's to 1e-4 because metrics.json
+    rounds them to 4 decimals, in both modes; the saved model's predictions equal the run's in both modes, as both
+    are computed in fp32 (load() predicts in fp32; the run's predictions come from its final fp32 evaluation)."""
     from transformers import AutoConfig
 
     rows = ["text\tlabels"]
@@ -290,7 +333,11 @@ def test_multilabel_run_end_to_end(tiny_models, tmp_path):
 @pytest.mark.parametrize("strategy", ["head", "freeze"])
 def test_test_split_is_not_cached_and_scores_as_without_cache(strategy, tiny_models, tiny_data, tmp_path):
     """The test split is read once, after training: the whole model scores it (caching it would only move that
-    pass inside the training clock), with the same result as a run without the cache."""
+    pass inside the training clock), with the same result as a run without the cache.
+
+    Precision: the suite's for training, fp32 for the test split (the final evaluation). Exact in both modes
+    (measured 0 under bf16): the cached and uncached runs train the same weights (see
+    test_cache_gives_the_same_logits_and_weights); the loss is held to fp32's 1e-5 in both."""
     metrics = {}
     for cache in ("memory", "off"):
         recipe = load_recipe(data=tiny_recipe(
@@ -310,7 +357,8 @@ def test_test_split_is_not_cached_and_scores_as_without_cache(strategy, tiny_mod
 
 def test_linear_schedule_matches_transformers_and_survives_a_checkpoint():
     """Our schedule replaces transformers' get_linear_schedule_with_warmup (its import takes about 0.2 s): the
-    same factors step by step, and its state loads with weights_only as checkpoints do."""
+    same factors step by step, and its state loads with weights_only as checkpoints do. Python floats, no model:
+    no precision setting enters."""
     import io
 
     from transformers import get_linear_schedule_with_warmup

@@ -1,4 +1,6 @@
-"""Multi-label metrics (through the shipped `evaluate` module) against scikit-learn, and threshold tuning."""
+"""Multi-label metrics (through the shipped `evaluate` module) against scikit-learn, and threshold tuning.
+
+Precision: float64 arithmetic on given probabilities; no model runs, so neither precision enters."""
 
 from __future__ import annotations
 

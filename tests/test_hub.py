@@ -295,7 +295,11 @@ VERIFY = textwrap.dedent("""
 
 
 def test_hub_roundtrip_loads_and_predicts_like_the_run(pushed, hub, hf_home, run_dir, tmp_path):
-    """Download into fresh folders, load with pipeline() (merged) and PEFT (adapter), run the card snippets."""
+    """Download into fresh folders, load with pipeline() (merged) and PEFT (adapter), run the card snippets.
+
+    Precision: fp32 against fp32 in both modes: the run's saved predictions come from its final fp32 evaluation and
+    every downloaded model is loaded in fp32; the merged model's scores equal the local one's (the same file, 1e-6),
+    the adapter's logits the merged model's to 1e-4 (merging changes fp32's rounding only)."""
     spec = {"texts": TEXTS, "example": EXAMPLE_TEXT, "local_model": str(run_dir / "model"),
             "repo": "alice/tiny-sentiment", "branch": "lora-adapter", "dl_main": str(tmp_path / "main"),
             "dl_adapter": str(tmp_path / "adapter"), "out": str(tmp_path / "out.json")}

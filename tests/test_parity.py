@@ -92,12 +92,17 @@ def _run_predictions(run: Path) -> list[dict]:
 
 def _assert_same_scores(metrics: dict, again: dict) -> None:
     """The run's test figures and `textxfer evaluate`'s on the same rows: the same predictions (accuracy and
-    macro-F1 exactly), and the loss up to float summation order (padding and batch composition differ)."""
+    macro-F1 exactly), and the loss up to float summation order (padding and batch composition differ).
+
+    Precision: fp32 on both sides whatever the run trained in (its test figures come from the final fp32 evaluation,
+    Loop.finish; `evaluate` loads the model in fp32), so fp32's tolerance holds for every PRECISIONS case."""
     assert again["accuracy"] == metrics["accuracy"]
     assert again["macro_f1"] == metrics["macro_f1"]
     assert again["loss"] == pytest.approx(metrics["loss"], rel=1e-5, abs=1e-6)
 
 
+# The run trains at the suite's precision (`auto`: bf16 or fp32 by mode) and, pinned, in fp32; the checks are the
+# same for both because everything compared is scored in fp32 (see _assert_same_scores).
 PRECISIONS = [pytest.param(None, id="precision-unpinned"), pytest.param("no", id="precision-fp32")]
 
 

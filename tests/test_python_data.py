@@ -3,6 +3,9 @@
 its fingerprint, and checked again on resume.
 
 Tiny random BERT, `head` strategy, fp32: the file run and the in-memory runs must agree exactly.
+Precision: fp32, pinned in SETTINGS, exact. Where the data come from changes what is read, not how it is
+computed, so the runs compared compute the same ops in the same order; that bf16 runs of the same inputs agree to
+the bit as well is test_core's test_seeded_runs_are_identical, at the suite's precision.
 """
 
 from __future__ import annotations

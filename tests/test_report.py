@@ -1,4 +1,7 @@
-"""Run artifacts and report.html, built from synthetic run directories that follow the RUN_DIR contract."""
+"""Run artifacts and report.html, built from synthetic run directories that follow the RUN_DIR contract.
+
+Precision: the scores checked here are float64 arithmetic on given predictions; no model runs, so neither precision
+enters."""
 
 from __future__ import annotations
 

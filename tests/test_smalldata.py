@@ -42,6 +42,7 @@ def test_head_l2_penalises_the_new_heads_weight_matrices_only(tiny_models, arch,
 
 
 def test_add_head_l2_adds_the_penalty_gradient():
+    """fp32 arithmetic on given tensors (no model, no autocast): torch's default fp32 tolerance."""
     from textxfer.smalldata import add_head_l2
 
     w, frozen = torch.nn.Parameter(torch.tensor([[1.0, -2.0]])), torch.nn.Parameter(torch.ones(1, 2))
@@ -76,6 +77,10 @@ def test_head_l2_shrinks_the_head_and_its_confidence(tiny_models, tiny_data, tmp
 
 @pytest.mark.parametrize("arch", ["bert", "distilbert", "roberta", "electra", "deberta-v2", "xlm-roberta"])
 def test_mean_pooling_is_the_masked_mean_and_survives_save(tiny_models, tmp_path, arch):
+    """Precision: fp32 in both modes (the model runs outside the training loop, no autocast). The pooled state is
+    held to 1e-2 by design, not by precision: the layer computes LayerNorm(mean + first token / POOL_GAIN), not
+    LayerNorm(mean). Padding and a save/reload change fp32's summation order at most (1e-5; default tolerance).
+    Mean pooling under bf16 is covered by the runs below, which train with it at the suite's precision."""
     from transformers import AutoModelForSequenceClassification
 
     model, parts = load_classifier(str(tiny_models[arch]), ["a", "b", "c"])
@@ -108,7 +113,10 @@ def test_mean_pooling_is_the_masked_mean_and_survives_save(tiny_models, tmp_path
 @pytest.mark.parametrize("arch", ["bert", "distilbert", "roberta", "electra", "deberta-v2"])
 def test_pooling_layer_cut_to_position_0_keeps_the_logits(tiny_models, arch):
     """The contrastive stage runs the pooling layer's feed-forward on position 0 alone: tried, and refused where
-    it would change the result (DistilBERT adds the residual outside its attention block)."""
+    it would change the result (DistilBERT adds the residual outside its attention block).
+
+    Precision: fp32 in both modes (outside the training loop, no autocast); measured exact, 1e-5 allows fp32's
+    summation order. The stage runs with the cut at the suite's precision in test_contrastive_run_end_to_end."""
     from textxfer.smalldata import cut_pooling_to_first
 
     model, parts = load_classifier(str(tiny_models[arch]), ["a", "b"])
@@ -146,6 +154,7 @@ def test_pooling_layer_never_trains(tiny_models, tiny_data, tmp_path):
 # ------------------------------------------------------------------------------------------ layer_lr_decay
 
 def test_layer_lr_decay_groups(tiny_models):
+    """Learning rates are Python arithmetic: no precision setting enters."""
     model, parts = load_classifier(str(tiny_models["bert"]), ["a", "b"])
     groups = layerwise_groups(model, parts, lr=1e-3, head_lr=1e-2, weight_decay=0.01, decay=0.5)
     by_name = {g["name"].split(" ")[0]: g["lr"] for g in groups}
@@ -212,7 +221,10 @@ def test_head_warmup_alone_is_head_then_everything(tiny_models):
 
 def test_gradual_run_trains_top_first_and_never_the_floor(tiny_models, tiny_data, tmp_path):
     """A real run: gradual with a floor of 1 layer; layer 0 and embeddings never move, layer 1 and the head do;
-    the model loads in plain transformers and predicts what the run predicted."""
+    the model loads in plain transformers and predicts what the run predicted.
+
+    Precision: the suite's for training. Frozen weights are never written, so they equal the checkpoint's in both
+    modes; the pipeline check compares fp32 with fp32 in both modes (see _assert_pipeline_agrees)."""
     from textxfer.training import train
 
     recipe = tiny_recipe(tiny_models["bert"], tiny_data, tmp_path / "run", strategy__name="gradual",
@@ -233,6 +245,9 @@ def test_gradual_run_trains_top_first_and_never_the_floor(tiny_models, tiny_data
 
 
 def _assert_pipeline_agrees(run):
+    """pipeline() on the saved model predicts the run's saved predictions. fp32 against fp32 whatever the training
+    precision (the run writes its predictions from its final fp32 evaluation): the same labels, and confidences to
+    1e-4 (batching and padding change fp32's summation order only)."""
     from transformers import pipeline
 
     rows = [json.loads(line) for line in open(run / "predictions" / "validation.jsonl")]
@@ -244,6 +259,8 @@ def _assert_pipeline_agrees(run):
 # ------------------------------------------------------------------------------------------ reinit_layers
 
 def test_reinit_top_layers(tiny_models, tiny_data, tmp_path):
+    """fp32 weights, no forward: untouched tensors bit-identical, the re-drawn ones at the initialiser's std (0.02,
+    to 30%: a statistic of one random draw of 32 x 32 values)."""
     r = _recipe(tiny_models, tiny_data, tmp_path, strategy__name="freeze", strategy__reinit_layers=1)
     model, parts = load_classifier(r.model.name, ["neg", "pos", "sport"])
     original = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -291,6 +308,7 @@ def test_pair_batches_are_linear_and_cover_every_example():
 
 
 def test_pair_loss_is_zero_when_classes_are_separated():
+    """fp32 arithmetic on given embeddings (no autocast): zero to 1e-6, fp32's rounding of the cosines."""
     y = torch.tensor([0, 0, 1, 1])
     perfect = torch.tensor([[1.0, 0], [2.0, 0], [0, 1.0], [0, 3.0]])
     assert float(pair_loss(perfect, y, "cosine")) == pytest.approx(0.0, abs=1e-6)
@@ -301,7 +319,8 @@ def test_pair_loss_is_zero_when_classes_are_separated():
 
 def test_multi_label_pairs_share_a_label():
     """Multi-hot rows (as SetFit): a pair is positive when the two share a label, or when neither has one; groups
-    are keyed by each row's rarest label; the stage needs at least one pair sharing nothing."""
+    are keyed by each row's rarest label; the stage needs at least one pair sharing nothing. The loss: fp32
+    arithmetic on given embeddings (no autocast), zero to 1e-6."""
     from textxfer.contrastive import group_keys, has_negative_pair, same_label
 
     t = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 1], [0, 0, 0], [0, 0, 0]], dtype=np.float32)
@@ -340,7 +359,10 @@ def _multi_label_data(tmp_path, every: str | None = None) -> dict:
 def test_contrastive_stage_on_multi_label_data(tiny_models, tmp_path):
     """The stage runs on multi-label data and learns (its loss falls); the classifier after it is multi-label and
     the saved model predicts what the run did. A label on every row leaves no negative pair:
-    a clear error naming it."""
+    a clear error naming it.
+
+    Precision: the suite's for training; the saved model's predictions equal the run's in both modes, both being
+    fp32 (load(); the run's final fp32 evaluation)."""
     from textxfer.training import train
 
     def recipe(data, out):
@@ -372,7 +394,11 @@ def test_contrastive_stage_on_multi_label_data(tiny_models, tmp_path):
 def test_multi_label_thresholds_are_never_tuned_on_the_test_set(tiny_models, tmp_path):
     """No validation split: the tuned threshold modes take the one threshold that maximises the micro-F1 expected
     under the model's own probabilities on the training texts (and say so), never one fitted to the test labels
-    they are then scored on; with or without a test set the saved model carries it."""
+    they are then scored on; with or without a test set the saved model carries it.
+
+    Precision: the suite's for training; the thresholds are fp32 on both sides in both modes (the run tunes them in
+    its final fp32 pass, load() predicts in fp32). 0.011 allows one step of the 0.01 threshold grid: the run scores
+    the training texts in its own batches, load() in others."""
     import csv
 
     from textxfer.card import model_card
@@ -401,7 +427,8 @@ def test_multi_label_thresholds_are_never_tuned_on_the_test_set(tiny_models, tmp
 
 def test_expected_f1_thresholds_cut_calibrated_probabilities_below_half():
     """With probabilities as the only evidence, the expected-F1 threshold admits a label at probability 0.4 when
-    most labels sit far lower: the decision a calibrated few-shot classifier needs (0.5 would admit none)."""
+    most labels sit far lower: the decision a calibrated few-shot classifier needs (0.5 would admit none).
+    float64 arithmetic on given probabilities: no precision setting enters."""
     from textxfer.metrics import expected_f1_thresholds, tune_thresholds
 
     probs = np.array([[0.45, 0.05, 0.02], [0.03, 0.40, 0.04], [0.05, 0.02, 0.42], [0.04, 0.03, 0.02]])
@@ -414,7 +441,10 @@ def test_expected_f1_thresholds_cut_calibrated_probabilities_below_half():
 
 def test_contrastive_run_end_to_end(tiny_models, tiny_data, tmp_path):
     """Contrastive stage (upper layer, mean pooling), then the head alone on cached embeddings; the saved model
-    predicts in plain transformers exactly what the run did."""
+    predicts in plain transformers exactly what the run did.
+
+    Precision: the suite's for training. The frozen lower layer equals the checkpoint's in both modes (never
+    written); the pipeline check is fp32 against fp32 in both modes (see _assert_pipeline_agrees)."""
     from textxfer.training import train
 
     recipe = tiny_recipe(tiny_models["bert"], tiny_data, tmp_path / "run", model__pooling="mean",
@@ -437,7 +467,10 @@ def test_contrastive_run_end_to_end(tiny_models, tiny_data, tmp_path):
 
 
 def test_contrastive_stage_skipped_below_min_examples(tiny_models, tiny_data, tmp_path):
-    """Too few examples: no stage, the body stays pretrained and only the classifier trains (as strategy head)."""
+    """Too few examples: no stage, the body stays pretrained and only the classifier trains (as strategy head).
+
+    Precision: the suite's; exact in both modes (measured 0 under bf16): with the stage skipped the run computes
+    what strategy head computes, op for op and under the same autocast, so bf16 rounds both alike. 1e-6 for both."""
     from textxfer.training import train
 
     common = dict(model__pooling="mean", training__epochs=2, training__checkpoint_every=None, training__seed=3)

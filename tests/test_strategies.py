@@ -56,6 +56,8 @@ def intended(loop, name: str, strategy: str) -> bool:
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
 @pytest.mark.parametrize("arch", ARCHS)
 def test_exactly_intended_parameters_change(arch, strategy, tiny_models, tiny_data, tmp_path):
+    """Precision: the suite's; bit-exact in both modes: frozen parameters are never written, whatever precision
+    computes the forward, and trained fp32 weights move by an optimizer step."""
     loop = run_loop(tiny_models[arch], tiny_data, tmp_path / "run", **STRATEGIES[strategy])
     model = loop.acc.unwrap_model(loop.model)
     if loop.cache is not None:

@@ -331,6 +331,7 @@ def test_random_resized_crop_is_seeded_and_sized():
 
 
 def test_training_transform_uses_the_processors_size_and_statistics():
+    """Pixel arithmetic in fp32 (no model): torch's default fp32 tolerance."""
     from transformers import ConvNextImageProcessorPil
 
     from textxfer.vision import ImageTransforms
@@ -347,6 +348,7 @@ def test_training_transform_uses_the_processors_size_and_statistics():
 
 
 def test_augmentation_changes_per_epoch_and_repeats_per_seed(folders, vit, tmp_path):
+    """Pixel tensors, bit-exact: collation runs no model, so no precision setting enters."""
     from textxfer.training import Loop
 
     loop = Loop(load_recipe(data=recipe(vit, folders, tmp_path / "run", data={"augment": True})), tmp_path / "run")
@@ -387,6 +389,9 @@ def test_task_is_detected_from_the_checkpoint(vit, tiny_models):
 
 
 def test_run_directory_pipeline_and_predict_agree(vit, folders, tmp_path):
+    """Precision: the suite's for training; the comparisons are fp32 against fp32 in both modes: the run's accuracy
+    and predictions come from its final fp32 evaluation, `textxfer predict` and pipeline() load the saved model in
+    fp32 (scores to rtol 1e-5: batching changes fp32's summation order only)."""
     from transformers import pipeline
 
     from textxfer.cli import cli
@@ -505,7 +510,10 @@ def test_evaluate_images_scores_a_folder_and_refuses_unknown_classes(vit, folder
 
 def test_lora_adapter_reloads_and_matches_the_merged_model(folders, tmp_path):
     """A conv LoRA (ResNet): the saved adapter (with its trained head) on the base checkpoint gives the merged
-    model's logits, and both folders carry the image processor."""
+    model's logits, and both folders carry the image processor.
+
+    Precision: the suite's for training; the logits compared are fp32 in both modes (both models loaded and run
+    outside the training loop): merging B @ A into the weights changes fp32's rounding only (rtol 1e-4)."""
     from peft import PeftModel
     from transformers import AutoModelForImageClassification
 

@@ -28,6 +28,8 @@ def textxfer(*args: str, **env) -> subprocess.CompletedProcess:
 
 @pytest.mark.skipif(not (DATA / "hymenoptera").is_dir(), reason="needs ../shared/data/hymenoptera")
 def test_hymenoptera_recipe_accuracy_time_and_pipeline_agreement(tmp_path):
+    """Precision: the machine's (`auto`) for training; `textxfer predict` and pipeline() both run the saved model
+    in fp32, so their scores agree to fp32's summation order (rtol 1e-4) in both modes."""
     from transformers import pipeline
 
     out = tmp_path / "run"

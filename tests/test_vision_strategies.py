@@ -89,6 +89,8 @@ def frozen_norm_buffers(model, trainable: set[str]) -> list[str]:
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
 @pytest.mark.parametrize("arch", ARCHS)
 def test_exactly_intended_parameters_change(arch, strategy, checkpoints, folders, tmp_path):
+    """Precision: the suite's; bit-exact in both modes: frozen parameters and BatchNorm statistics are never
+    written, whatever precision computes the forward, and trained fp32 weights move by an optimizer step."""
     loop = run_loop(checkpoints[arch], folders, tmp_path / "run", STRATEGIES[strategy])
     model = loop.acc.unwrap_model(loop.model)
     if loop.cache is not None:
