@@ -83,7 +83,7 @@ it is ever something else."""
 def resolve_precision(setting: str) -> str:
     """`--precision` -> `bf16` or `no`: `auto` is what textxfer's `training.mixed_precision: auto` resolves to on this
     machine (the parent process only: it imports textxfer)."""
-    from textxfer.precision import effective_mixed_precision
+    from textxfer.core.precision import effective_mixed_precision
 
     resolved = effective_mixed_precision(setting)
     if resolved not in PRECISION_NAMES:
@@ -191,8 +191,9 @@ def write_subset(dataset: str, shots: int, seed: int, folder: Path, eval_cap: in
 
     import numpy as np
 
-    from textxfer.data import load_splits
-    from textxfer.recipe import DataConfig, load_recipe
+    from textxfer.config.reading import load_recipe
+    from textxfer.config.schema import DataConfig
+    from textxfer.data.splits import load_splits
 
     cfg = load_recipe(data={"model": {"name": "x"}, "data": {**data_config(dataset), "validation_split": 0.0,
                                                                "examples_per_class": shots}}).data
@@ -284,28 +285,29 @@ def work_textxfer(a) -> dict:
     import numpy as np
     import transformers.models.bert.modeling_bert  # noqa: F401
 
-    import textxfer.contrastive  # noqa: F401
-    import textxfer.data  # noqa: F401
-    from textxfer.predict import load
-    from textxfer.training import train
+    import textxfer.data.splits  # noqa: F401
+    import textxfer.engine.contrastive  # noqa: F401
+    from textxfer.modalities.text.predict import load
+    from textxfer.tools.train import train
 
     overrides = textxfer_overrides(a)
-    import textxfer.contrastive as contrastive
-    import textxfer.training as training
+    import textxfer.engine.contrastive as contrastive
+    import textxfer.engine.loop as training
+    from textxfer.modalities.text.modality import TextModality
 
     # The training clock, as SetFit's and the Trainer's (their models are loaded before it starts): from the first
     # training work (the frozen-prefix cache pass or the contrastive stage; data read, texts tokenised and model
     # loaded before it) to the end of training, where saving the run starts.
     marks: dict[str, tuple[float, float]] = {}
     computed: dict[str, str] = {}
-    finish, build_cache, run_stage = training.Loop.finish, training.Loop.build_cache, contrastive.run_stage
+    finish, build_cache, run_stage = training.Loop.finish, TextModality.build_cache, contrastive.run_stage
 
     def mark(name: str) -> None:
         marks.setdefault(name, (time.time(), time.process_time()))
 
-    def timed_build_cache(loop):
+    def timed_build_cache(modality, loop):
         mark("start")
-        return build_cache(loop)
+        return build_cache(modality, loop)
 
     def timed_run_stage(loop):
         mark("start")
@@ -315,7 +317,7 @@ def work_textxfer(a) -> dict:
         mark("end")
         computed.setdefault("precision", accelerator_precision(loop.acc))  # what it ran in, not what was asked
         return finish(loop)
-    training.Loop.finish, training.Loop.build_cache, contrastive.run_stage = \
+    training.Loop.finish, TextModality.build_cache, contrastive.run_stage = \
         timed_finish, timed_build_cache, timed_run_stage
     wall = time.time()
     train(a.recipe, overrides, output_dir=a.run_dir, overwrite=True, command="bench_accuracy")

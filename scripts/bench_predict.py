@@ -46,7 +46,7 @@ from bench_train import (  # noqa: E402
 def save_model(folder: Path, seed: int) -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
-    from textxfer.backbones import resolve_model_name
+    from textxfer.backbones.load import resolve_model_name
 
     path = resolve_model_name(MODEL)
     set_seed(seed)

@@ -18,7 +18,7 @@ best-Trainer seconds / textxfer seconds (medians over `--repeats`).
 
 Precision: one per run, the same for every system, printed on every row (`precision bf16 / bf16 / bf16`) and
 recorded with every run in `--json`. `--precision auto` (the default) is what textxfer's
-`training.mixed_precision: auto` resolves to on this machine (`textxfer.precision.effective_mixed_precision`: bf16
+`training.mixed_precision: auto` resolves to on this machine (`textxfer.core.precision.effective_mixed_precision`: bf16
 autocast where the CPU or GPU computes bf16 natively, fp32 elsewhere; `TEXTXFER_AUTO_PRECISION=bf16|no` overrides);
 `bf16` and `no` (fp32) force it. textxfer gets it as `training.mixed_precision`, the Trainer as
 `TrainingArguments(bf16=True)` (Accelerate then runs the model's forward, training and per-epoch evaluation alike,
@@ -63,7 +63,7 @@ PRECISION_NAMES = {"bf16": "bf16", "no": "fp32"}
 def resolve_precision(setting: str) -> str:
     """The one precision every system of a benchmark run computes in (`bf16` or `no`): `auto` -> what textxfer's
     `training.mixed_precision: auto` resolves to on this machine (TEXTXFER_AUTO_PRECISION overriding it)."""
-    from textxfer.precision import effective_mixed_precision
+    from textxfer.core.precision import effective_mixed_precision
 
     resolved = effective_mixed_precision(setting)
     if resolved not in PRECISION_NAMES:
@@ -175,30 +175,31 @@ def textxfer_recipe(a) -> dict:
 
 def run_textxfer(a) -> dict:
     import textxfer
-    from textxfer.training import Loop
+    from textxfer.engine.loop import Loop
+    from textxfer.modalities.text.modality import TextModality
 
     recipe = textxfer_recipe(a)
     # The training clock: from the frozen-prefix cache pass (after data and model are loaded and the texts
     # tokenised) to the end of the last epoch's evaluation.
     marks: dict = {}
-    build_cache, fit = Loop.build_cache, Loop.fit
+    build_cache, fit = TextModality.build_cache, Loop.fit
 
-    def timed_cache(self):
+    def timed_cache(self, loop):
         marks["train_start"] = time.perf_counter()
-        return build_cache(self)
+        return build_cache(self, loop)
 
     def timed_fit(self):
         fit(self)
         marks["train_end"] = time.perf_counter()
         marks["precision"] = accelerator_precision(self.acc)  # what the run computed in, not what was asked
 
-    Loop.build_cache, Loop.fit = timed_cache, timed_fit
+    TextModality.build_cache, Loop.fit = timed_cache, timed_fit
     try:
         started = time.perf_counter()
         result = textxfer.train(recipe, overwrite=True)
         total = time.perf_counter() - started
     finally:
-        Loop.build_cache, Loop.fit = build_cache, fit
+        TextModality.build_cache, Loop.fit = build_cache, fit
     run = json.loads((result.output_dir / "run.json").read_text())
     history = json.loads((result.output_dir / "history.json").read_text())
     accs = [e["accuracy"] for e in history["eval"]]
@@ -255,7 +256,7 @@ def run_trainer(a, grouped: bool) -> dict:
         set_seed,
     )
 
-    from textxfer.backbones import resolve_model_name
+    from textxfer.backbones.load import resolve_model_name
 
     path = resolve_model_name(a.model)
     started = time.perf_counter()
@@ -293,8 +294,8 @@ def run_trainer(a, grouped: bool) -> dict:
 
 
 PREIMPORT = ("accelerate", "datasets", "evaluate", "peft", "safetensors.torch", "transformers",
-             "transformers.models.bert.modeling_bert", "transformers.trainer", "textxfer.training", "textxfer.data",
-             "textxfer.features", "textxfer.artifacts", "textxfer.metrics", "textxfer.report", "textxfer.predict")
+             "transformers.models.bert.modeling_bert", "transformers.trainer", "textxfer.engine.loop", "textxfer.data.splits",
+             "textxfer.backbones.prefix_cache", "textxfer.outputs.artifacts", "textxfer.core.metrics", "textxfer.outputs.report", "textxfer.modalities.text.predict")
 
 
 def worker(a) -> None:
@@ -326,7 +327,7 @@ def token_stats(model: str, train: Path, dev: Path) -> dict:
     fraction."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from textxfer.backbones import resolve_model_name
+    from textxfer.backbones.load import resolve_model_name
 
     path = resolve_model_name(model)
     tok = AutoTokenizer.from_pretrained(path)
@@ -428,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"unknown strategy {s!r}: use {', '.join(STRATEGIES)}")
     import torch
 
-    from textxfer.precision import bf16_native
+    from textxfer.core.precision import bf16_native
 
     threads = torch.get_num_threads()
     name = precision_name(a.precision)

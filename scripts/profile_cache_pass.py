@@ -27,9 +27,9 @@ def main() -> int:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from textxfer.batching import prefix_batches
-    from textxfer.recipe import load_recipe
-    from textxfer.training import Loop
+    from textxfer.config.reading import load_recipe
+    from textxfer.engine.loop import Loop
+    from textxfer.modalities.text.batching import prefix_batches
 
     with tempfile.TemporaryDirectory() as tmp:
         train, dev = bench_train.make_slices(bench_train.DATA, Path(tmp), 500, None, 42)

@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
-AUTO_PRECISION_ENV = "TEXTXFER_AUTO_PRECISION"  # textxfer.precision.ENV_AUTO (not imported here: keeps collection light)
+AUTO_PRECISION_ENV = "TEXTXFER_AUTO_PRECISION"  # textxfer.core.precision.ENV_AUTO (not imported here: keeps collection light)
 
 
 def pytest_addoption(parser):
@@ -30,7 +30,7 @@ def pytest_configure(config):
 
 
 def pytest_report_header(config):
-    from textxfer.precision import effective_mixed_precision
+    from textxfer.core.precision import effective_mixed_precision
 
     return f"textxfer: mixed_precision auto -> {effective_mixed_precision('auto')}"
 
@@ -38,7 +38,7 @@ def pytest_report_header(config):
 @pytest.fixture(scope="session")
 def auto_precision() -> str:
     """What `training.mixed_precision: auto` resolves to in this test run: `bf16` or `no`."""
-    from textxfer.precision import effective_mixed_precision
+    from textxfer.core.precision import effective_mixed_precision
 
     return effective_mixed_precision("auto")
 SHARED_DATA = Path(os.environ.get("TEXTXFER_DATA", ROOT.parent / "shared" / "data"))

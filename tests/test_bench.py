@@ -64,9 +64,9 @@ def test_trainer_side_trains_the_same_parameters(bench, strategy, tiny_models, m
     """`same frozen params`: the Trainer's model trains exactly the parameters textxfer's strategy trains."""
     from transformers import AutoModelForSequenceClassification
 
-    from textxfer.backbones import load_classifier
-    from textxfer.recipe import StrategyConfig
-    from textxfer.strategies import apply_strategy
+    from textxfer.backbones.load import load_classifier
+    from textxfer.config.schema import StrategyConfig
+    from textxfer.strategies.apply import apply_strategy
 
     # the tiny model has 2 layers: freeze the lower one
     monkeypatch.setattr(bench, "FREEZE_LAYERS", 1)
@@ -103,9 +103,10 @@ def test_workers_report_time_accuracy_and_the_row_parses(bench, tiny_models, sst
         runs[("head", system)] = [out]
     assert runs[("head", "textxfer")][0]["trainable"] == runs[("head", "trainer-grouped")][0]["trainable"]
     # the textxfer worker put the library's methods back
-    from textxfer.training import Loop
+    from textxfer.engine.loop import Loop
+    from textxfer.modalities.text.modality import TextModality
 
-    assert Loop.fit.__name__ == "fit" and Loop.build_cache.__name__ == "build_cache"
+    assert Loop.fit.__name__ == "fit" and TextModality.build_cache.__name__ == "build_cache"
 
     stats = bench.token_stats(str(tiny_models["bert"]), sst2_like / "train.tsv", sst2_like / "dev.tsv")
     assert stats["train"]["n"] == 40 and stats["train"]["tokens"] > 40
@@ -126,7 +127,7 @@ def test_bench_train_gives_every_system_the_same_precision(bench, precision, tmp
     `auto`), and the Trainer's `TrainingArguments` turn bf16 autocast on exactly when it is bf16."""
     from transformers import TrainingArguments
 
-    from textxfer.recipe import load_recipe
+    from textxfer.config.reading import load_recipe
 
     a = _args(bench, tmp_path / "model", "freeze", tmp_path, tmp_path, "textxfer", precision=precision)
     recipe = bench.textxfer_recipe(a)
@@ -143,7 +144,7 @@ def test_bench_train_gives_every_system_the_same_precision(bench, precision, tmp
 
 
 def test_bench_precision_auto_is_what_textxfer_resolves(bench, monkeypatch):
-    from textxfer.precision import effective_mixed_precision
+    from textxfer.core.precision import effective_mixed_precision
 
     assert bench.resolve_precision("auto") == effective_mixed_precision("auto")
     for forced in ("bf16", "no"):

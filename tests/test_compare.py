@@ -14,9 +14,11 @@ import yaml
 from click.testing import CliRunner
 from conftest import tiny_recipe
 
-from textxfer.cli import cli
-from textxfer.compare import parse_shots, parse_strategies, summarise, variant_recipe
-from textxfer.errors import UserError
+from textxfer.cli.main import cli
+from textxfer.core.errors import UserError
+from textxfer.tools.compare import parse_shots, parse_strategies
+from textxfer.tools.compare_runs import variant_recipe
+from textxfer.tools.compare_tables import summarise
 
 
 def _recipe_file(tiny_models, tiny_data, tmp_path, **over):
@@ -78,7 +80,8 @@ def test_unknown_strategy_is_refused(tiny_models, tiny_data, tmp_path):
 
 
 def test_variant_recipes_differ_only_in_what_trains(tiny_models, tiny_data, tmp_path):
-    from textxfer.recipe import load_recipe, to_dict
+    from textxfer.config.reading import load_recipe
+    from textxfer.config.schema import to_dict
 
     base = to_dict(load_recipe(data=tiny_recipe(tiny_models["bert"], tiny_data, tmp_path / "x",
                                                 training__contrastive={"epochs": 2}, strategy__name="freeze",
@@ -99,7 +102,7 @@ def test_variant_recipes_differ_only_in_what_trains(tiny_models, tiny_data, tmp_
 def test_summary_mean_std():
     from pathlib import Path
 
-    from textxfer.compare import RunRecord
+    from textxfer.tools.compare_runs import RunRecord
 
     single_label = {"macro_f1": 0.4, "weighted_f1": 0.5, "macro_precision": 0.5, "macro_recall": 0.5, "loss": 1.0}
     recs = [RunRecord("head", 8, s, Path("x"), ok=True, metrics={**single_label, "accuracy": a, "micro_f1": a},
@@ -114,7 +117,8 @@ def test_summary_mean_std():
 def test_multi_label_variants_are_ranked_by_micro_f1(tmp_path):
     """On multi-label data `accuracy` is exact-set accuracy: the table shows, and the best strategy is chosen by,
     micro-F1 instead."""
-    from textxfer.compare import RunRecord, best_rows, write_markdown
+    from textxfer.tools.compare_runs import RunRecord
+    from textxfer.tools.compare_tables import best_rows, write_markdown
 
     def rec(variant, seed, exact, micro):
         return RunRecord(variant, 8, seed, tmp_path / f"{variant}-{seed}", ok=True, train_seconds=1.0,
@@ -135,7 +139,8 @@ def test_multi_label_variants_are_ranked_by_micro_f1(tmp_path):
 def test_best_is_said_ahead_only_when_the_paired_difference_is_clear(tmp_path):
     """Each seed gives every variant the same subset, so the best is compared with the runner-up seed by seed:
     'ahead' when the paired difference clears its 95% interval, 'level within noise' when the seeds disagree."""
-    from textxfer.compare import RunRecord, best_rows, margin_text, margins, write_markdown
+    from textxfer.tools.compare_runs import RunRecord
+    from textxfer.tools.compare_tables import best_rows, margin_text, margins, write_markdown
 
     def recs(scores: dict) -> list:
         return [RunRecord(v, 8, seed, tmp_path / f"{v}-{seed}", ok=True, train_seconds=1.0,
@@ -166,7 +171,7 @@ def test_best_is_said_ahead_only_when_the_paired_difference_is_clear(tmp_path):
 
 def test_the_verdicts_t_is_students_at_every_seed_count():
     """scipy's t: at 31 degrees of freedom it is 2.04, not the normal 1.96 (a hand table's fallback past 30)."""
-    from textxfer.compare import margin_text, t95
+    from textxfer.tools.compare_tables import margin_text, t95
 
     assert t95(2) == pytest.approx(4.303, abs=1e-3) and t95(31) == pytest.approx(2.040, abs=1e-3)
     # 32 seeds, a difference of 2.0 standard errors: inside t's interval (2.04), outside the normal one (1.96)

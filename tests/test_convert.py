@@ -20,8 +20,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from textxfer import convert
-from textxfer.errors import UserError
+from textxfer.backbones import convert
+from textxfer.core.errors import UserError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -46,7 +46,7 @@ def sample_photo(name: str) -> Image.Image:
 @pytest.fixture(scope="module")
 def lite0_dir(tmp_path_factory):
     """Lite0 converted once through the real CLI, as a user would."""
-    from textxfer.cli import cli
+    from textxfer.cli.main import cli
 
     out = tmp_path_factory.mktemp("convert") / "lite0"
     result = CliRunner().invoke(cli, ["convert", "efficientnet-lite0", str(out)])
@@ -173,7 +173,7 @@ def test_config_builds_lite_layouts_without_weights():
 
 
 def test_bad_requests_name_the_fix(tmp_path, monkeypatch):
-    from textxfer.cli import cli
+    from textxfer.cli.main import cli
 
     with pytest.raises(UserError, match="choose one of"):
         convert.convert_efficientnet_lite("efficientnet-lite9", tmp_path / "x")

@@ -10,8 +10,8 @@ import torch
 from conftest import tiny_recipe, write_tiny_dataset
 
 import textxfer
-from textxfer.recipe import load_recipe
-from textxfer.training import Loop
+from textxfer.config.reading import load_recipe
+from textxfer.engine.loop import Loop
 
 
 def test_train_writes_a_run_that_transformers_loads(tiny_models, tiny_data, tmp_path):
@@ -154,8 +154,8 @@ def test_mean_pooling_layer_has_no_dropout_so_cache_on_and_off_agree(tiny_models
 
 def test_cache_keeps_the_whole_sequence_for_a_head_that_reads_it(tiny_models, tiny_data, tmp_path):
     """Keeping position 0 alone is tried, not assumed: a head that averages every position gets the whole sequence."""
-    from textxfer.batching import probe_batch
-    from textxfer.features import FrozenPrefixCache
+    from textxfer.backbones.prefix_cache import FrozenPrefixCache
+    from textxfer.modalities.text.batching import probe_batch
 
     class MeanPooler(torch.nn.Module):
         def forward(self, hidden):
@@ -193,7 +193,7 @@ def test_cache_on_disk_is_keyed_and_reused(tiny_models, tiny_data, tmp_path, mon
 def test_full_disk_while_writing_the_cache_falls_back_to_memory(tiny_models, tiny_data, tmp_path, monkeypatch):
     import errno
 
-    from textxfer import features
+    from textxfer.backbones import prefix_cache as features
 
     monkeypatch.setenv("TEXTXFER_CACHE", str(tmp_path / "cache"))
 
@@ -211,7 +211,7 @@ def test_full_disk_while_writing_the_cache_falls_back_to_memory(tiny_models, tin
 
 def test_mapped_safetensors_round_trip(tmp_path):
     """Bit-exact storage round trip of fp32, bf16 and integer tensors; no computation, so no precision setting."""
-    from textxfer.features import map_safetensors, write_safetensors
+    from textxfer.backbones.prefix_cache import map_safetensors, write_safetensors
 
     tensors = {"w": torch.randn(3, 5), "h": torch.randn(7).to(torch.bfloat16), "i": torch.arange(4),
                "empty": torch.zeros(0)}
@@ -238,7 +238,7 @@ def test_best_weights_stay_in_memory_when_the_run_directory_is_full(precision, t
     closest are ~0.01 apart in probability; the two losses differ by ~3e-6)."""
     import errno
 
-    from textxfer import features
+    from textxfer.backbones import prefix_cache as features
 
     def full_disk(path, tensors):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -257,14 +257,14 @@ def test_best_weights_stay_in_memory_when_the_run_directory_is_full(precision, t
 
 def test_class_weights_balanced_are_inverse_frequency():
     """fp32 arithmetic on given counts (no model, no autocast): torch's default fp32 tolerance."""
-    from textxfer.training import class_weight_tensor
+    from textxfer.engine.batches import class_weight_tensor
 
     w = class_weight_tensor("balanced", ["a", "b"], np.array([0, 0, 0, 1]))
     torch.testing.assert_close(w, torch.tensor([4 / 6, 4 / 2]))
 
 
 def test_balanced_sampler_draws_classes_equally():
-    from textxfer.batching import length_grouped_batches
+    from textxfer.modalities.text.batching import length_grouped_batches
 
     classes = np.array([0] * 90 + [1] * 10)
     lengths = np.arange(100) % 7 + 3
@@ -276,7 +276,7 @@ def test_balanced_sampler_draws_classes_equally():
 
 
 def test_length_grouping_cuts_padding():
-    from textxfer.batching import length_grouped_batches
+    from textxfer.modalities.text.batching import length_grouped_batches
 
     rng = np.random.default_rng(0)
     lengths = rng.integers(5, 60, size=2000)
@@ -349,7 +349,7 @@ def test_test_split_is_not_cached_and_scores_as_without_cache(strategy, tiny_mod
             assert loop.cache is not None and set(loop.features) == {"train", "validation"}
         loop.prepare()
         loop.fit()
-        metrics[cache] = loop.finish()
+        metrics[cache], _ = loop.finish()
         assert loop.cache is None
     assert metrics["memory"]["test"]["accuracy"] == metrics["off"]["test"]["accuracy"]
     assert metrics["memory"]["test"]["loss"] == pytest.approx(metrics["off"]["test"]["loss"], abs=1e-5)
@@ -363,7 +363,7 @@ def test_linear_schedule_matches_transformers_and_survives_a_checkpoint():
 
     from transformers import get_linear_schedule_with_warmup
 
-    from textxfer.training import linear_schedule
+    from textxfer.engine.optim import linear_schedule
 
     def lrs(make, steps=12):
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)

@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from textxfer.data import column, fingerprint, load_splits, stratified_split
-from textxfer.errors import UserError
-from textxfer.recipe import DataConfig
+from textxfer.config.schema import DataConfig
+from textxfer.core.errors import UserError
+from textxfer.data.fingerprint import column, fingerprint
+from textxfer.data.sampling import stratified_split
+from textxfer.data.splits import load_splits
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -332,3 +334,13 @@ def test_multilabel_carving_and_few_shot(tmp_path):
     s = load(train=path, header=False, text_column=0, label_column=1, multi_label=True, labels=["a", "b", "c"],
              validation_split=0.2, examples_per_class=5)
     assert len(s.validation) == 8 and len(s.train) == 15
+
+
+def test_the_per_class_draw_refuses_a_class_without_examples():
+    """Single-label: every named class must give `examples_per_class` rows, none included; multi-label rows count
+    under their rarest label, so a label may be no row's stratum and is not refused."""
+    from textxfer.data.sampling import per_class_subset
+
+    with pytest.raises(UserError, match="'c' has 0"):
+        per_class_subset([0, 0, 1, 1], 1, 0, ["a", "b", "c"])
+    assert len(per_class_subset([0, 0, 1, 1], 1, 0, ["a", "b", "c"], multi=True)) == 2

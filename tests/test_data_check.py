@@ -10,7 +10,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from textxfer.cli import cli
+from textxfer.cli.main import cli
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

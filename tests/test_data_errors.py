@@ -11,10 +11,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from textxfer.cli import cli
-from textxfer.data import load_splits
-from textxfer.errors import UserError
-from textxfer.recipe import DataConfig
+from textxfer.cli.main import cli
+from textxfer.config.schema import DataConfig
+from textxfer.core.errors import UserError
+from textxfer.data.splits import load_splits
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -146,6 +146,6 @@ def test_bad_config_values():
     with pytest.raises(UserError, match="max_train_examples` must be at least 1"):
         load_splits(DataConfig(train="x.csv", max_train_examples=0), seed=0)
     with pytest.raises(UserError, match="either `data.label_pattern` or `data.label_level`"):
-        from textxfer.data import _label_transform
+        from textxfer.data.labels import _label_transform
 
         _label_transform(DataConfig(label_pattern="x", label_level="coarse"))

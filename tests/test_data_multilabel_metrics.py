@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, hamming_loss, precision_score, recall_score
 
-from textxfer.metrics import multilabel_metrics, tune_thresholds
+from textxfer.core.metrics import multilabel_metrics, tune_thresholds
 
 LABELS = ["anger", "joy", "neutral", "fear"]
 

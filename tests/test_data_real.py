@@ -14,8 +14,9 @@ import pytest
 from click.testing import CliRunner
 from conftest import load_script
 
-from textxfer.data import column, load_splits
-from textxfer.recipe import load_recipe
+from textxfer.config.reading import load_recipe
+from textxfer.data.fingerprint import column
+from textxfer.data.splits import load_splits
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = (ROOT / ".." / "shared" / "data").resolve()
@@ -125,7 +126,7 @@ def test_sms_spam_dedupe_then_carve():
 
 
 def test_data_check_cli_prints_source_counts():
-    from textxfer.cli import cli
+    from textxfer.cli.main import cli
 
     result = CliRunner().invoke(cli, ["data", "check", str(ROOT / "recipes" / "sst2.yaml")], env={
         "TEXTXFER_DATA": str(DATA), "HF_HUB_OFFLINE": "1"})

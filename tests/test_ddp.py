@@ -17,9 +17,12 @@ import torch
 import yaml
 from conftest import make_tiny_checkpoint, tiny_recipe, write_tiny_dataset
 
-from textxfer import launch
-from textxfer.errors import UserError
-from textxfer.training import Loop, make_accelerator, shard, train
+from textxfer.core.errors import UserError
+from textxfer.engine import distributed as launch
+from textxfer.engine.batches import shard
+from textxfer.engine.loop import Loop
+from textxfer.engine.setup import make_accelerator
+from textxfer.tools.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
 # 60 examples, global batch 8: 7 full batches and one of 4 (the uneven cut); frozen lower layer + cache; no
@@ -178,7 +181,7 @@ def test_more_processes_than_examples_is_a_clear_error():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is fine on a GPU")
 def test_fp16_on_cpu_is_a_clear_error(setup, tmp_path):
-    from textxfer.recipe import load_recipe
+    from textxfer.config.reading import load_recipe
 
     recipe = load_recipe(data=tiny_recipe(setup[1], setup[2], tmp_path / "run", training__mixed_precision="fp16"))
     with pytest.raises(UserError, match="fp16.*needs a GPU"):

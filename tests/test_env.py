@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import make_tiny_checkpoint, tiny_recipe, write_tiny_dataset
 
-from textxfer import environment
-from textxfer.cli import cli
+from textxfer.cli.main import cli
+from textxfer.core import environment
 
 FIELDS = ("textxfer:", "torch:", "transformers:", "accelerate:", "peft:", "datasets:", "Python:", "Platform:",
           "CPU:", "CPU cores:", "CPU bf16 native:", "mixed_precision auto resolves to:", "CUDA:",

@@ -13,8 +13,8 @@ import yaml
 from click.testing import CliRunner
 from conftest import tiny_recipe
 
-from textxfer.cli import cli
-from textxfer.recipe import load_recipe
+from textxfer.cli.main import cli
+from textxfer.config.reading import load_recipe
 
 
 def run_cli(*args: str):
@@ -162,7 +162,7 @@ def test_predict_on_a_folder_that_is_not_a_model(tmp_path):
 
 def test_help_is_quick_and_lists_commands():
     """`textxfer --help` must not import torch/transformers/evaluate (seconds each)."""
-    code = ("import sys, textxfer.cli as c; from click.testing import CliRunner; "
+    code = ("import sys, textxfer.cli.main as c; from click.testing import CliRunner; "
             "r = CliRunner().invoke(c.cli, ['--help']); assert r.exit_code == 0, r.output; "
             "heavy = [m for m in ('torch', 'transformers', 'evaluate', 'datasets') if m in sys.modules]; "
             "assert not heavy, heavy; print(r.output)")

@@ -44,7 +44,7 @@ def _tiny_run(root: Path) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast
 
-    from textxfer.recipe import load_recipe, save_recipe
+    from textxfer.config.reading import load_recipe, save_recipe
 
     root.mkdir(parents=True)
     # a WordPiece vocabulary made here (transformers 5 takes it as a dict), so nothing is downloaded
@@ -371,7 +371,7 @@ def test_push_private_creates_private_repo_and_hides_it(hub, hf_home, run_dir):
 
 
 def test_push_after_training_reads_recipe_hub_config(hub, hf_home, run_dir):
-    code = ("from textxfer.hub import push_after_training; "
+    code = ("from textxfer.outputs.hub import push_after_training; "
             f"print(push_after_training({str(run_dir)!r}, {{'push': {{'repo_id': 'alice/from-recipe', "
             "'private': True}}))")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
@@ -382,8 +382,8 @@ def test_push_after_training_reads_recipe_hub_config(hub, hf_home, run_dir):
 
 
 def test_push_after_training_without_repo_is_a_no_op_and_rejects_unknown_keys(run_dir):
-    from textxfer.errors import UserError
-    from textxfer.hub import push_after_training
+    from textxfer.core.errors import UserError
+    from textxfer.outputs.hub import push_after_training
 
     assert push_after_training(run_dir, {}) is None
     assert push_after_training(run_dir, {"push": None}) is None
@@ -521,7 +521,7 @@ def test_push_invalid_branch_name(hub, hf_home, run_dir):
 
 
 def test_card_command_prints_a_complete_card(run_dir):
-    from textxfer.hub import card_command
+    from textxfer.outputs.hub import card_command
 
     before = _snapshot(run_dir)
     result = CliRunner().invoke(card_command, [str(run_dir)])
@@ -551,7 +551,7 @@ def test_card_command_prints_a_complete_card(run_dir):
 
 
 def test_card_usage_snippet_runs_as_written_locally(run_dir, capsys):
-    from textxfer.card import model_card
+    from textxfer.outputs.card import model_card
 
     card = model_card(run_dir, "merged")
     code = re.search(r"```python\n(.*?)```", card, re.S).group(1)
@@ -564,7 +564,7 @@ def test_card_usage_snippet_runs_as_written_locally(run_dir, capsys):
 
 
 def test_card_metadata_names_hub_base_model_datasets_and_license(run_dir, tmp_path):
-    from textxfer.card import model_card
+    from textxfer.outputs.card import model_card
 
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
@@ -588,7 +588,7 @@ def test_card_metadata_names_hub_base_model_datasets_and_license(run_dir, tmp_pa
 
 
 def test_card_refuses_unfinished_run(tmp_path):
-    from textxfer.hub import card_command
+    from textxfer.outputs.hub import card_command
 
     (tmp_path / "run.json").write_text(json.dumps({"finished": False}))
     result = CliRunner().invoke(card_command, [str(tmp_path)])
@@ -697,7 +697,8 @@ def test_push_real_training_run(real_training, hub, hf_home):
 def test_a_package_checkpoint_links_the_hub_id_its_own_card_loads(tmp_path):
     """`package:` and local base checkpoints: the published card's `base_model` is the repo id the checkpoint's own
     README loads it from (sentence-transformers cards do), so the Hub links the base model."""
-    from textxfer.card import Run, base_hub_id, card_metadata
+    from textxfer.outputs.card_metadata import base_hub_id, card_metadata
+    from textxfer.outputs.finished_run import Run
 
     base = tmp_path / "base"
     base.mkdir()

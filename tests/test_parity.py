@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from conftest import make_tiny_checkpoint, tiny_recipe
 
 import textxfer
-from textxfer.cli import cli
+from textxfer.cli.main import cli
 
 VOCAB = {"pos": ["good", "great", "happy", "fine"], "neg": ["bad", "awful", "poor", "sad"],
          "sport": ["sport", "ball", "goal"]}
@@ -207,7 +207,7 @@ def test_pair_model_on_a_file_without_the_pair_column_names_file_column_and_opti
 
 def test_max_length_recorded_first_then_tokenizer_then_explicit(tmp_path):
     """Old model folders (no `textxfer_max_length`) load as before; an explicit `max_length=` wins."""
-    from textxfer.predict import Classifier
+    from textxfer.modalities.text.predict import Classifier
 
     folder = make_tiny_checkpoint("bert", tmp_path / "old", with_head=True)
     assert Classifier(folder).max_length == 512  # the tokenizer names no limit: 512, as before

@@ -15,10 +15,10 @@ import torch
 from conftest import ROOT, tiny_recipe
 from safetensors.torch import load_file
 
-from textxfer import precision
-from textxfer.errors import UserError
-from textxfer.recipe import load_recipe
-from textxfer.training import train
+from textxfer.config.reading import load_recipe
+from textxfer.core import precision
+from textxfer.core.errors import UserError
+from textxfer.tools.train import train
 
 # Keys of metrics.json that describe the run rather than the model (none today: all must match).
 VOLATILE = ("train_seconds",)
@@ -47,7 +47,7 @@ def _assert_same_run(a: Path, b: Path) -> None:
 
 FRESH = """
 import json, sys
-from textxfer.training import train
+from textxfer.tools.train import train
 train(json.loads(sys.argv[1]))
 """
 
@@ -103,7 +103,7 @@ def test_saved_predictions_are_what_the_saved_model_predicts(mp, tiny_models, ti
 def test_full_precision_forward_undoes_accelerates_autocast_inside_the_block():
     from accelerate import Accelerator
 
-    from textxfer.training import fresh_accelerate_state
+    from textxfer.engine.setup import fresh_accelerate_state
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
@@ -181,7 +181,7 @@ def test_yaml_words_no_off_yes_on_are_typed_by_the_schema(tmp_path):
 
 
 def test_a_tsv_recipe_on_a_comma_separated_file_says_how_it_was_read(tmp_path):
-    from textxfer.data import load_splits
+    from textxfer.data.splits import load_splits
 
     data = tmp_path / "train.csv"
     data.write_text("text,label\n" + "".join(f"good film {i},pos\nbad film {i},neg\n" for i in range(6)))
@@ -196,7 +196,7 @@ def test_a_tsv_recipe_on_a_comma_separated_file_says_how_it_was_read(tmp_path):
 def test_loading_a_model_leaves_transformers_logging_as_it_was(tiny_models):
     from transformers.utils import logging as hf_logging
 
-    from textxfer.backbones import load_classifier
+    from textxfer.backbones.load import load_classifier
 
     before = hf_logging.get_verbosity()
     try:

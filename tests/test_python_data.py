@@ -21,11 +21,12 @@ import yaml
 from conftest import ROOT, make_tiny_checkpoint, tiny_recipe, write_tiny_dataset
 from datasets import Dataset, DatasetDict
 
-from textxfer import checkpoint
-from textxfer.data import in_memory, load_splits
-from textxfer.errors import UserError
-from textxfer.recipe import load_recipe
-from textxfer.training import train
+from textxfer.config.reading import load_recipe
+from textxfer.core.errors import UserError
+from textxfer.data.memory import in_memory
+from textxfer.data.splits import load_splits
+from textxfer.engine import checkpoint
+from textxfer.tools.train import train
 
 # a carved test split too: carving and stratification run on the in-memory rows as on the file's
 SETTINGS = dict(strategy__name="head", training__epochs=2, training__mixed_precision="no", data__test_split=0.25)
@@ -95,7 +96,7 @@ def test_a_dataframe_and_a_dataset_give_the_metrics_of_the_same_rows_in_csv_file
     assert frame_data["train"]["in_memory"]["fingerprint"] == \
         read(dataset_run, "run.json")["data"]["train"]["in_memory"]["fingerprint"]
     other = subprocess.run(
-        [sys.executable, "-c", "import sys, pandas; from textxfer.data import in_memory; "
+        [sys.executable, "-c", "import sys, pandas; from textxfer.data.memory import in_memory; "
          "print(in_memory('train', pandas.read_csv(sys.argv[1])).fingerprint)", str(setup[2]["train"])],
         capture_output=True, text=True, check=True, cwd=ROOT)
     assert other.stdout.strip() == frame_data["train"]["in_memory"]["fingerprint"]

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from textxfer import plots, report
-from textxfer.errors import UserError
+from textxfer.core.errors import UserError
+from textxfer.outputs import plots, report, report_files, run_reading, run_scores, summary
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SENTIMENT = ["negative", "neutral", "positive"]
@@ -107,8 +107,8 @@ def make_run(root: Path, labels: list[str], multi: bool = False, n_val: int = 60
         with (root / "predictions" / f"{split}.jsonl").open("w") as fh:
             for row in rows:
                 fh.write(json.dumps(row) + "\n")
-    examples = {s: report.load_run(root).examples[s] for s in ("validation", "test")}
-    per_class = {s: report.per_class_from_predictions(examples[s], labels) for s in examples}
+    examples = {s: run_reading.load_run(root).examples[s] for s in ("validation", "test")}
+    per_class = {s: run_scores.per_class_from_predictions(examples[s], labels) for s in examples}
     metrics = {
         "best_metric": "accuracy",
         "best": {"accuracy": 0.83, "macro_f1": 0.78, "loss": 0.55, "epoch": 2.0, "step": 200},
@@ -196,7 +196,7 @@ def test_the_plotted_matrix_is_the_predictions_matrix(tmp_path, monkeypatch):
         drawn.update(labels=list(labels), counts=counts.copy(), title=title)
 
     monkeypatch.setattr(plots, "plot_confusion", record)
-    report.write_run_artifacts(root)
+    report_files.write_run_artifacts(root)
     expected = np.zeros((3, 3), dtype=int)
     for row in _rows(root / "predictions" / "test.jsonl"):
         expected[SENTIMENT.index(row["label"]), SENTIMENT.index(row["pred"])] += 1
@@ -205,9 +205,9 @@ def test_the_plotted_matrix_is_the_predictions_matrix(tmp_path, monkeypatch):
 
 
 def test_per_class_computed_from_predictions_is_right():
-    rows = [report.Example("test", "a", "x", "x", 0.9), report.Example("test", "b", "x", "y", 0.8),
-            report.Example("test", "c", "y", "y", 0.7), report.Example("test", "d", "z", "y", 0.6)]
-    scores = report.per_class_from_predictions(rows, ["x", "y", "z"])
+    rows = [run_reading.Example("test", "a", "x", "x", 0.9), run_reading.Example("test", "b", "x", "y", 0.8),
+            run_reading.Example("test", "c", "y", "y", 0.7), run_reading.Example("test", "d", "z", "y", 0.6)]
+    scores = run_scores.per_class_from_predictions(rows, ["x", "y", "z"])
     assert scores["x"] == {"precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3), "support": 2}
     assert scores["y"]["precision"] == pytest.approx(1 / 3) and scores["y"]["recall"] == 1.0
     assert scores["z"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
@@ -218,7 +218,7 @@ def test_per_class_csv_uses_metrics_json_values(tmp_path):
     metrics = json.loads((root / "metrics.json").read_text())
     metrics["per_class"]["test"]["neutral"] = {"precision": 0.125, "recall": 0.25, "f1": 0.5, "support": 7}
     (root / "metrics.json").write_text(json.dumps(metrics))
-    report.write_run_artifacts(root)
+    report_files.write_run_artifacts(root)
     with (root / "per_class.csv").open(newline="") as fh:
         row = next(r for r in csv.DictReader(fh) if r["split"] == "test" and r["label"] == "neutral")
     assert (float(row["precision"]), float(row["f1"]), row["support"]) == (0.125, 0.5, "7")
@@ -227,7 +227,7 @@ def test_per_class_csv_uses_metrics_json_values(tmp_path):
 def test_confusion_uses_validation_when_there_is_no_test_split(tmp_path):
     root = make_run(tmp_path / "run", SENTIMENT)
     (root / "predictions" / "test.jsonl").unlink()
-    report.write_run_artifacts(root)
+    report_files.write_run_artifacts(root)
     corner, _, counts = _confusion_csv(root / "plots" / "confusion.csv")
     assert corner.startswith("validation")
     assert counts.sum() == len(_rows(root / "predictions" / "validation.jsonl"))
@@ -289,7 +289,7 @@ def test_not_a_run_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="not a textxfer run directory"):
         report.write_report(tmp_path)
     with pytest.raises(UserError, match="not a directory"):
-        report.write_run_artifacts(tmp_path / "nope")
+        report_files.write_run_artifacts(tmp_path / "nope")
     result = CliRunner().invoke(report.report_command, [str(tmp_path)])
     assert result.exit_code != 0 and isinstance(result.exception, UserError)
     assert not (tmp_path / "report.html").exists()
@@ -297,14 +297,14 @@ def test_not_a_run_is_a_user_error(tmp_path):
 
 def test_run_that_died_before_its_first_evaluation(tmp_path):
     root = make_run(tmp_path / "run", SENTIMENT, with_eval=False)
-    written = report.write_run_artifacts(root)
+    written = report_files.write_run_artifacts(root)
     assert written == [root / "plots" / "loss.png"] and _is_png(written[0])
     result = report.build_report(root)
     joined = " ".join(result.warnings)
     assert "metrics.json is missing" in joined and "first evaluation" in joined and "did not finish" in joined
     page = result.path.read_text()
     assert "What is missing" in page and "metrics.json is missing" in page and page.count("<img") == 1
-    lines = report.summary_lines(root)
+    lines = summary.summary_lines(root)
     assert lines[0].startswith("No evaluation finished")
 
 
@@ -315,7 +315,7 @@ def test_summary_of_a_finished_run_without_validation(tmp_path):
     for key in ("best", "validation"):
         metrics.pop(key)
     (root / "metrics.json").write_text(json.dumps(metrics))
-    lines = report.summary_lines(root)
+    lines = summary.summary_lines(root)
     assert lines[0] == "No validation split, so the saved model is the last epoch's."
     assert lines[1].startswith("Test: accuracy 0.8000")
 
@@ -327,7 +327,7 @@ def test_a_failing_plot_does_not_raise(tmp_path, monkeypatch, caplog):
         raise RuntimeError("no fonts")
 
     monkeypatch.setattr(plots, "plot_confusion", boom)
-    written = report.write_run_artifacts(root)
+    written = report_files.write_run_artifacts(root)
     assert {p.name for p in written} == {"loss.png", "metrics.png", "errors.csv", "per_class.csv"}
     assert "no fonts" in caplog.text
     result = report.build_report(root)
@@ -347,7 +347,7 @@ def test_broken_files_are_named_not_raised(tmp_path):
 
 def test_summary_lines(runs):
     root = runs["three"]
-    lines = report.summary_lines(root)
+    lines = summary.summary_lines(root)
     assert lines[0] == "Best accuracy: 0.8300 (epoch 2, step 200)"
     assert lines[1].startswith("Test: accuracy 0.8000, macro_f1 0.7600, loss 0.6000")
     assert "12m 03s on cpu" in lines[2]

@@ -21,10 +21,11 @@ import yaml
 from click.testing import CliRunner
 from conftest import make_tiny_checkpoint, tiny_recipe, write_tiny_dataset
 
-from textxfer import checkpoint
-from textxfer.cli import cli
-from textxfer.errors import UserError
-from textxfer.training import Loop, train
+from textxfer.cli.main import cli
+from textxfer.core.errors import UserError
+from textxfer.engine import checkpoint, interruption
+from textxfer.engine.loop import Loop
+from textxfer.tools.train import train
 
 # 60 examples, batch 8: 8 steps per epoch (the last batch has 4), 16 steps in 2 epochs.
 SETTINGS = dict(strategy__name="freeze", strategy__freeze_layers=1, model__dropout=0.1, training__log_every=1,
@@ -33,7 +34,7 @@ SETTINGS = dict(strategy__name="freeze", strategy__freeze_layers=1, model__dropo
 # Runs `textxfer train` and pauses inside the optimizer step PAUSE_AT (after announcing it in READY).
 PAUSING_CHILD = """
 import os, sys, time
-import textxfer.training as tr
+import textxfer.engine.loop as tr
 step = tr.Loop.train_step
 def train_step(self, indices):
     if self.progress.step == int(os.environ["PAUSE_AT"]):
@@ -41,7 +42,7 @@ def train_step(self, indices):
         time.sleep(120)
     return step(self, indices)
 tr.Loop.train_step = train_step
-from textxfer.cli import main
+from textxfer.cli.main import main
 sys.argv = ["textxfer"] + sys.argv[1:]
 main()
 """
@@ -254,12 +255,12 @@ def test_one_ctrl_c_passed_on_twice_is_one_request_and_a_later_one_quits(monkeyp
     # Python's own Ctrl-C handler, as in a terminal: a background job (`pytest ... &`) inherits SIGINT ignored
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        with checkpoint.StopSignals(grace=60) as signals:
+        with interruption.StopSignals(grace=60) as signals:
             os.kill(os.getpid(), signal.SIGINT)  # from the terminal
             os.kill(os.getpid(), signal.SIGINT)  # the same Ctrl-C, passed on by torchrun's agent
             assert signals.received == signal.SIGINT
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back as it was
-        with pytest.raises(KeyboardInterrupt), checkpoint.StopSignals(grace=0) as signals:
+        with pytest.raises(KeyboardInterrupt), interruption.StopSignals(grace=0) as signals:
             os.kill(os.getpid(), signal.SIGINT)
             assert signals.received == signal.SIGINT
             os.kill(os.getpid(), signal.SIGINT)  # pressed again: quit now, without saving

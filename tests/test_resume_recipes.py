@@ -36,9 +36,11 @@ import torch
 from click.testing import CliRunner
 from conftest import SHARED_DATA, VOCAB, tiny_config
 
-from textxfer import checkpoint
-from textxfer.errors import UserError
-from textxfer.recipe import load_recipe, load_yaml, recipe_diff, to_dict
+from textxfer.config.diff import recipe_diff
+from textxfer.config.reading import load_recipe, load_yaml
+from textxfer.config.schema import to_dict
+from textxfer.core.errors import UserError
+from textxfer.engine import checkpoint, resuming
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 RECIPE_FILES = sorted(p.name for p in RECIPES.glob("*.yaml"))
@@ -52,7 +54,7 @@ DATA_VAR = "${TEXTXFER_DATA}"
 # steps, is the step before it and the finished step is lost), announces it in READY, and waits to be killed.
 PAUSING_CHILD = """
 import os, sys, time
-import textxfer.training as tr
+import textxfer.engine.loop as tr
 step = tr.Loop.train_step
 def train_step(self, indices):
     target = self.total_steps - 1 if (self.total_steps - 1) % 2 else self.total_steps - 2
@@ -62,7 +64,7 @@ def train_step(self, indices):
         time.sleep(600)
     return step(self, indices)
 tr.Loop.train_step = train_step
-from textxfer.cli import main
+from textxfer.cli.main import main
 sys.argv = ["textxfer"] + sys.argv[1:]
 main()
 """
@@ -263,7 +265,7 @@ def assert_same_run(a: Path, b: Path) -> None:
 def kill_and_resume(name: str, overrides: list[str], base: Path, env: dict[str, str]) -> None:
     """The run SIGKILLed after a checkpoint (a child process), the uninterrupted run meanwhile (in this one), then
     `--resume`; assert the two runs agree."""
-    from textxfer.cli import cli
+    from textxfer.cli.main import cli
 
     recipe = str(RECIPES / name)
     args = [arg for o in overrides for arg in ("--set", o)]
@@ -308,7 +310,7 @@ def run_case(name: str, models: dict[str, Path], base: Path, monkeypatch, data_r
 
 
 def test_every_bundled_recipe_is_covered():
-    from textxfer.cli import RECIPES_DIR
+    from textxfer.cli.main import RECIPES_DIR
 
     assert KNOWN <= set(RECIPE_FILES), f"recipes missing from {RECIPES}: {sorted(KNOWN - set(RECIPE_FILES))}"
     assert {p.name for p in Path(RECIPES_DIR).glob("*.yaml")} == set(RECIPE_FILES)
@@ -371,22 +373,22 @@ def test_resume_check_accepts_json_keys_and_refuses_changed_labels():
     current = to_dict(recipe)
     assert current["data"]["labels"] == {0: "negative", 1: "positive"}
     saved = json.loads(json.dumps(current))
-    assert checkpoint.check_recipe(saved, current) == []
+    assert resuming.check_recipe(saved, current) == []
     changed = to_dict(load_recipe(RECIPES / "sst2.yaml", ["data.train=train.tsv", "data.validation=dev.tsv",
                                                          "data.labels={0: negative, 1: good}"]))
     with pytest.raises(UserError, match=r"model, data or strategy differ") as e:
-        checkpoint.check_recipe(saved, changed)
+        resuming.check_recipe(saved, changed)
     assert "data.labels.1: 'positive' -> 'good'" in str(e.value)
     listed = to_dict(load_recipe(RECIPES / "sst2.yaml", ["data.train=train.tsv", "data.validation=dev.tsv",
                                                         "data.labels=[negative, positive]"]))
     with pytest.raises(UserError, match=r"data\.labels: \{'0': 'negative', '1': 'positive'\} -> \['negative'"):
-        checkpoint.check_recipe(saved, listed)
-    notes = checkpoint.check_recipe(saved, {**current, "training": {**current["training"], "epochs": 3}})
+        resuming.check_recipe(saved, listed)
+    notes = resuming.check_recipe(saved, {**current, "training": {**current["training"], "epochs": 3}})
     assert notes == ["resuming with a changed recipe key (the run continues with the new value): "
                      "training.epochs: 2.0 -> 3"]
     for broken in ({}, None, ["model"]):
         with pytest.raises(UserError, match="holds no recipe"):
-            checkpoint.check_recipe(broken, current)
+            resuming.check_recipe(broken, current)
 
 
 # ------------------------------------------------------------------------------------------------ contrastive stage
@@ -401,8 +403,8 @@ def test_resume_refuses_a_changed_contrastive_stage(models, tmp_path, monkeypatc
     the body differently, so the checkpointed classifier no longer fits its features: refused with exit code 2
     and a message naming the stage (the frozen-part hash covers the tuned weights, hashed before the cache swaps
     them out of the model). Resumed with the same settings, the run continues and finishes."""
-    import textxfer.training as tr
-    from textxfer.cli import cli
+    import textxfer.engine.loop as tr
+    from textxfer.cli.main import cli
 
     name = "quickstart.yaml"
     assert raw_recipe(name)["training"]["contrastive"]["learning_rate"] == 1.0e-4

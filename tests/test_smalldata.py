@@ -11,12 +11,14 @@ import pytest
 import torch
 from conftest import tiny_recipe
 
-from textxfer.backbones import load_classifier
-from textxfer.contrastive import pair_batches, pair_loss
-from textxfer.errors import UserError
-from textxfer.recipe import load_recipe
-from textxfer.smalldata import Schedule, add_mean_pooling, layerwise_groups, prepare_model
-from textxfer.strategies import apply_strategy
+from textxfer.backbones.load import load_classifier
+from textxfer.config.reading import load_recipe
+from textxfer.core.errors import UserError
+from textxfer.engine.contrastive import pair_batches, pair_loss
+from textxfer.engine.optim import layerwise_groups
+from textxfer.engine.schedule import Schedule
+from textxfer.strategies.apply import apply_strategy
+from textxfer.strategies.smalldata import add_mean_pooling, prepare_model
 
 
 def _recipe(tiny_models, tiny_data, tmp_path, arch="bert", **over):
@@ -34,7 +36,7 @@ def _weights(folder) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("arch,expected", [("bert", ["classifier.weight"]),
                                            ("roberta", ["classifier.dense.weight", "classifier.out_proj.weight"])])
 def test_head_l2_penalises_the_new_heads_weight_matrices_only(tiny_models, arch, expected):
-    from textxfer.smalldata import head_weight_matrices
+    from textxfer.engine.optim import head_weight_matrices
 
     model, parts = load_classifier(str(tiny_models[arch]), ["a", "b", "c"])
     names = {id(p): n for n, p in model.named_parameters()}
@@ -43,7 +45,7 @@ def test_head_l2_penalises_the_new_heads_weight_matrices_only(tiny_models, arch,
 
 def test_add_head_l2_adds_the_penalty_gradient():
     """fp32 arithmetic on given tensors (no model, no autocast): torch's default fp32 tolerance."""
-    from textxfer.smalldata import add_head_l2
+    from textxfer.engine.optim import add_head_l2
 
     w, frozen = torch.nn.Parameter(torch.tensor([[1.0, -2.0]])), torch.nn.Parameter(torch.ones(1, 2))
     w.grad = torch.tensor([[0.5, 0.5]])
@@ -55,7 +57,7 @@ def test_add_head_l2_adds_the_penalty_gradient():
 def test_head_l2_shrinks_the_head_and_its_confidence(tiny_models, tiny_data, tmp_path):
     """The same head-only run (no validation split: the last epoch is saved) without and with the penalty: the
     penalised head's weights are smaller and its probabilities less extreme; a negative value is refused."""
-    from textxfer.training import train
+    from textxfer.tools.train import train
 
     common = dict(strategy__name="head", training__epochs=6, training__head_learning_rate=5e-2,
                   training__checkpoint_every=None, data__validation=None, data__validation_split=0,
@@ -117,7 +119,7 @@ def test_pooling_layer_cut_to_position_0_keeps_the_logits(tiny_models, arch):
 
     Precision: fp32 in both modes (outside the training loop, no autocast); measured exact, 1e-5 allows fp32's
     summation order. The stage runs with the cut at the suite's precision in test_contrastive_run_end_to_end."""
-    from textxfer.smalldata import cut_pooling_to_first
+    from textxfer.backbones.pooling import cut_pooling_to_first
 
     model, parts = load_classifier(str(tiny_models[arch]), ["a", "b"])
     add_mean_pooling(model, parts)
@@ -197,14 +199,9 @@ def test_schedule_head_warmup_then_gradual_top_down(tiny_models):
     assert not any(p.requires_grad for n, p in model.named_parameters() if "embeddings" in n)
 
     seen = []
-
-    def step(indices):
-        seen.append({n for n, p in model.named_parameters() if p.requires_grad})
-        return 0.0
-    wrapped = s.wrap(step)
-    for i in (0, 2, 5):
-        s.loop.progress.step = i
-        wrapped([0])
+    for i in (0, 2, 5):  # the loop runs each optimizer step inside the schedule's gate for that step
+        with s.gate(i):
+            seen.append({n for n, p in model.named_parameters() if p.requires_grad})
     assert not any(n.startswith("bert.encoder.layer") for n in seen[0])
     assert any(n.startswith("bert.encoder.layer.1.") for n in seen[1])
     assert not any(n.startswith("bert.encoder.layer.0.") for n in seen[1])
@@ -225,7 +222,7 @@ def test_gradual_run_trains_top_first_and_never_the_floor(tiny_models, tiny_data
 
     Precision: the suite's for training. Frozen weights are never written, so they equal the checkpoint's in both
     modes; the pipeline check compares fp32 with fp32 in both modes (see _assert_pipeline_agrees)."""
-    from textxfer.training import train
+    from textxfer.tools.train import train
 
     recipe = tiny_recipe(tiny_models["bert"], tiny_data, tmp_path / "run", strategy__name="gradual",
                          strategy__freeze_layers=1, training__head_warmup_epochs=0.5, training__layer_lr_decay=0.8,
@@ -321,7 +318,7 @@ def test_multi_label_pairs_share_a_label():
     """Multi-hot rows (as SetFit): a pair is positive when the two share a label, or when neither has one; groups
     are keyed by each row's rarest label; the stage needs at least one pair sharing nothing. The loss: fp32
     arithmetic on given embeddings (no autocast), zero to 1e-6."""
-    from textxfer.contrastive import group_keys, has_negative_pair, same_label
+    from textxfer.engine.contrastive import group_keys, has_negative_pair, same_label
 
     t = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 1], [0, 0, 0], [0, 0, 0]], dtype=np.float32)
     assert same_label(torch.as_tensor(t)).tolist() == [
@@ -363,7 +360,7 @@ def test_contrastive_stage_on_multi_label_data(tiny_models, tmp_path):
 
     Precision: the suite's for training; the saved model's predictions equal the run's in both modes, both being
     fp32 (load(); the run's final fp32 evaluation)."""
-    from textxfer.training import train
+    from textxfer.tools.train import train
 
     def recipe(data, out):
         r = tiny_recipe(tiny_models["bert"], data, out, model__pooling="mean", strategy__name="freeze",
@@ -401,10 +398,10 @@ def test_multi_label_thresholds_are_never_tuned_on_the_test_set(tiny_models, tmp
     the training texts in its own batches, load() in others."""
     import csv
 
-    from textxfer.card import model_card
-    from textxfer.metrics import expected_f1_thresholds
-    from textxfer.predict import load
-    from textxfer.training import train
+    from textxfer.core.metrics import expected_f1_thresholds
+    from textxfer.modalities.text.predict import load
+    from textxfer.outputs.card import model_card
+    from textxfer.tools.train import train
 
     data = _multi_label_data(tmp_path / "d")
     runs = {}
@@ -429,7 +426,7 @@ def test_expected_f1_thresholds_cut_calibrated_probabilities_below_half():
     """With probabilities as the only evidence, the expected-F1 threshold admits a label at probability 0.4 when
     most labels sit far lower: the decision a calibrated few-shot classifier needs (0.5 would admit none).
     float64 arithmetic on given probabilities: no precision setting enters."""
-    from textxfer.metrics import expected_f1_thresholds, tune_thresholds
+    from textxfer.core.metrics import expected_f1_thresholds, tune_thresholds
 
     probs = np.array([[0.45, 0.05, 0.02], [0.03, 0.40, 0.04], [0.05, 0.02, 0.42], [0.04, 0.03, 0.02]])
     t = expected_f1_thresholds(probs)
@@ -445,7 +442,7 @@ def test_contrastive_run_end_to_end(tiny_models, tiny_data, tmp_path):
 
     Precision: the suite's for training. The frozen lower layer equals the checkpoint's in both modes (never
     written); the pipeline check is fp32 against fp32 in both modes (see _assert_pipeline_agrees)."""
-    from textxfer.training import train
+    from textxfer.tools.train import train
 
     recipe = tiny_recipe(tiny_models["bert"], tiny_data, tmp_path / "run", model__pooling="mean",
                          strategy__name="freeze", strategy__freeze_layers=1, training__epochs=4,
@@ -471,7 +468,7 @@ def test_contrastive_stage_skipped_below_min_examples(tiny_models, tiny_data, tm
 
     Precision: the suite's; exact in both modes (measured 0 under bf16): with the stage skipped the run computes
     what strategy head computes, op for op and under the same autocast, so bf16 rounds both alike. 1e-6 for both."""
-    from textxfer.training import train
+    from textxfer.tools.train import train
 
     common = dict(model__pooling="mean", training__epochs=2, training__checkpoint_every=None, training__seed=3)
     train(tiny_recipe(tiny_models["bert"], tiny_data, tmp_path / "skip", strategy__name="freeze",
@@ -487,7 +484,7 @@ def test_contrastive_stage_skipped_below_min_examples(tiny_models, tiny_data, tm
 
 
 def test_contrastive_single_class_training_set(tiny_models, tmp_path):
-    from textxfer.training import train
+    from textxfer.tools.train import train
 
     (tmp_path / "t.csv").write_text("text,label\n" + "".join(f"good film {i},pos\n" for i in range(6)))
     (tmp_path / "v.csv").write_text("text,label\ngood,pos\ngreat,pos\n")
@@ -515,7 +512,7 @@ def test_new_keys_have_documented_defaults():
     assert (c.epochs, c.learning_rate, c.batch_size, c.then, c.loss) == (6, 2e-4, 16, "head", "cosine")
     import inspect
 
-    from textxfer import recipe as recipe_module
+    from textxfer.config import schema as recipe_module
 
     source = inspect.getsource(recipe_module)
     for key in ("pooling:", "layer_lr_decay:", "head_warmup_epochs:", "contrastive:", "unfreeze_every:",
@@ -529,7 +526,7 @@ def test_padding_chunks_is_the_cheapest_split():
     position appears once."""
     import itertools
 
-    from textxfer.batching import padding_chunks
+    from textxfer.modalities.text.batching import padding_chunks
 
     rng = np.random.default_rng(0)
     for _ in range(30):
@@ -556,9 +553,9 @@ CHUNK_TOLERANCE = {"no": 1e-5, "bf16": 3e-2}
 @pytest.mark.parametrize("precision", ["no", "bf16"])
 def test_contrastive_embeddings_in_chunks_equal_one_padded_batch(precision, tiny_models, tiny_data, tmp_path):
     """The stage's chunks change the padding, not the embeddings (dropout off), and keep the batch's order."""
-    from textxfer.batching import Collator
-    from textxfer.contrastive import embed, embed_chunked
-    from textxfer.training import Loop
+    from textxfer.engine.contrastive import embed, embed_chunked
+    from textxfer.engine.loop import Loop
+    from textxfer.modalities.text.batching import Collator
 
     recipe = load_recipe(data=tiny_recipe(tiny_models["bert"], tiny_data, tmp_path / "run", model__pooling="mean",
                                           strategy__name="freeze", strategy__freeze_layers=1, training__cache="off",
@@ -569,7 +566,7 @@ def test_contrastive_embeddings_in_chunks_equal_one_padded_batch(precision, tiny
     enc = loop.encoded["train"]
     collate = Collator(enc, loop.tokenizer.pad_token_id)
     idx = list(np.argsort(-enc.lengths)[:3]) + list(np.argsort(enc.lengths)[:5])  # long and short: several chunks
-    from textxfer.batching import padding_chunks
+    from textxfer.modalities.text.batching import padding_chunks
 
     assert len(padding_chunks(enc.lengths[idx], 0)) > 1
     with torch.no_grad():
@@ -582,7 +579,7 @@ def test_contrastive_embeddings_in_chunks_equal_one_padded_batch(precision, tiny
 def test_too_few_optimizer_steps_are_warned_of(tiny_models, tiny_data, tmp_path):
     """A recipe's epochs and batch size carried to a few examples can leave a handful of steps: the run says so and
     names the keys to change; a run with enough steps does not."""
-    from textxfer.training import train
+    from textxfer.tools.train import train
 
     train(tiny_recipe(tiny_models["bert"], tiny_data, tmp_path / "few", strategy__name="head", training__epochs=1,
                       training__batch_size=32))

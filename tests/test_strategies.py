@@ -7,9 +7,9 @@ import pytest
 import torch
 from conftest import ARCHS, tiny_recipe
 
-from textxfer.errors import UserError
-from textxfer.recipe import load_recipe
-from textxfer.training import Loop
+from textxfer.config.reading import load_recipe
+from textxfer.core.errors import UserError
+from textxfer.engine.loop import Loop
 
 STRATEGIES = {
     "head": {"strategy__name": "head"},
@@ -84,7 +84,7 @@ def test_exactly_intended_parameters_change(arch, strategy, tiny_models, tiny_da
 
 
 def test_layer_discovery_matches_expected_names(tiny_models):
-    from textxfer.backbones import load_classifier
+    from textxfer.backbones.load import load_classifier
 
     expected = {
         "bert": ("bert.embeddings", "bert.encoder.layer.1"),
@@ -110,7 +110,7 @@ def test_new_pooler_is_trained_and_reported(tiny_models, tmp_path):
     """A checkpoint without pooler weights (sentence-transformers style): the pooler is new, so it trains."""
     from safetensors.torch import load_file, save_file
 
-    from textxfer.backbones import load_classifier
+    from textxfer.backbones.load import load_classifier
 
     folder = tmp_path / "nopooler"
     import shutil

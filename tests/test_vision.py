@@ -17,8 +17,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from textxfer.errors import UserError
-from textxfer.recipe import load_recipe
+from textxfer.config.reading import load_recipe
+from textxfer.core.errors import UserError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -125,7 +125,7 @@ def config(**data):
 
 
 def splits_of(**data):
-    from textxfer.vision import load_image_splits
+    from textxfer.modalities.image.splits import load_image_splits
 
     return load_image_splits(config(**data), seed=0)
 
@@ -161,7 +161,7 @@ def test_validation_carved_from_train_when_absent(folders):
 def test_every_pixel_format_is_read_as_rgb(tmp_path):
     from transformers import ViTImageProcessorPil
 
-    from textxfer.vision import ImageTransforms
+    from textxfer.modalities.image.transforms import ImageTransforms
 
     root = tmp_path / "modes"
     rng = np.random.default_rng(1)
@@ -197,7 +197,7 @@ def test_rgb_conversion_matches_transformers_load_image(tmp_path):
     """Training reads pictures exactly as pipeline() will at inference (transformers.image_utils.load_image)."""
     from transformers.image_utils import load_image
 
-    from textxfer.vision import open_image
+    from textxfer.modalities.image.files import open_image
 
     rng = np.random.default_rng(2)
     rgba = colour_image("blue", rng)
@@ -320,7 +320,7 @@ def test_sklearn_digits_as_images():
 # --------------------------------------------------------------------------------------------- transforms
 
 def test_random_resized_crop_is_seeded_and_sized():
-    from textxfer.vision import random_resized_crop
+    from textxfer.modalities.image.transforms import random_resized_crop
 
     image = colour_image("red", np.random.default_rng(7), size=(60, 90))
     a = random_resized_crop(image, (32, 24), np.random.default_rng([0, 1, 2]), Image.Resampling.BILINEAR)
@@ -334,7 +334,7 @@ def test_training_transform_uses_the_processors_size_and_statistics():
     """Pixel arithmetic in fp32 (no model): torch's default fp32 tolerance."""
     from transformers import ConvNextImageProcessorPil
 
-    from textxfer.vision import ImageTransforms
+    from textxfer.modalities.image.transforms import ImageTransforms
 
     processor = ConvNextImageProcessorPil(size={"shortest_edge": 32}, crop_pct=0.875, image_mean=[0.2, 0.4, 0.6],
                                           image_std=[0.5, 0.25, 0.125])
@@ -349,7 +349,7 @@ def test_training_transform_uses_the_processors_size_and_statistics():
 
 def test_augmentation_changes_per_epoch_and_repeats_per_seed(folders, vit, tmp_path):
     """Pixel tensors, bit-exact: collation runs no model, so no precision setting enters."""
-    from textxfer.training import Loop
+    from textxfer.engine.loop import Loop
 
     loop = Loop(load_recipe(data=recipe(vit, folders, tmp_path / "run", data={"augment": True})), tmp_path / "run")
     loop.build()
@@ -380,7 +380,7 @@ def recipe(model: Path, folders: Path, out: Path, strategy: str = "head", data: 
 
 
 def test_task_is_detected_from_the_checkpoint(vit, tiny_models):
-    from textxfer.vision import task_of
+    from textxfer.modalities.detect import task_of
 
     assert task_of(load_recipe(data={"model": {"name": str(vit)}, "data": {"train": "x"}})) == "image"
     assert task_of(load_recipe(data={"model": {"name": str(tiny_models["bert"])}, "data": {"train": "x"}})) == "text"
@@ -394,8 +394,8 @@ def test_run_directory_pipeline_and_predict_agree(vit, folders, tmp_path):
     fp32 (scores to rtol 1e-5: batching changes fp32's summation order only)."""
     from transformers import pipeline
 
-    from textxfer.cli import cli
-    from textxfer.training import train
+    from textxfer.cli.main import cli
+    from textxfer.tools.train import train
 
     out = tmp_path / "run"
     result = train(recipe(vit, folders, out))
@@ -422,8 +422,8 @@ def test_run_directory_pipeline_and_predict_agree(vit, folders, tmp_path):
 
 
 def test_predict_names_a_bad_image(vit, folders, tmp_path):
-    from textxfer.cli import cli
-    from textxfer.training import train
+    from textxfer.cli.main import cli
+    from textxfer.tools.train import train
 
     out = tmp_path / "run"
     train(recipe(vit, folders, out, epochs=1))
@@ -434,7 +434,7 @@ def test_predict_names_a_bad_image(vit, folders, tmp_path):
 
 
 def test_cache_serves_head_training_and_augmentation_turns_it_off(vit, folders, tmp_path):
-    from textxfer.training import train
+    from textxfer.tools.train import train
 
     cached = train(recipe(vit, folders, tmp_path / "cached"))
     log = (tmp_path / "cached/train.log").read_text()
@@ -446,7 +446,7 @@ def test_cache_serves_head_training_and_augmentation_turns_it_off(vit, folders, 
 
 
 def test_unsupported_options_for_images_are_refused(vit, folders, tmp_path):
-    from textxfer.training import train
+    from textxfer.tools.train import train
 
     with pytest.raises(UserError, match="Multi-label image"):
         train(recipe(vit, folders, tmp_path / "r1", data={"multi_label": True}))
@@ -458,7 +458,7 @@ def test_unsupported_options_for_images_are_refused(vit, folders, tmp_path):
 
 @pytest.mark.slow
 def test_converted_checkpoint_reference_is_converted_once(tmp_path, monkeypatch):
-    from textxfer.backbones import resolve_model_name
+    from textxfer.backbones.load import resolve_model_name
 
     monkeypatch.setenv("TEXTXFER_CACHE", str(tmp_path))
     first = Path(resolve_model_name("convert:efficientnet-lite0"))
@@ -473,8 +473,8 @@ def test_converted_checkpoint_reference_is_converted_once(tmp_path, monkeypatch)
 def test_image_size_resizes_the_processor_and_the_saved_one(folders, tmp_path):
     from transformers import AutoImageProcessor
 
-    from textxfer.training import train
-    from textxfer.vision import output_size
+    from textxfer.modalities.image.transforms import output_size
+    from textxfer.tools.train import train
 
     resnet = tiny_vision_checkpoint("resnet", tmp_path / "resnet")
     spec = recipe(resnet, folders, tmp_path / "run", epochs=1)
@@ -486,7 +486,7 @@ def test_image_size_resizes_the_processor_and_the_saved_one(folders, tmp_path):
 
 
 def test_image_size_a_vit_cannot_take_is_refused(vit, folders, tmp_path):
-    from textxfer.training import train
+    from textxfer.tools.train import train
 
     spec = recipe(vit, folders, tmp_path / "run")
     spec["model"]["image_size"] = 48
@@ -495,8 +495,8 @@ def test_image_size_a_vit_cannot_take_is_refused(vit, folders, tmp_path):
 
 
 def test_evaluate_images_scores_a_folder_and_refuses_unknown_classes(vit, folders, tmp_path):
-    from textxfer.training import train
-    from textxfer.vision import evaluate_images
+    from textxfer.tools.evaluate import evaluate_images
+    from textxfer.tools.train import train
 
     out = tmp_path / "run"
     train(recipe(vit, folders, out))
@@ -517,8 +517,8 @@ def test_lora_adapter_reloads_and_matches_the_merged_model(folders, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForImageClassification
 
-    from textxfer.training import train
-    from textxfer.vision import ImageClassifier
+    from textxfer.modalities.image.classifier import ImageClassifier
+    from textxfer.tools.train import train
 
     resnet = tiny_vision_checkpoint("resnet", tmp_path / "resnet")
     spec = recipe(resnet, folders, tmp_path / "run", strategy="lora", epochs=2)
@@ -536,3 +536,44 @@ def test_lora_adapter_reloads_and_matches_the_merged_model(folders, tmp_path):
         a = merged.model(**pixels).logits
         b = unmerged(**pixels).logits
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_a_resume_refuses_changed_image_bytes(vit, folders, tmp_path):
+    """The data check of a resume hashes the images themselves, as run.json does: a training image rewritten in
+    place under the same name is changed data, not the same run."""
+    from textxfer.tools.train import train
+
+    out = tmp_path / "run"
+    train(recipe(vit, folders, out, epochs=2, checkpoint_every=1, keep_checkpoints=5))
+    ckpt = sorted((out / "checkpoints").glob("step-*"))[0]
+    (out / "run.json").unlink()  # the run as if it had been killed after that checkpoint
+    colour_image("red", np.random.default_rng(99)).save(folders / "train" / "blue" / "blue0.png")
+    with pytest.raises(UserError, match="differ"):
+        train(recipe(vit, folders, out, epochs=2, checkpoint_every=1, keep_checkpoints=5), resume=ckpt)
+
+
+def test_an_image_few_shot_draw_refuses_a_short_class_as_the_text_one_does(folders):
+    """One per-class draw for text and images (`textxfer.data.sampling.per_class_subset`): a class with fewer
+    images than `data.examples_per_class`, or none at all (a Hub dataset's named class without training rows,
+    which the image draw used to skip silently), is refused, naming it."""
+    for f in (folders / "train" / "red").glob("*.png"):
+        f.unlink()
+    (folders / "train" / "red" / "red0.png").write_bytes((folders / "val" / "red" / "red0.png").read_bytes())
+    with pytest.raises(UserError, match=r"examples_per_class` is 2, but some classes have fewer training images: "
+                                        r"'red' has 1"):
+        splits_of(train=str(folders / "train"), validation=str(folders / "val"), examples_per_class=2)
+    splits, _ = splits_of(train=str(folders / "train"), validation=str(folders / "val"), examples_per_class=1)
+    assert len(splits.train) == 2
+
+
+def test_textxfer_load_returns_the_image_classifier_for_an_image_run(vit, folders, tmp_path):
+    """One loader for every saved model: `textxfer.load` tells an image run from a text one."""
+    import textxfer
+    from textxfer.modalities.image.classifier import ImageClassifier
+    from textxfer.tools.train import train
+
+    out = tmp_path / "run"
+    train(recipe(vit, folders, out, epochs=1))
+    clf = textxfer.load(out)
+    assert isinstance(clf, ImageClassifier)
+    assert clf.predict([folders / "val" / "red" / "red0.png"])[0][0]["label"] in ("blue", "red")

@@ -16,8 +16,8 @@ import pytest
 import torch
 from test_vision import ARCHS, EXPECTED, tiny_vision_checkpoint, write_folders
 
-from textxfer.recipe import load_recipe
-from textxfer.training import Loop
+from textxfer.config.reading import load_recipe
+from textxfer.engine.loop import Loop
 
 # lora: targets named in backbones.LORA_TARGETS; frozen BN / frozen SE: never change
 STRATEGIES = {
@@ -130,7 +130,7 @@ def test_cached_forward_equals_plain_forward(arch, checkpoints, folders, tmp_pat
     Precision: fp32, exact to 1e-5, whatever `auto` resolves to: the model is taken without Accelerate's autocast
     wrapper. (Under bf16 the cached and plain forwards round differently; runs in bf16 are covered by the strategy
     tests above, which train with the cache at the suite's precision.)"""
-    from textxfer.vision import VisionPrefixCache
+    from textxfer.modalities.image.cache import VisionPrefixCache
 
     loop = run_loop(checkpoints[arch], folders, tmp_path / "run", {"name": "full"}, cache="off")
     model = loop.acc.unwrap_model(loop.model, keep_fp32_wrapper=False).eval()

@@ -10,21 +10,21 @@ from __future__ import annotations
 __version__ = "0.1.0"
 __all__ = ["train", "load", "load_recipe", "UserError"]
 
-from textxfer.errors import UserError
+from textxfer.core.errors import UserError
 
 
 def __getattr__(name: str):
     # heavy imports (torch, transformers) only when used, so `import textxfer` and the CLI help stay quick
     if name == "train":
-        from textxfer.training import train
+        from textxfer.tools.train import train
 
         return train
     if name == "load":
-        from textxfer.predict import load
+        from textxfer.modalities.detect import load_saved
 
-        return load
+        return load_saved
     if name == "load_recipe":
-        from textxfer.recipe import load_recipe
+        from textxfer.config.reading import load_recipe
 
         return load_recipe
     raise AttributeError(name)

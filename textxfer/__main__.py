@@ -1,3 +1,3 @@
-from textxfer.cli import main
+from textxfer.cli.main import main
 
 main()

@@ -1,0 +1,1 @@
+"""The `textxfer` command line."""

@@ -1,0 +1,1 @@
+"""Recipes: the schema of every key, loading YAML with overrides, validation, comparison."""

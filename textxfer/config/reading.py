@@ -1,0 +1,256 @@
+"""Reading a recipe: YAML (1.2 scalars), `${VAR}` expansion, `--set key.path=value` overrides, the bundled
+recipes by name, and the typed build into the schema with errors that name the key and what is allowed."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from textxfer.config.schema import Recipe, to_dict
+from textxfer.config.validate import validate
+from textxfer.core.errors import UserError
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """The safe loader with YAML 1.2's plain scalars: `3e-2` and `1e4` are numbers (PyYAML's YAML 1.1 rules give the
+    strings '3e-2' and '1e4': learning rates are written that way), and only true/false are booleans. YAML 1.1 also
+    reads `no`, `off`, `yes`, `on` as booleans, which turned `mixed_precision: no` into False; here they stay
+    strings, and a key's type in the recipe schema decides what they mean (`_coerce`: a boolean key takes them)."""
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+
+
+RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+RecipeLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+(?:[eE][-+]?[0-9]+)?)$"),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(value: str, key: str = "") -> str:
+    """Expand `${VAR}` and `${VAR:-default}`; an unset variable without default is an error naming the key."""
+
+    def sub(m: re.Match) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in os.environ and os.environ[name] != "":
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise UserError(
+            f"Recipe key `{key}` uses ${{{name}}}, but the environment variable {name} is not set. "
+            f"Set it (e.g. `export {name}=...`) or give a default: ${{{name}:-value}}."
+        )
+
+    return _ENV.sub(sub, value)
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+_WORDS_TRUE = {"true", "yes", "on", "y"}
+
+
+_WORDS_FALSE = {"false", "no", "off", "n"}
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp` and convert where lossless (int -> float, env expansion)."""
+    if isinstance(value, str):
+        value = expand_env(value, key)
+    if tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except UserError as e:
+                errors.append(e)
+        raise UserError(f"Recipe key `{key}` is {value!r}, but it must be {_type_name(tp)}.")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1, cutoff=0.6)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise UserError(
+                f"Recipe key `{key}` is {value!r}; allowed values: {', '.join(repr(a) for a in allowed)}.{hint}"
+            )
+        return value
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise UserError(f"Recipe key `{key}` must be a list, not {value!r}.")
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _WORDS_TRUE | _WORDS_FALSE:
+            return value.strip().lower() in _WORDS_TRUE
+        raise UserError(f"Recipe key `{key}` must be true or false, not {value!r}.")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise UserError(f"Recipe key `{key}` must be a number, not {value!r}.")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise UserError(f"Recipe key `{key}` must be a whole number, not {value!r}.")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise UserError(f"Recipe key `{key}` must be a string, not {value!r}.")
+    return value
+
+
+def _expand_any(value: Any, key: str) -> Any:
+    """Expand environment variables inside free-form values (dicts and lists under `Any` keys)."""
+    if isinstance(value, str):
+        return expand_env(value, key)
+    if isinstance(value, dict):
+        return {k: _expand_any(v, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_any(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _build(cls: type, data: Any, prefix: str = "") -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        where = f"`{prefix}`" if prefix else "The recipe"
+        raise UserError(f"{where} must be a mapping of keys to values, not {data!r}.")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in names:
+            close = difflib.get_close_matches(str(k), names, n=1, cutoff=0.6)
+            hint = f" Did you mean `{close[0]}`?" if close else ""
+            raise UserError(
+                f"Unknown recipe key `{key}`.{hint} Allowed keys here: {', '.join(names)}."
+            )
+        tp = hints[k]
+        kwargs[k] = _expand_any(v, key) if tp is Any else _coerce(v, tp, key)
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (['a','b','c'], value parsed as YAML so numbers and booleans keep their type)."""
+    if "=" not in text:
+        raise UserError(f"--set {text!r} is not of the form key.path=value (e.g. --set training.epochs=2).")
+    path, raw = text.split("=", 1)
+    try:
+        value = load_yaml(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return [p for p in path.strip().split(".") if p], value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[path[-1]] = value
+    return data
+
+
+BUNDLED_RECIPES = Path(__file__).resolve().parent / "recipes"
+"""The recipes shipped inside the package (`textxfer recipes` lists them; `textxfer train NAME` runs one)."""
+
+
+def bundled_recipes() -> list[Path]:
+    """The bundled recipe files, by name."""
+    return sorted(BUNDLED_RECIPES.glob("*.yaml"))
+
+
+def resolve_recipe(path: str | Path) -> Path:
+    """A recipe file: `path` itself where it exists, else the bundled recipe of that name (`quickstart`,
+    `quickstart.yaml`), as `tune run` resolves its built-in configs; a clear error naming both otherwise."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.parent == Path("."):
+        bundled = BUNDLED_RECIPES / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
+        if bundled.is_file():
+            return bundled
+    names = ", ".join(p.stem for p in bundled_recipes())
+    raise UserError(
+        f"Recipe file {path} does not exist, and no bundled recipe has that name. Give the path of a YAML recipe, "
+        f"or the name of a bundled one: {names} (`textxfer recipes` describes them)."
+    )
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = resolve_recipe(path)
+    try:
+        data = load_yaml(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise UserError(f"Recipe {path} is not valid YAML{where}: {problem}. Fix the syntax there.") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"Recipe {path} must be a YAML mapping (keys like model:, data:, training:).")
+    return data
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None,
+                data: dict | None = None, in_memory: dict[str, str] | None = None) -> Recipe:
+    """Read a recipe from YAML (or a dict), apply `key.path=value` overrides, validate and return it.
+
+    `in_memory`: {split: description} of splits given from Python (`textxfer.train(train=df)`); the description
+    replaces `data.<split>`, so a recipe without `data.train` is valid when train data comes that way."""
+    raw = read_yaml(path) if path is not None else dict(data or {})
+    apply_overrides(raw, list(overrides or []))
+    if in_memory and isinstance(raw.get("data") or {}, dict):  # a malformed `data:` is reported by _build
+        raw["data"] = {**(raw.get("data") or {}), **in_memory}
+    recipe = _build(Recipe, raw)
+    validate(recipe)
+    return recipe
+
+
+def save_recipe(recipe: Recipe, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False, allow_unicode=True), encoding="utf-8")

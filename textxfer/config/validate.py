@@ -1,0 +1,91 @@
+"""Checks across recipe keys that types alone cannot express, with the key path and how to fix it."""
+
+from __future__ import annotations
+
+from textxfer.config.schema import Recipe
+from textxfer.core.errors import UserError
+
+
+def validate(recipe: Recipe) -> None:
+    """Cross-field checks that types alone cannot express."""
+    if not recipe.model.name:
+        raise UserError("Recipe key `model.name` is missing: give a checkpoint folder or a Hub id.")
+    if recipe.data.train is None:
+        raise UserError("Recipe key `data.train` is missing: give the training data file (or, from Python, a "
+                        "DataFrame: `textxfer.train(recipe, train=df)`).")
+    t = recipe.training
+    if t.epochs <= 0:
+        raise UserError(f"Recipe key `training.epochs` must be > 0, not {t.epochs}.")
+    if t.batch_size < 1:
+        raise UserError(f"Recipe key `training.batch_size` must be >= 1, not {t.batch_size}.")
+    if t.gradient_accumulation_steps < 1 or t.batch_size % t.gradient_accumulation_steps:
+        raise UserError(
+            f"`training.batch_size` ({t.batch_size}) must be a multiple of `training.gradient_accumulation_steps` "
+            f"({t.gradient_accumulation_steps})."
+        )
+    if t.learning_rate <= 0:
+        raise UserError(f"Recipe key `training.learning_rate` must be > 0, not {t.learning_rate}.")
+    if not 0 <= t.warmup_ratio < 1:
+        raise UserError(f"Recipe key `training.warmup_ratio` must be in [0, 1), not {t.warmup_ratio}.")
+    if t.head_l2 < 0:
+        raise UserError(f"Recipe key `training.head_l2` must be >= 0 (0 = no penalty), not {t.head_l2}.")
+    if recipe.strategy.freeze_layers < 0:
+        raise UserError("Recipe key `strategy.freeze_layers` must be >= 0.")
+    for k in ("validation_split", "test_split"):
+        v = getattr(recipe.data, k)
+        if not 0 <= v < 1:
+            raise UserError(f"Recipe key `data.{k}` must be in [0, 1), not {v}.")
+    if recipe.model.max_length < 8:
+        raise UserError("Recipe key `model.max_length` must be at least 8 tokens.")
+    if isinstance(t.checkpoint_every, int) and t.checkpoint_every < 1:
+        raise UserError(f"Recipe key `training.checkpoint_every` must be >= 1, `epoch` or null, not {t.checkpoint_every}.")
+    if t.keep_checkpoints < 1:
+        raise UserError(f"Recipe key `training.keep_checkpoints` must be >= 1, not {t.keep_checkpoints}.")
+    if t.early_stopping is not None and t.early_stopping.patience < 1:
+        raise UserError(f"Recipe key `training.early_stopping.patience` must be >= 1, not {t.early_stopping.patience}.")
+    if t.early_stopping is not None and t.early_stopping.min_delta < 0:
+        raise UserError("Recipe key `training.early_stopping.min_delta` must be >= 0.")
+    validate_small_data(recipe)
+
+
+def validate_small_data(recipe: Recipe) -> None:
+    """Range checks of the small-data keys: pooling, re-initialised layers, warm-up, gradual unfreezing, the
+    contrastive stage."""
+    t, s = recipe.training, recipe.strategy
+    if not 0 < t.layer_lr_decay <= 1:
+        raise UserError(f"Recipe key `training.layer_lr_decay` must be in (0, 1] (1 = no decay), not {t.layer_lr_decay}.")
+    if t.head_warmup_epochs < 0:
+        raise UserError(f"Recipe key `training.head_warmup_epochs` must be >= 0, not {t.head_warmup_epochs}.")
+    if t.head_warmup_epochs and t.head_warmup_epochs >= t.epochs:
+        raise UserError(f"`training.head_warmup_epochs` ({t.head_warmup_epochs}) must be less than `training.epochs` "
+                        f"({t.epochs}), or the body never trains; use strategy `head` to train only the head.")
+    if isinstance(s.unfreeze_every, int) and s.unfreeze_every < 1:
+        raise UserError(f"Recipe key `strategy.unfreeze_every` must be >= 1 step or `epoch`, not {s.unfreeze_every}.")
+    if s.reinit_layers < 0:
+        raise UserError(f"Recipe key `strategy.reinit_layers` must be >= 0, not {s.reinit_layers}.")
+    if s.reinit_layers and s.name in ("head", "lora"):
+        raise UserError(f"`strategy.reinit_layers: {s.reinit_layers}` re-initialises layers that strategy `{s.name}` "
+                        "would then never train (random features). Use strategy freeze, full or gradual with it, "
+                        "or set reinit_layers to 0.")
+    if recipe.model.pooling == "mean" and s.name == "lora" and recipe.save_adapter:
+        raise UserError("`model.pooling: mean` adds an averaging layer to the model, which a LoRA adapter saved on "
+                        "its own (`save_adapter: true`) would not carry: loaded on the original checkpoint it would "
+                        "pool differently. Use `save_adapter: false` (the merged model has it) or `pooling: cls`.")
+    c = t.contrastive
+    if c is not None:
+        if c.epochs <= 0:
+            raise UserError(f"Recipe key `training.contrastive.epochs` must be > 0, not {c.epochs}.")
+        if c.batch_size < 2:
+            raise UserError(f"Recipe key `training.contrastive.batch_size` must be >= 2 (pairs are formed within a "
+                            f"batch), not {c.batch_size}.")
+        if not 1 <= c.same_class_per_batch <= c.batch_size:
+            raise UserError(f"Recipe key `training.contrastive.same_class_per_batch` must be 1..batch_size "
+                            f"({c.batch_size}), not {c.same_class_per_batch}.")
+        if c.min_steps < 0:
+            raise UserError(f"Recipe key `training.contrastive.min_steps` must be >= 0, not {c.min_steps}.")
+        if c.learning_rate <= 0 or c.temperature <= 0:
+            raise UserError("Recipe keys `training.contrastive.learning_rate` and `.temperature` must be > 0.")
+        if s.name == "head":
+            raise UserError("`training.contrastive` tunes the body, but strategy `head` freezes all of it. Use "
+                            "strategy `freeze` (e.g. freeze_layers: 2: the lower layers stay frozen and cached), "
+                            "`full`, `lora` or `gradual`, or remove `training.contrastive`.")

@@ -1,0 +1,1 @@
+"""The lowest layer: errors, precision, the machine's description, metrics; imports nothing of textxfer."""

@@ -1,0 +1,50 @@
+"""Stable content hashes of data: of a prepared split (for caches and the run record) and of a table given from
+Python (so a saved recipe can name the rows it was trained on). Also `column`, the fast way to read a
+`datasets.Dataset` column as a list, which the split fingerprint and many callers use."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from textxfer.data.tables import Table
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+
+def column(ds: Dataset, name: str) -> list:
+    """A column as a Python list, fast: `list(ds[name])` walks datasets 5's lazy Column row by row; slicing it
+    converts the Arrow column in one go."""
+    return ds[name][:]
+
+
+def fingerprint(ds: Dataset) -> str:
+    """A stable hash of a split's texts (or image paths) and labels (for caches and for the run record)."""
+    h = hashlib.sha256()
+    for col in ("text", "text_pair", "image", "label", "labels"):
+        if col in ds.column_names:
+            h.update(json.dumps(column(ds, col), ensure_ascii=False).encode())
+    return h.hexdigest()[:16]
+
+
+def _plain(o: Any) -> Any:
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.generic):
+        return o.item()
+    return str(o)
+
+
+def content_fingerprint(table: Table) -> str:
+    """A stable hash of the rows as given (column names, values in order, ClassLabel names): the same rows give
+    the same fingerprint in any process, whether they come as a DataFrame or a Dataset."""
+    h = hashlib.sha256()
+    for name in table.names:
+        h.update(json.dumps([str(name), table.columns[name]], ensure_ascii=False, default=_plain).encode())
+    if table.class_names:
+        h.update(json.dumps({str(k): v for k, v in table.class_names.items()}, sort_keys=True).encode())
+    return h.hexdigest()[:16]

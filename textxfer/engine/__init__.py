@@ -1,0 +1,1 @@
+"""The training loop on Accelerate: optimisation, evaluation, checkpoints, several processes, stages."""

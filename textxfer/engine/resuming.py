@@ -1,0 +1,145 @@
+"""Resuming an interrupted run: find the checkpoint to continue from, refuse a recipe whose change would make it
+meaningless, and load it into a prepared loop.
+
+Kept apart from `checkpoint` (which writes checkpoints and tells complete ones) because resume is the other side
+of the format: it only reads, and it is what decides whether a run may continue at all.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from textxfer.core.errors import UserError
+from textxfer.engine.checkpoint import (
+    DIRNAME,
+    Progress,
+    data_fingerprints,
+    problem_with,
+    read_state,
+    root_of,
+    set_rng_state,
+    step_of,
+)
+
+log = logging.getLogger("textxfer")
+
+
+# Recipe sections whose change makes a checkpoint meaningless: resuming with them changed is refused.
+FIXED_SECTIONS = ("model", "data", "strategy")
+
+
+def find(path: Path) -> tuple[Path, list[str]]:
+    """The checkpoint to resume from: `path` itself, or the newest complete one under a run or checkpoints
+    folder; with notes naming the incomplete ones skipped."""
+    path = Path(path)
+    if (path / "state.json").exists() or path.name.startswith("step-"):
+        problem = problem_with(path)
+        if problem:
+            raise UserError(f"Checkpoint {path} is incomplete: {problem}. Resume from its run folder "
+                            f"({path.parent.parent}) to use the newest complete checkpoint instead.")
+        return path, []
+    root = path if path.name == DIRNAME else root_of(path)
+    if not root.is_dir():
+        raise UserError(
+            f"Nothing to resume in {path}: it has no `{DIRNAME}` folder. Give the run directory of an interrupted "
+            "`textxfer train` (its --output-dir), or one of its checkpoint folders. Checkpoints are written when "
+            "`training.checkpoint_every` is set and when training is interrupted with Ctrl-C or SIGTERM."
+        )
+    notes = []
+    candidates = sorted((c for c in root.iterdir() if c.is_dir() and c.name.startswith("step-")),
+                        key=step_of, reverse=True)
+    for c in candidates:
+        problem = problem_with(c)
+        if problem is None:
+            return c, notes
+        notes.append(f"skipped incomplete checkpoint {c.name}: {problem}")
+    raise UserError(f"No complete checkpoint in {root} ({len(candidates)} incomplete). Start the run again without "
+                    "--resume (with --overwrite).")
+
+
+def check_recipe(saved: dict, current: dict) -> list[str]:
+    """Refuse (UserError) when the model, data or strategy changed; return notes on other changed keys."""
+    from textxfer.config.diff import recipe_diff
+
+    if not isinstance(saved, dict) or not saved:
+        raise UserError("Cannot resume: the checkpoint's state.json holds no recipe to check this one against (the "
+                        "file was edited or written by another program). Start a new run in another --output-dir.")
+    diff = recipe_diff(saved, current)  # compared as JSON gives them back: {0: a} equals {"0": a}
+    fixed = [d for d in diff if d.split(".", 1)[0].split(":", 1)[0] in FIXED_SECTIONS]
+    if fixed:
+        raise UserError(
+            "Cannot resume: the recipe's model, data or strategy differ from the checkpoint's, so its weights and "
+            "data position would not fit:\n  " + "\n  ".join(fixed) + "\nRestore these values (the checkpoint "
+            "folder's state.json holds its recipe), or start a new run in another --output-dir."
+        )
+    others = [d for d in diff if not d.startswith(("output_dir", "description"))]
+    return [f"resuming with a changed recipe key (the run continues with the new value): {d}" for d in others]
+
+
+def restore(loop, ckpt: Path) -> dict:
+    """Load a checkpoint into a prepared loop: weights, optimizer, schedule, random states and position."""
+    from safetensors.torch import load_file
+
+    state = read_state(ckpt)
+    acc = loop.acc
+    if state.get("cache_key") != getattr(loop, "cache_key", None) and state.get("cache_key") is not None:
+        raise UserError(
+            f"Cannot resume from {ckpt}: the frozen part of the model (or its cached features) differs from the one "
+            "that was trained: the checkpoint files at `model.name` changed or, with `training.contrastive`, the "
+            "stage tuned the body differently this time (a changed stage setting, seed, precision or machine). "
+            "Restore what changed, or start a new run."
+        )
+    changed = [s for s, f in state.get("data", {}).items() if data_fingerprints(loop).get(s) not in (None, f)]
+    if changed:
+        raise UserError(
+            f"Cannot resume from {ckpt}: the {', '.join(changed)} data differ from the data the run trained on "
+            "(same recipe, different file contents or a different DataFrame/Dataset). Restore the original data, or "
+            "start a new run."
+        )
+    model = acc.unwrap_model(loop.model)
+    _load_into(model, load_file(str(ckpt / "model.safetensors")), ckpt)
+    loop.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu"))
+    loop.scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True, map_location="cpu"))
+    loop.progress = Progress(**state["progress"])
+    loop.history = state["history"]
+    loop.best = state["best"]
+    loop.best_state = None
+    if state.get("best_in"):
+        best = load_file(str(ckpt / state["best_in"]))
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        loop.best_state = {k: v.to(acc.device) for k, v in best.items() if k in trainable}
+    rng = ckpt / f"rng-{acc.process_index}.pt"
+    if rng.is_file():
+        set_rng_state(torch.load(rng, weights_only=True))
+    else:  # resumed on more processes than saved: this one starts a fresh, seeded stream
+        from accelerate.utils import set_seed
+
+        set_seed(loop.recipe.training.seed + acc.process_index)
+    if state.get("num_processes") != acc.num_processes:
+        log.info(f"resumed on {acc.num_processes} processes; the checkpoint was saved by {state.get('num_processes')} "
+                 "(the global batch and data order are the same; dropout draws differ)")
+    log.info(f"resumed from {ckpt}: step {state['step']} of {loop.total_steps}, epoch {state['epoch'] + 1}, "
+             f"{state['batch_in_epoch']} batches into it")
+    return state
+
+
+def _load_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], ckpt: Path) -> None:
+    params = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    trainable = {n for n, p in params.items() if p.requires_grad}
+    missing = sorted(trainable - set(tensors))
+    if missing:
+        raise UserError(f"Cannot resume from {ckpt}: it lacks trained parameters {missing[:3]}... The model or "
+                        "strategy differs from the one that saved it.")
+    with torch.no_grad():
+        for name, value in tensors.items():
+            target = params.get(name, buffers.get(name))
+            if target is None:
+                continue
+            if target.shape != value.shape:
+                raise UserError(f"Cannot resume from {ckpt}: {name} has shape {tuple(value.shape)} there and "
+                                f"{tuple(target.shape)} in this model.")
+            target.copy_(value.to(target.device, target.dtype))

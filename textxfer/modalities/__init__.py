@@ -1,0 +1,1 @@
+"""What differs between text and images: encoding, batching, prediction from a saved model."""

@@ -1,0 +1,1 @@
+"""Text: tokenising, length-grouped batches, the saved text classifier."""

@@ -1,0 +1,173 @@
+"""Text as the training loop sees it: labelled texts read and tokenised, the classifier and its tokenizer, the
+frozen-prefix cache over token states, length-grouped batches and the forward pass.
+
+The loop calls these steps through the modality it was given (`textxfer.modalities.detect.modality_of`); the
+recipe's strategy is applied by the loop's `adapt(model, parts)`, which the modality calls once the classifier
+is loaded."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from textxfer.backbones.load import (
+    check_classifiable,
+    input_names,
+    load_classifier,
+    load_config,
+    resolve_model_name,
+    unwrap_peft,
+)
+from textxfer.backbones.pooling import with_pooling_layer
+from textxfer.backbones.prefix_cache import FrozenPrefixCache, cache_dtypes, splits_to_cache, why_not
+from textxfer.config.schema import Recipe
+from textxfer.core.errors import UserError
+from textxfer.data.fingerprint import column, fingerprint
+from textxfer.data.splits import load_splits
+from textxfer.modalities.text.batching import (
+    BatchPlan,
+    Collator,
+    Encoded,
+    encode,
+    prefix_batches,
+    probe_batch,
+)
+
+log = logging.getLogger("textxfer")
+
+
+def build_tokenizer(name: str, recipe: Recipe):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name, revision=recipe.model.revision,
+                                            trust_remote_code=recipe.model.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UserError(f"Could not load the tokenizer of `{name}`: {str(e).splitlines()[0]}") from None
+    if tok.pad_token_id is None:
+        raise UserError(f"The tokenizer of `{name}` has no padding token; textxfer needs one to batch texts.")
+    return tok
+
+
+class TextModality:
+    """Texts (single or sentence pairs, single- or multi-label) for a sequence-classification model."""
+
+    name = "text"
+
+    def build(self, loop, adapt: Callable) -> None:
+        """Read and tokenise the splits, load the classifier and let `adapt` apply the strategy. Sets the loop's
+        splits, labels, tokenizer, model, parts, applied strategy, input names and encoded splits."""
+        from accelerate.utils import set_seed
+
+        r = loop.recipe
+        loop.splits = load_splits(r.data, r.training.seed, loop.memory)
+        for note in loop.splits.notes:
+            log.info(note)
+        loop.labels = loop.splits.labels
+        if len(loop.labels) < 2:
+            raise UserError(f"The training data has only one label ({loop.labels}); a classifier needs two or more.")
+        loop.model_path = resolve_model_name(r.model.name)
+        check_classifiable(load_config(loop.model_path, r.model.revision, r.model.trust_remote_code),
+                           r.model.name, "text")
+        loop.tokenizer = build_tokenizer(loop.model_path, r)
+        set_seed(r.training.seed)  # seeded right before the model is built: the new head is reproducible
+        model, parts = load_classifier(
+            loop.model_path, loop.labels, multi_label=loop.splits.multi_label, revision=r.model.revision,
+            trust_remote_code=r.model.trust_remote_code, dropout=r.model.dropout)
+        loop.parts, loop.applied = adapt(model, parts)
+        loop.model = loop.applied.model
+        loop.input_names = input_names(loop.model)
+        log.info(f"model {r.model.name}: {len(loop.parts.layers)} layer groups; strategy {r.strategy.name}; "
+                 + loop.applied.summary())
+        loop.encoded: dict[str, Encoded] = {}
+        for name, ds in loop.splits.items():
+            targets = column(ds, "labels" if loop.splits.multi_label else "label")
+            pairs = column(ds, "text_pair") if "text_pair" in ds.column_names else None
+            enc = loop.encoded[name] = encode(loop.tokenizer, column(ds, "text"), pairs, targets, r.model.max_length)
+            log.info(f"{name}: {len(enc)} examples, {enc.truncated} ({100 * enc.truncated / len(enc):.1f}%) "
+                     f"truncated at {r.model.max_length} tokens")
+
+    def build_cache(self, loop) -> dict[str, list] | None:
+        """Frozen-prefix outputs of the splits used while training (`CACHED_SPLITS`), computed once (or read from
+        disk) and installed; None where not exact."""
+        r = loop.recipe
+        loop.cache = None
+        if r.training.cache == "off":
+            return None
+        cache = self.new_cache(loop, loop.parts, loop.applied.frozen_prefix)
+        if cache is None:
+            return None
+        device = loop.acc.device
+        weights_key = cache.frozen_hash()
+        loop.cache_key = weights_key  # a resumed run must find the same frozen part (checkpoint.restore)
+        started = time.time()
+        features = {}
+        for split, enc in splits_to_cache(loop.encoded).items():
+            key = hashlib.sha256(f"{weights_key}|{cache.data_hash(enc)}".encode()).hexdigest()[:32]
+            batches = functools.partial(prefix_batches, enc, loop.tokenizer.pad_token_id, loop.input_names)
+            features[split] = cache.load_or_compute(key, batches, device, use_disk=r.training.cache == "auto",
+                                                    lengths=enc.lengths)
+        above = ("the head alone, on position 0 (all it reads; the last layer's feed-forward computed it alone)"
+                 if cache.cut_last else "the head alone, on position 0 (all it reads)" if cache.first_only
+                 else "only the layers above")
+        log.info(f"frozen-prefix cache: embeddings + {cache.k} layers computed once for "
+                 f"{sum(len(f) for f in features.values())} examples in {time.time() - started:.1f}s; "
+                 f"training runs {above}")
+        cache.install()
+        loop.cache = cache
+        return features
+
+    def new_cache(self, loop, parts, k: int, where: str = "") -> FrozenPrefixCache | None:
+        """A frozen-prefix cache of the embeddings + lower k layers of `parts` (with the whole body frozen, the
+        fixed pooling layer too), tried on a few training examples (`FrozenPrefixCache.prepare`); None, with the
+        reason logged, where caching is not exact or not worth it."""
+        root = unwrap_peft(loop.model)
+        if k == len(parts.layers):
+            parts = with_pooling_layer(root, parts)
+            k = len(parts.layers)
+        reason = why_not(root, parts, k, min_layers=1)
+        if reason:
+            log.info(f"frozen-prefix cache: not used{where} ({reason})")
+            return None
+        cache = FrozenPrefixCache(root, parts, k, *cache_dtypes(loop.recipe.training))
+        root.to(loop.acc.device)
+        cache.prepare(probe_batch(loop.encoded["train"], loop.tokenizer.pad_token_id, loop.input_names),
+                      loop.acc.device)
+        return cache
+
+    def loader(self, loop, split: str, train: bool, batch_size: int):
+        """(batch plan, DataLoader) over one split: length-grouped (or class-balanced) batches of token ids, with
+        the cached prefix outputs where the split has them."""
+        r = loop.recipe
+        enc = loop.encoded[split]
+        balanced = train and r.training.balanced_sampler and not loop.splits.multi_label
+        plan = BatchPlan(enc.lengths, batch_size, seed=r.training.seed, shuffle=train,
+                         group_by_length=r.training.group_by_length,
+                         classes=np.asarray(enc.targets, dtype=np.int64) if balanced else None)
+        features = loop.features.get(split) if loop.features else None
+        dl = torch.utils.data.DataLoader(range(len(enc)), batch_sampler=plan,
+                                         collate_fn=Collator(enc, loop.tokenizer.pad_token_id, with_index=True,
+                                                             features=features),
+                                         num_workers=r.training.num_workers)
+        return plan, dl
+
+    def logits(self, loop, batch: dict) -> torch.Tensor:
+        inputs = {k: batch[k] for k in loop.input_names if k in batch}
+        if loop.cache is not None:
+            loop.cache.slot.current = batch["prefix"].to(loop.acc.device, torch.float32)
+            inputs = loop.cache.inputs(inputs)
+        return loop.model(**inputs).logits
+
+    def fingerprints(self, loop) -> dict[str, str]:
+        """Per split, a hash of its texts (and pairs) and labels."""
+        return {split: fingerprint(ds) for split, ds in loop.splits.items()}
+
+    def preprocessor(self, loop):
+        """What is saved next to the model: the tokenizer."""
+        return loop.tokenizer

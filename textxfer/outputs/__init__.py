@@ -1,0 +1,1 @@
+"""What a run leaves: the run directory, plots, the HTML report, the model card, the Hub push."""

@@ -1,0 +1,1 @@
+"""One module per transfer strategy, each registering itself (`textxfer.strategies.base.register`)."""

@@ -1,0 +1,1 @@
+"""Commands built on training: compare strategies, check data, evaluate a saved model."""

@@ -1,0 +1,105 @@
+"""`textxfer evaluate`: score a saved model on a labelled file with the same metrics as training.
+
+The model reads the file as training read its splits: the same token limit (see `Classifier`) and, for a
+sentence-pair model, the second text from the column it was trained with (or `pair_column`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from textxfer.config.schema import DataConfig
+from textxfer.core.errors import UserError
+from textxfer.data.rows import pick_column, read_table
+from textxfer.data.splits import read_split
+from textxfer.modalities.image.classifier import ImageClassifier
+from textxfer.modalities.image.files import ImageSplit, check_image_files, read_images
+
+
+def evaluate_file(model_dir: str | Path, data_file: str, text_column: str, label_column: str,
+                  pair_column: str | int | None = None) -> tuple[dict, dict]:
+    """(metrics, per-class table) of the model on a labelled file: training's metrics plus `loss` (the mean cross
+    entropy; without `training.class_weights`, which the model does not keep)."""
+    from textxfer.core.metrics import classification_metrics
+    from textxfer.modalities.text.predict import load
+
+    clf = load(model_dir)
+    pair = pair_column if pair_column is not None else clf.pair_column
+    cfg = DataConfig(train=data_file, text_column=text_column, label_column=label_column,
+                     text_pair_column=pair, multi_label=clf.multi_label)
+    try:
+        texts, pairs, raw, source = read_split(data_file, cfg)
+    except UserError:
+        if pair is not None:
+            _check_pair_column(data_file, cfg, given=pair_column is not None)
+        raise
+    index = {lab: i for i, lab in enumerate(clf.labels)}
+    if clf.multi_label:
+        from textxfer.core.metrics import multilabel_metrics
+
+        refs = np.zeros((len(raw), len(clf.labels)), dtype=np.float32)
+        for row, values in enumerate(raw):
+            for value in values:
+                if str(value) not in index:
+                    raise UserError(f"{source}, row {row + 1}: label {value!r} is not one of the model's labels "
+                                    f"({', '.join(clf.labels)}).")
+                refs[row, index[str(value)]] = 1.0
+        logits = clf.logits(texts, pairs)
+        metrics, per_class = multilabel_metrics(torch.from_numpy(logits).sigmoid().numpy(), refs, clf.labels,
+                                                clf.thresholds)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(refs))
+        return {**metrics, "loss": float(loss)}, per_class
+    refs = []
+    for row, value in enumerate(raw):
+        key = str(value)
+        if key not in index:
+            if key.lstrip("-").isdigit() and 0 <= int(key) < len(clf.labels):
+                key = clf.labels[int(key)]
+            else:
+                raise UserError(f"{source}, row {row + 1}: label {value!r} is not one of the model's labels "
+                                f"({', '.join(clf.labels)}).")
+        refs.append(index[key])
+    logits = clf.logits(texts, pairs)
+    metrics, per_class = classification_metrics(logits.argmax(-1), np.asarray(refs), clf.labels)
+    loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.as_tensor(refs, dtype=torch.long))
+    return {**metrics, "loss": float(loss)}, per_class
+
+
+def _check_pair_column(data_file: str, cfg: DataConfig, given: bool) -> None:
+    """Reading the file failed: if it lacks the second-text column, say so in terms of the model and the option."""
+    table = read_table(data_file, cfg, "train", [])
+    try:
+        pick_column(table, cfg.text_pair_column, "text_pair_column")
+        return
+    except UserError:
+        pass
+    pair = cfg.text_pair_column
+    columns = "one text per line" if table.fixed else "columns: " + ", ".join(map(str, table.names[:30]))
+    why = ("(--pair-column)" if given else
+           f"for the second text of each pair: the model was trained on sentence pairs with the second text in "
+           f"column `{pair}` (its config's `textxfer_text_pair_column`)")
+    raise UserError(f"{data_file} has no column `{pair}` {why}; {columns}. Give a file with that column, or name "
+                    "the column that holds the second texts with --pair-column.")
+
+
+def evaluate_images(model_dir: str | Path, data: str, image_column: str = "image",
+                    label_column: str = "label") -> tuple[dict, dict]:
+    """`textxfer evaluate` for image models: a folder of class folders (or a CSV/JSONL with image paths) scored
+    with the same metrics as training. Every file is checked first; labels must be the model's."""
+    from textxfer.core.metrics import classification_metrics
+
+    clf = ImageClassifier(model_dir)
+    cfg = DataConfig(train=data, image_column=image_column, label_column=label_column)
+    read, _ = check_image_files(read_images(data, cfg, "evaluate", set()), cfg, "evaluate")
+    index = {lab: i for i, lab in enumerate(clf.labels)}
+    unknown = sorted({r for r in read.raw if r not in index})
+    if unknown:
+        raise UserError(f"{data}: label(s) {', '.join(unknown[:10])} are not among the model's labels "
+                        f"({', '.join(clf.labels[:20])}). Evaluate on data with the classes the model was trained on.")
+    refs = np.asarray([index[r] for r in read.raw])
+    split = ImageSplit(read.items, refs, read.names, read.source)
+    images = [x if isinstance(x, Path) else split.load(i) for i, x in enumerate(read.items)]
+    preds = clf.probabilities(images).argmax(-1)
+    return classification_metrics(preds, refs, clf.labels)
