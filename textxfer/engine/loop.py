@@ -1,8 +1,6 @@
-"""The training run, top to bottom: recipe -> data -> backbone -> strategy -> Accelerate loop -> artifacts.
-
-A plain loop a reader can follow: seed, build, then for each epoch take length-grouped batches, step AdamW
-with warm-up/decay, evaluate, keep the best trainable weights; finally evaluate the test split and save a
-folder that plain `transformers` loads.
+"""The training loop on Accelerate: build (the modality's data and model, the strategy, the cache or the
+contrastive stage), then for each epoch take the batches, step AdamW with warm-up/decay, evaluate, keep the best
+trainable weights; finally score the best model in fp32. `textxfer.tools.train` runs it and writes the run.
 
 `Loop` holds the run's state and its flow (build, prepare, fit, train_step, finish); the pieces it calls live
 beside it: `setup` (accelerator, logging, output folder), `batches` (shards, class weights, loss), `evaluation`
