@@ -91,7 +91,6 @@ class Loop:
                      f"{'GPU' if torch.cuda.is_available() else 'CPU'}")
         set_seed(r.training.seed)
         self.modality = modality_of(r)
-        self.task = self.modality.name
         self.modality.build(self, self.adapt)
         if r.training.contrastive is not None:  # SetFit-style body tuning, then the classifier (caches itself)
             from textxfer.engine.contrastive import run_stage

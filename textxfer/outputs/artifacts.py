@@ -50,13 +50,13 @@ def save_model(loop, out: Path) -> None:
     thresholds = getattr(loop, "thresholds", None)
     if loop.splits.multi_label and thresholds is not None:  # predict/pipeline users get the tuned thresholds
         model.config.textxfer_thresholds = [float(t) for t in thresholds]
-    if getattr(loop, "task", "text") != "image":
+    if loop.modality.name == "text":
         record_reading(model.config, loop.recipe)
     if loop.applied.is_peft and loop.recipe.save_adapter:
         tmp = out / f".{ADAPTER_DIR}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp)
-        _save_preprocessor(loop, tmp)
+        loop.modality.save_preprocessor(loop, tmp)
         meta = {"labels": loop.labels, "id2label": dict(enumerate(loop.labels)),
                 "label2id": {lab: i for i, lab in enumerate(loop.labels)},
                 "problem_type": model.config.problem_type, "base_model": loop.recipe.model.name}
@@ -69,7 +69,7 @@ def save_model(loop, out: Path) -> None:
     tmp = out / f".{MODEL_DIR}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
-    _save_preprocessor(loop, tmp)
+    loop.modality.save_preprocessor(loop, tmp)
     replace_dir(tmp, out / MODEL_DIR)
 
 
@@ -83,21 +83,6 @@ def record_reading(config, recipe) -> None:
         setattr(config, CONFIG_PAIR_COLUMN, pair)
     elif hasattr(config, CONFIG_PAIR_COLUMN):
         delattr(config, CONFIG_PAIR_COLUMN)
-
-
-def _save_preprocessor(loop, folder: Path) -> None:
-    """The tokenizer (or image processor) next to the model. A tokenizer is saved with `model_max_length` set to
-    the run's `model.max_length`, so `pipeline(..., truncation=True)` reads as many tokens as training did."""
-    pre = _preprocessor(loop)
-    if getattr(loop, "task", "text") == "image":
-        pre.save_pretrained(folder)
-        return
-    before = pre.model_max_length
-    pre.model_max_length = int(loop.recipe.model.max_length)
-    try:
-        pre.save_pretrained(folder)
-    finally:
-        pre.model_max_length = before
 
 
 def write_predictions(loop, split: str, logits: np.ndarray, path: Path) -> None:
@@ -143,7 +128,7 @@ def write_run(loop, results: dict, predictions: dict[str, np.ndarray]) -> None:
         "textxfer_version": versions().get("textxfer"), "command": loop.command,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(loop.started)),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "train_seconds": round(loop.train_seconds, 2),
-        "model_name": r.model.name, "model_path": loop.model_path, "task": getattr(loop, "task", "text"),
+        "model_name": r.model.name, "model_path": loop.model_path, "task": loop.modality.name,
         "strategy": {"name": r.strategy.name, "freeze_layers": r.strategy.freeze_layers,
                      "lora": vars(r.strategy.lora) if r.strategy.name == "lora" else None,
                      "lora_layers": r.strategy.lora_layers},
@@ -166,11 +151,6 @@ def write_run(loop, results: dict, predictions: dict[str, np.ndarray]) -> None:
         report.write_report(out)
     except Exception as e:  # plots are a convenience; the model is already saved
         loop_log(f"warning: could not write plots/report files: {e}")
-
-
-def _preprocessor(loop):
-    """What turns raw input into model input, saved next to the model: the tokenizer, or the image processor."""
-    return loop.processor if getattr(loop, "task", "text") == "image" else loop.tokenizer
 
 
 def _in_memory(loop, split: str) -> dict:

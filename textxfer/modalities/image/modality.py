@@ -4,6 +4,7 @@ frozen-prefix cache over a CNN's or ViT's lower stages, pixel batches and the fo
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -40,6 +41,6 @@ class ImageModality:
         """Per split, a hash of its images' bytes and labels: changed images are changed data."""
         return {split: fingerprint(loop.encoded[split]) for split, _ in loop.splits.items()}
 
-    def preprocessor(self, loop):
-        """What is saved next to the model: the image processor (resized where `model.image_size` says)."""
-        return loop.processor
+    def save_preprocessor(self, loop, folder: Path) -> None:
+        """The image processor next to the model (resized where `model.image_size` says)."""
+        loop.processor.save_pretrained(folder)

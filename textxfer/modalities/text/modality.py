@@ -12,6 +12,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -168,6 +169,12 @@ class TextModality:
         """Per split, a hash of its texts (and pairs) and labels."""
         return {split: fingerprint(ds) for split, ds in loop.splits.items()}
 
-    def preprocessor(self, loop):
-        """What is saved next to the model: the tokenizer."""
-        return loop.tokenizer
+    def save_preprocessor(self, loop, folder: Path) -> None:
+        """The tokenizer next to the model, saved with `model_max_length` set to the run's `model.max_length`, so
+        `pipeline(..., truncation=True)` reads as many tokens as training did."""
+        before = loop.tokenizer.model_max_length
+        loop.tokenizer.model_max_length = int(loop.recipe.model.max_length)
+        try:
+            loop.tokenizer.save_pretrained(folder)
+        finally:
+            loop.tokenizer.model_max_length = before
