@@ -374,7 +374,7 @@ def work_trainer(a) -> dict:
     set_seed(a.seed)
     model = AutoModelForSequenceClassification.from_pretrained(
         a.model, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=lid,
-        problem_type="multi_label_classification" if a.multi_label else None)
+        problem_type="multi_label_classification" if a.multi_label else None, use_kernels=False)
     targets = label_matrix(ys, labels).tolist() if a.multi_label else [lid[y] for y in ys]
     ds = Dataset.from_dict({"text": texts, "label": targets}).map(
         lambda b: tok(b["text"], truncation=True, max_length=MAX_LENGTH), batched=True)

@@ -270,7 +270,7 @@ def run_trainer(a, grouped: bool) -> dict:
                       remove_columns=["text"])
 
     train, dev = dataset(a.train), dataset(a.dev_file)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, use_kernels=False)
     model = trainable_for_trainer(model, a.strategy)
     args = TrainingArguments(**trainer_arguments(a, grouped))
 

@@ -50,6 +50,12 @@ VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
 ARCHS = ["bert", "distilbert", "roberta", "electra", "albert", "deberta-v2", "xlm-roberta"]
 
 
+def with_pythonpath(folder: Path) -> str:
+    """PYTHONPATH for a child process: `folder` first, then whatever this process was given (a machine where the
+    dependencies come from PYTHONPATH keeps them)."""
+    return os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH", "")) if p)
+
+
 def load_script(name: str):
     """A script of `scripts/` imported as a module (the scripts are not a package)."""
     import importlib.util

@@ -169,7 +169,7 @@ def test_cache_keeps_the_whole_sequence_for_a_head_that_reads_it(tiny_models, ti
     loop.model.bert.pooler = MeanPooler()
     cache = FrozenPrefixCache(loop.model, loop.parts, len(loop.parts.layers))
     cache.prepare(probe_batch(loop.encoded["train"], loop.tokenizer.pad_token_id, loop.input_names),
-                  torch.device("cpu"))
+                  loop.acc.device)  # where build put the model (a GPU where there is one)
     assert not cache.first_only
 
 

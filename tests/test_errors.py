@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import tiny_recipe
+from conftest import tiny_recipe, with_pythonpath
 
 from textxfer.cli.main import cli
 from textxfer.config.reading import load_recipe
@@ -167,7 +167,7 @@ def test_help_is_quick_and_lists_commands():
             "heavy = [m for m in ('torch', 'transformers', 'evaluate', 'datasets') if m in sys.modules]; "
             "assert not heavy, heavy; print(r.output)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+                       env={**os.environ, "PYTHONPATH": with_pythonpath(Path(__file__).parent.parent)})
     assert r.returncode == 0, r.stderr
     for command in ("train", "predict", "evaluate", "recipes", "info"):
         assert command in r.stdout

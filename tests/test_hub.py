@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from conftest import with_pythonpath
 from hub_server import HubServer, git_blob_oid
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -162,7 +163,7 @@ def _env(hub: HubServer, hf_home: Path, tmpdir: Path | None = None, **extra: str
            if not k.startswith(("HF_", "HUGGINGFACE_")) and k != "TRANSFORMERS_OFFLINE"}
     env.update(HF_ENDPOINT=hub.url, HF_TOKEN=ALICE, HF_HOME=str(hf_home), HF_HUB_DISABLE_XET="1",
                HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1", HF_HUB_DISABLE_UPDATE_CHECK="1",
-               PYTHONPATH=str(REPO_ROOT))
+               PYTHONPATH=with_pythonpath(REPO_ROOT))
     if tmpdir is not None:
         env["TMPDIR"] = str(tmpdir)
     for k, v in extra.items():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, tiny_recipe
+from conftest import ROOT, tiny_recipe, with_pythonpath
 from safetensors.torch import load_file
 
 from textxfer.config.reading import load_recipe
@@ -53,7 +53,7 @@ train(json.loads(sys.argv[1]))
 
 
 def _fresh_process(recipe: dict) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": with_pythonpath(ROOT)}
     done = subprocess.run([sys.executable, "-c", FRESH, json.dumps(recipe)], env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -562,7 +562,7 @@ def test_contrastive_embeddings_in_chunks_equal_one_padded_batch(precision, tiny
                                           training__mixed_precision=precision))
     loop = Loop(recipe, tmp_path / "run")
     loop.build()
-    loop.model.eval()
+    loop.model.to(loop.acc.device).eval()  # where the stage runs it (prepare would move it there)
     enc = loop.encoded["train"]
     collate = Collator(enc, loop.tokenizer.pad_token_id)
     idx = list(np.argsort(-enc.lengths)[:3]) + list(np.argsort(enc.lengths)[:5])  # long and short: several chunks

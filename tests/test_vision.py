@@ -532,8 +532,8 @@ def test_lora_adapter_reloads_and_matches_the_merged_model(folders, tmp_path):
     unmerged = PeftModel.from_pretrained(base, adapter).eval()
     images = sorted((folders / "val").rglob("*.png"))
     pixels = merged.processor(images=[Image.open(p).convert("RGB") for p in images], return_tensors="pt")
-    with torch.inference_mode():
-        a = merged.model(**pixels).logits
+    with torch.inference_mode():  # the predictor takes a GPU where there is one; the reference stays on the CPU
+        a = merged.model(**{k: v.to(merged.device) for k, v in pixels.items()}).logits.cpu()
         b = unmerged(**pixels).logits
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 

@@ -133,7 +133,7 @@ def test_cached_forward_equals_plain_forward(arch, checkpoints, folders, tmp_pat
     from textxfer.modalities.image.cache import VisionPrefixCache
 
     loop = run_loop(checkpoints[arch], folders, tmp_path / "run", {"name": "full"}, cache="off")
-    model = loop.acc.unwrap_model(loop.model, keep_fp32_wrapper=False).eval()
+    model = loop.acc.unwrap_model(loop.model, keep_fp32_wrapper=False).eval().cpu()  # compared on the CPU
     split = loop.encoded["train"]
     pixels = loop.transforms.eval([split.load(i) for i in range(len(split))])
     with torch.inference_mode():

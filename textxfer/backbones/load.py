@@ -20,6 +20,12 @@ from torch import nn
 
 from textxfer.core.errors import UserError
 
+SAFE_LOADING = {"use_safetensors": True, "use_kernels": False}
+"""Keyword arguments of every `from_pretrained` that loads weights: safetensors only, and no Hub kernels.
+transformers (5.x) otherwise swaps layers for kernels it downloads from the Hub when a model is put in train or
+eval mode on a GPU: code fetched at run time (refused like `trust_remote_code`), a crash where the Hub cannot be
+reached, and numbers that differ from the CPU's."""
+
 # Extra modules that belong with the embeddings (they feed every layer, or project embeddings up).
 EMBEDDING_EXTRAS = (
     "embeddings_project",  # ELECTRA small
@@ -193,7 +199,7 @@ def load_classifier(name: str, labels: list[str], *, multi_label: bool = False, 
         with transformers_errors_only():  # textxfer reports new parameters itself, in one line
             model, info = auto.from_pretrained(
                 name, config=config, revision=revision, trust_remote_code=trust_remote_code,
-                ignore_mismatched_sizes=True, output_loading_info=True, use_safetensors=True,
+                ignore_mismatched_sizes=True, output_loading_info=True, **SAFE_LOADING,
             )
     except OSError as e:
         raise UserError(f"Could not load the weights of `{name}`: {str(e).splitlines()[0]}") from None

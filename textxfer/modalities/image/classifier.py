@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from textxfer.backbones.load import SAFE_LOADING
 from textxfer.core.errors import UserError
 from textxfer.modalities.image.files import IMAGE_SUFFIXES, open_image, probe, to_rgb
 
@@ -23,7 +24,7 @@ class ImageClassifier:
 
         self.dir = find_model_dir(model_dir)
         self.processor = AutoImageProcessor.from_pretrained(self.dir)
-        self.model = AutoModelForImageClassification.from_pretrained(self.dir, use_safetensors=True)
+        self.model = AutoModelForImageClassification.from_pretrained(self.dir, **SAFE_LOADING)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device).eval()
         cfg = self.model.config

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from textxfer.backbones.load import input_names
+from textxfer.backbones.load import SAFE_LOADING, input_names
 from textxfer.core.layout import CONFIG_MAX_LENGTH, CONFIG_PAIR_COLUMN, find_model_dir
 from textxfer.modalities.text.batching import Collator, encode, sorted_batches
 
@@ -29,7 +29,7 @@ class Classifier:
 
         self.dir = find_model_dir(model_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(self.dir)
-        self.model = AutoModelForSequenceClassification.from_pretrained(self.dir, use_safetensors=True)
+        self.model = AutoModelForSequenceClassification.from_pretrained(self.dir, **SAFE_LOADING)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device).eval()
         self.input_names = input_names(self.model)
