@@ -4,7 +4,6 @@ gradual unfreezing, re-initialised top layers, the contrastive stage. Tiny rando
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -177,21 +176,18 @@ def test_layer_lr_decay_validated(tiny_models, tiny_data, tmp_path):
 
 # ------------------------------------------------------------------------------------------ warm-up and gradual
 
-def _fake_loop(parts, model, strategy="gradual", warmup=0.0, every="epoch", floor=0, steps_per_epoch=4):
+def _schedule(parts, model, strategy="gradual", warmup=0.0, every="epoch", floor=0, steps_per_epoch=4) -> Schedule:
     recipe = load_recipe(data={"model": {"name": "x"}, "data": {"train": "x"},
                                "strategy": {"name": strategy, "unfreeze_every": every, "freeze_layers": floor},
                                "training": {"head_warmup_epochs": warmup, "epochs": 10}})
-    acc = SimpleNamespace(unwrap_model=lambda m: m, num_processes=1)
-    return SimpleNamespace(recipe=recipe, steps_per_epoch=steps_per_epoch, parts=parts, acc=acc,
-                           applied=SimpleNamespace(frozen_prefix=floor), model=model,
-                           progress=SimpleNamespace(step=0))
+    return Schedule(recipe, steps_per_epoch, model, parts, floor)
 
 
 def test_schedule_head_warmup_then_gradual_top_down(tiny_models):
     model, parts = load_classifier(str(tiny_models["bert"]), ["a", "b"])
     apply_strategy(model, parts, load_recipe(data={"model": {"name": "x"}, "data": {"train": "x"},
                                                    "strategy": {"name": "gradual"}}).strategy)
-    s = Schedule(_fake_loop(parts, model, warmup=0.5, every=3))
+    s = _schedule(parts, model, warmup=0.5, every=3)
     assert s.warmup_steps == 2
     assert [s.groups_open(i) for i in range(9)] == [0, 0, 1, 1, 1, 2, 2, 2, 2]
     assert s.trains(None, 0) and not s.trains(0, 0)  # head always; the top layer (depth 0) not during warm-up
@@ -212,7 +208,7 @@ def test_schedule_head_warmup_then_gradual_top_down(tiny_models):
 
 def test_head_warmup_alone_is_head_then_everything(tiny_models):
     model, parts = load_classifier(str(tiny_models["bert"]), ["a", "b"])
-    s = Schedule(_fake_loop(parts, model, strategy="full", warmup=1.0))
+    s = _schedule(parts, model, strategy="full", warmup=1.0)
     assert [s.groups_open(i) for i in (0, 3, 4, 100)] == [0, 0, None, None]
 
 
@@ -569,9 +565,10 @@ def test_contrastive_embeddings_in_chunks_equal_one_padded_batch(precision, tiny
     from textxfer.modalities.text.batching import padding_chunks
 
     assert len(padding_chunks(enc.lengths[idx], 0)) > 1
+    ctx = loop.stage_context()
     with torch.no_grad():
-        whole = embed(loop, collate(idx))
-        chunked = embed_chunked(loop, collate, idx)
+        whole = embed(ctx, {k: v.to(loop.acc.device) for k, v in collate(idx).items()})
+        chunked = embed_chunked(ctx, collate, idx)
     tol = CHUNK_TOLERANCE[precision]
     torch.testing.assert_close(chunked, whole, atol=tol, rtol=tol)
 

@@ -353,7 +353,7 @@ def test_augmentation_changes_per_epoch_and_repeats_per_seed(folders, vit, tmp_p
 
     loop = Loop(load_recipe(data=recipe(vit, folders, tmp_path / "run", data={"augment": True})), tmp_path / "run")
     loop.build()
-    assert loop.augment and loop.cache is None
+    assert loop.modality.augment and loop.cache is None
     plan, dl = loop.loader("train", True, 4)
     plan.set_epoch(0)
     first = dl.collate_fn([0, 1])["pixel_values"]

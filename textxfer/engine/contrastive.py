@@ -22,6 +22,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -132,12 +135,39 @@ def _is_head(model: nn.Module, parts: Parts, name: str) -> bool:
     return clean in parts.new_params or (parts.group_of(clean) == "head" and not clean.startswith(base))
 
 
-def embed(loop, batch: dict) -> torch.Tensor:
+@dataclass
+class StageContext:
+    """What the stage reads from the run (`Loop.stage_context`): nothing else, and it assigns nothing back."""
+
+    training: Any  # the recipe's `training` section (`training.contrastive` is the stage's own)
+    labels: list[str]
+    model: nn.Module
+    parts: Parts
+    applied: Any  # the strategy as applied (`textxfer.strategies.apply.Applied`)
+    train: Any  # the training split, encoded
+    modality: Any  # tokenizer and input names
+    acc: Any  # the run's Accelerator: device, processes, autocast
+    prefix_cache: Callable[[Parts, int, list[str]], Any]  # in-memory frozen-prefix cache (`Cached`) or None
+    cache: Any = None  # the stage's own cache while it tunes
+    history: dict = field(default_factory=dict)
+
+
+@dataclass
+class StageResult:
+    """What the stage gives back: the strategy as it now stands (with `then: head`, the body frozen), whether the
+    body was tuned, and the history entries (`contrastive_stage`, `contrastive`)."""
+
+    applied: Any
+    tuned: bool
+    history: dict
+
+
+def embed(ctx: StageContext, batch: dict) -> torch.Tensor:
     """The pooled embedding the classifier reads: position 0 of the encoder's last layer."""
-    inputs = {k: batch[k] for k in loop.input_names if k in batch}
-    if loop.cache is not None:
-        loop.cache.slot.current = batch["prefix"].to(loop.acc.device, torch.float32)
-    return _encoder(loop.model)(**inputs).last_hidden_state[:, 0]
+    inputs = {k: batch[k] for k in ctx.modality.input_names if k in batch}
+    if ctx.cache is not None:
+        ctx.cache.slot.current = batch["prefix"].to(ctx.acc.device, torch.float32)
+    return _encoder(ctx.model)(**inputs).last_hidden_state[:, 0]
 
 
 CHUNK_OVERHEAD_TOKENS = 64
@@ -145,84 +175,86 @@ CHUNK_OVERHEAD_TOKENS = 64
 (it splits a batch of 16 SST-2 phrases into 2 chunks, 624 padded tokens into 348)."""
 
 
-def embed_chunked(loop, collate, idx: list[int]) -> torch.Tensor:
+def embed_chunked(ctx: StageContext, collate, idx: list[int]) -> torch.Tensor:
     """The embeddings of a pair batch (rows in the order of `idx`), computed in length-sorted chunks
     (`padding_chunks`) so that short texts are not padded to the batch's longest; the loss then pairs every
     example of the whole batch, as with one padded pass."""
     from textxfer.modalities.text.batching import padding_chunks
 
-    lengths = np.asarray([len(loop.encoded["train"].input_ids[i]) for i in idx])
+    lengths = np.asarray([len(ctx.train.input_ids[i]) for i in idx])
     chunks = padding_chunks(lengths, CHUNK_OVERHEAD_TOKENS)
     zs = []
     for chunk in chunks:
-        batch = {k: v.to(loop.acc.device) for k, v in collate([idx[i] for i in chunk]).items()}
-        with loop.acc.autocast():
-            zs.append(embed(loop, batch))
+        batch = {k: v.to(ctx.acc.device) for k, v in collate([idx[i] for i in chunk]).items()}
+        with ctx.acc.autocast():
+            zs.append(embed(ctx, batch))
     order = torch.as_tensor([i for chunk in chunks for i in chunk], device=zs[0].device)
     return torch.cat(zs)[torch.argsort(order)]
 
 
-def run_stage(loop) -> dict:
-    """Contrastive body tuning on the training split, then (with `then: head`) the body is frozen and cached."""
+def run_stage(ctx: StageContext) -> StageResult:
+    """Contrastive body tuning on the training split; then (with `then: head`) the body is frozen. The caller
+    caches what trains next (`Loop.build`)."""
     from textxfer.backbones.pooling import cut_pooling_to_first
 
-    c = loop.recipe.training.contrastive
-    enc = loop.encoded["train"]
+    c = ctx.training.contrastive
+    enc = ctx.train
     targets = np.asarray(enc.targets)
     if not has_negative_pair(targets):
         if targets.ndim == 1:
             present = np.unique(targets)
-            what = f"only one class ({loop.labels[int(present[0])] if len(present) else 'none'})"
+            what = f"only one class ({ctx.labels[int(present[0])] if len(present) else 'none'})"
         else:
-            shared = [loop.labels[j] for j in np.flatnonzero((targets > 0).all(0))]
+            shared = [ctx.labels[j] for j in np.flatnonzero((targets > 0).all(0))]
             what = (f"every example carrying the label {shared[0]!r}" if shared else
                     "every pair of examples sharing a label")
         raise UserError(f"`training.contrastive` learns from pairs of examples of different classes, but the training "
                         f"data has {what}. Add examples of other classes, or remove `training.contrastive`.")
-    if loop.acc.num_processes > 1:
+    if ctx.acc.num_processes > 1:
         raise UserError("`training.contrastive` runs in one process for now (the stage does not synchronise "
                         "processes); train with one process, or remove `training.contrastive`.")
-    model, device = loop.model, loop.acc.device
-    model.to(device)
+    ctx.model.to(ctx.acc.device)
     if len(enc) < c.min_examples:
         log.info(f"contrastive stage: skipped ({len(enc)} training examples, fewer than "
                  f"`training.contrastive.min_examples` {c.min_examples})")
-        loop.history["contrastive_stage"] = {"skipped": True, "examples": len(enc), "min_examples": c.min_examples}
-        if c.then == "head":  # the pretrained body, frozen: the run's usual cache (reusable from disk)
-            freeze_body(loop)
-            loop.features = loop.modality.build_cache(loop)
-        else:
-            finish_stage(loop)
-        return {"steps": 0, "seconds": 0.0}
-    cut = cut_pooling_to_first(unwrap_peft(model))  # before any cache: the check runs the whole model
+        ctx.history["contrastive_stage"] = {"skipped": True, "examples": len(enc), "min_examples": c.min_examples}
+        applied = freeze_body(ctx) if c.then == "head" else ctx.applied  # the pretrained body: the usual cache
+        return StageResult(applied, False, ctx.history)
+    cut = cut_pooling_to_first(unwrap_peft(ctx.model))  # before any cache: the check runs the whole model
     try:
-        total, seconds = tune(loop, targets)
+        tune(ctx, targets)
     finally:
+        if ctx.cache is not None:
+            ctx.cache.uninstall()
+            ctx.cache = None
         if cut is not None:
             cut.remove()
-    finish_stage(loop)
-    return {"steps": total, "seconds": seconds}
+    applied = freeze_body(ctx) if c.then == "head" else ctx.applied
+    return StageResult(applied, True, ctx.history)
 
 
-def tune(loop, targets: np.ndarray) -> tuple[int, float]:
-    """The stage's optimisation: pair batches over the training split; returns (steps, seconds). `targets`: class
-    ids, or multi-hot rows."""
+def tune(ctx: StageContext, targets: np.ndarray) -> None:
+    """The stage's optimisation: pair batches over the training split. `targets`: class ids, or multi-hot rows."""
     from textxfer.engine.optim import depth_of, fused_adamw
     from textxfer.modalities.text.batching import Collator
     from textxfer.strategies.apply import set_frozen_eval
 
-    c, t = loop.recipe.training.contrastive, loop.recipe.training
-    enc, model = loop.encoded["train"], loop.model
+    c, t = ctx.training.contrastive, ctx.training
+    enc, model, parts = ctx.train, ctx.model, ctx.parts
+    features = None
     if t.cache != "off":  # the stage reads only train: cache the frozen prefix of train alone
-        cache_prefix(loop, loop.parts, loop.applied.frozen_prefix, ["train"])
-    n_layers = len(loop.parts.layers)
-    body = [(name, p) for name, p in model.named_parameters() if p.requires_grad and not _is_head(model, loop.parts, name)]
+        cached = ctx.prefix_cache(parts, ctx.applied.frozen_prefix, ["train"])
+        if cached is not None:
+            cached.cache.install()
+            ctx.cache, features = cached.cache, cached.features["train"]
+    n_layers = len(parts.layers)
+    body = [(name, p) for name, p in model.named_parameters() if p.requires_grad and not _is_head(model, parts, name)]
     if not body:
         raise UserError("`training.contrastive` found no body parameter to tune under this strategy; use strategy "
                         "freeze (with freeze_layers below the layer count), full, lora or gradual.")
     groups: dict[float, list] = {}
     for name, p in body:
-        depth = depth_of(loop.parts.group_of(name.removeprefix("base_model.model.")), n_layers)
+        depth = depth_of(parts.group_of(name.removeprefix("base_model.model.")), n_layers)
         rate = c.learning_rate * (t.layer_lr_decay ** depth if depth is not None else 1.0)
         groups.setdefault(rate, []).append(p)
     optimizer = torch.optim.AdamW([{"params": ps, "lr": lr} for lr, ps in groups.items()],
@@ -234,18 +266,18 @@ def tune(loop, targets: np.ndarray) -> tuple[int, float]:
     warm = max(1, int(0.1 * total))
     scheduler = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up over 10% of the steps, then linear decay
         optimizer, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm)))
-    collate = Collator(enc, loop.tokenizer.pad_token_id, features=loop.features.get("train") if loop.features else None)
+    collate = Collator(enc, ctx.modality.tokenizer.pad_token_id, features=features)
     started = time.time()
     log.info(f"contrastive stage: {total / per_epoch:g} passes over {len(enc)} examples ({c.batch_size - 1} pairs per example "
              f"per pass, {total} steps), {sum(p.numel() for _, p in body):,} body parameters, loss {c.loss}")
-    history = loop.history.setdefault("contrastive", [])
+    history = ctx.history.setdefault("contrastive", [])
     step, running, seen, epoch = 0, 0.0, 0, 0
     params = [p for _, p in body]
     while step < total:
         model.train()
-        set_frozen_eval(unwrap_peft(model), loop.parts, loop.applied.frozen_prefix)
+        set_frozen_eval(unwrap_peft(model), parts, ctx.applied.frozen_prefix)
         for idx in pair_batches(keys, c.batch_size, c.same_class_per_batch, t.seed, epoch, lengths):
-            z = embed_chunked(loop, collate, idx)
+            z = embed_chunked(ctx, collate, idx)
             loss = pair_loss(z, torch.as_tensor(targets[idx], device=z.device), c.loss, c.temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -266,73 +298,19 @@ def tune(loop, targets: np.ndarray) -> tuple[int, float]:
     seconds = time.time() - started
     loss_text = f"{history[-1]['loss']:.4f}" if history else "n/a"
     log.info(f"contrastive stage: done in {seconds:.1f}s (last loss {loss_text})")
-    loop.history["contrastive_stage"] = {"seconds": round(seconds, 2), "steps": total,
-                                         "body_params": sum(p.numel() for p in params), "loss": c.loss}
-    return total, seconds
+    ctx.history["contrastive_stage"] = {"seconds": round(seconds, 2), "steps": total,
+                                        "body_params": sum(p.numel() for p in params), "loss": c.loss}
 
 
-def finish_stage(loop) -> None:
-    """What trains after the stage: the classifier alone on the body's cached embeddings (`then: head`), or the
-    strategy's parameters with the run's usual cache (the frozen prefix did not change)."""
-    if loop.recipe.training.contrastive.then == "head":
-        freeze_body_and_cache(loop)
-        return
-    if loop.cache is not None:
-        loop.cache.uninstall()
-    loop.cache, loop.features = None, None
-    loop.features = loop.modality.build_cache(loop)
-
-
-def freeze_body_and_cache(loop) -> None:
-    """After the stage: only the classifier trains; the whole body (and a pooling layer) is computed once."""
-    freeze_body(loop)
-    if loop.recipe.training.cache != "off":
-        cache_whole_body(loop)
-
-
-def freeze_body(loop) -> None:
-    """Only the classifier trains from here on."""
+def freeze_body(ctx: StageContext):
+    """Only the classifier trains from here on: the strategy as it then stands (`Applied`)."""
     from textxfer.strategies.apply import Applied
 
-    model = loop.model
+    model = ctx.model
     for name, p in model.named_parameters():
-        if p.requires_grad and not _is_head(model, loop.parts, name):
+        if p.requires_grad and not _is_head(model, ctx.parts, name):
             p.requires_grad_(False)
-    if loop.cache is not None:
-        loop.cache.uninstall()
-    loop.cache, loop.features = None, None
     trainable, total = count_params(model)
-    n = len(loop.parts.layers)
-    loop.applied = Applied(model, n, trainable, total, is_peft=loop.applied.is_peft)
-    log.info(f"contrastive stage: body frozen; the classifier trains on its embeddings ({loop.applied.summary()})")
-
-
-def cache_whole_body(loop) -> None:
-    """Cache the output of every layer (and of the pooling layer) for the splits read while training."""
-    from textxfer.backbones.prefix_cache import splits_to_cache
-
-    cache_prefix(loop, loop.parts, len(loop.parts.layers), list(splits_to_cache(loop.encoded)))
-
-
-def cache_prefix(loop, parts: Parts, k: int, splits: list[str]) -> None:
-    """Compute the output of the embeddings + lower k layers of `parts` for these splits and install the cache.
-
-    In memory only: the contrastive stage's weights are this run's own, so a disk copy would never be reused."""
-    from textxfer.modalities.text.batching import prefix_batches
-
-    started = time.time()
-    cache = loop.modality.new_cache(loop, parts, k, where=" for the contrastive stage or after it")
-    if cache is None:
-        return
-    features = {}
-    for split in splits:
-        batches = prefix_batches(loop.encoded[split], loop.tokenizer.pad_token_id, loop.input_names)
-        features[split] = cache.compute(batches, loop.acc.device)
-    # hashed before install() swaps the cached layers out of the model: the key covers the weights the stage
-    # tuned, so a resume whose stage came out different (another recipe value, seed or machine) is refused
-    loop.cache_key = cache.frozen_hash()
-    cache.install()
-    loop.cache, loop.features = cache, features
-    n = sum(len(f) for f in features.values())
-    log.info(f"frozen-prefix cache: embeddings + {cache.k} layers computed once for {n} examples "
-             f"({', '.join(splits)}) in {time.time() - started:.1f}s")
+    applied = Applied(model, len(ctx.parts.layers), trainable, total, is_peft=ctx.applied.is_peft)
+    log.info(f"contrastive stage: body frozen; the classifier trains on its embeddings ({applied.summary()})")
+    return applied

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 
 from torch import nn
 
+from textxfer.backbones.load import Parts
+from textxfer.config.schema import Recipe
 from textxfer.core.errors import UserError
 from textxfer.engine.optim import depth_of
 
@@ -20,22 +22,21 @@ class Schedule:
     Parameters outside the current set get `requires_grad` off only for the duration of that step, so everything
     else (best-weight copies, checkpoints) always sees the full set of parameters the run trains."""
 
-    def __init__(self, loop):
-        t, s = loop.recipe.training, loop.recipe.strategy
+    def __init__(self, recipe: Recipe, steps_per_epoch: int, model: nn.Module, parts: Parts, frozen_prefix: int):
+        t, s = recipe.training, recipe.strategy
         self.last_described: str | None = None
-        spe = max(loop.steps_per_epoch, 1)
+        spe = max(steps_per_epoch, 1)
         self.warmup_steps = int(round(t.head_warmup_epochs * spe))
         self.gradual = s.name == "gradual"
         self.every = spe if s.unfreeze_every == "epoch" else int(s.unfreeze_every)
-        n = len(loop.parts.layers)
+        n = len(parts.layers)
         self.n = n
-        self.floor = loop.applied.frozen_prefix if self.gradual else 0
-        model = loop.acc.unwrap_model(loop.model)
+        self.floor = frozen_prefix if self.gradual else 0
         self.params: list[tuple[str, nn.Parameter, int | None]] = []
         for name, p in model.named_parameters():
             if p.requires_grad:
                 clean = name.removeprefix("base_model.model.")
-                self.params.append((name, p, depth_of(loop.parts.group_of(clean), n)))
+                self.params.append((name, p, depth_of(parts.group_of(clean), n)))
 
     def groups_open(self, step: int) -> int | None:
         """How many layer groups (from the top) train at this step: 0 = head only; None = all the strategy trains."""
@@ -74,16 +75,17 @@ class Schedule:
                 p.requires_grad_(True)
 
 
-def new_schedule(loop) -> Schedule | None:
+def new_schedule(recipe: Recipe, steps_per_epoch: int, model: nn.Module, parts: Parts, frozen_prefix: int,
+                 num_processes: int) -> Schedule | None:
     """The head warm-up / gradual unfreezing schedule the loop gates each step with (`Schedule.gate`), or None
-    when every step trains all that the strategy trains."""
-    t, s = loop.recipe.training, loop.recipe.strategy
+    when every step trains all that the strategy trains. `model`: unwrapped (no DDP or autocast wrapper)."""
+    t, s = recipe.training, recipe.strategy
     if not t.head_warmup_epochs and s.name != "gradual":
         return None
-    if loop.acc.num_processes > 1:
+    if num_processes > 1:
         raise UserError("`training.head_warmup_epochs` and strategy `gradual` change which parameters train during "
                         "the run, which DDP does not allow; train them with one process.")
-    schedule = Schedule(loop)
+    schedule = Schedule(recipe, steps_per_epoch, model, parts, frozen_prefix)
     if s.name == "gradual":
         log.info(f"strategy gradual: head + top layer group first, one more group every {schedule.every} steps "
                  f"(after {schedule.warmup_steps} head-only steps), down to layer {schedule.floor}")

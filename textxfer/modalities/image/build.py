@@ -1,4 +1,4 @@
-"""What the image modality does for the training loop: build the data, processor and model; decide between the
+"""What the image modality does for the training loop: read the images, load the model; decide between the
 frozen-prefix cache and augmentation; give batch loaders; run the forward pass.
 
 Augmentation or cache: cached features are computed once per image, so they cannot be re-augmented each epoch.
@@ -9,17 +9,21 @@ epoch; `false` never augments."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
+from textxfer.backbones.load import Parts
+from textxfer.config.schema import Recipe
 from textxfer.core.errors import UserError
+from textxfer.data.splits import Splits
+from textxfer.modalities.base import Cached
 from textxfer.modalities.image.cache import build_cache
+from textxfer.modalities.image.files import ImageSplit
 from textxfer.modalities.image.splits import load_image_splits
-from textxfer.modalities.image.transforms import ImageCollator, ImageTransforms, load_processor
+from textxfer.modalities.image.transforms import ImageCollator, ImageTransforms
 
 if TYPE_CHECKING:
     from textxfer.modalities.text.batching import BatchPlan
@@ -27,52 +31,43 @@ if TYPE_CHECKING:
 log = logging.getLogger("textxfer")
 
 
-def build(loop, adapt: Callable) -> None:
-    """The image modality's build: data, processor, model, the strategy (through the loop's `adapt`). Sets what
-    the loop reads later."""
-    from accelerate.utils import set_seed
-
-    from textxfer.backbones.load import load_classifier, resolve_model_name
-
-    r = loop.recipe
-    if loop.memory:
-        raise UserError(f"Data given from Python (`{', '.join(f'{s}=' for s in loop.memory)}`) is for text "
+def read(recipe: Recipe, memory: dict) -> tuple[Splits, dict[str, ImageSplit]]:
+    """The image splits and their examples (every file checked once), from the recipe's files or folders."""
+    if memory:
+        raise UserError(f"Data given from Python (`{', '.join(f'{s}=' for s in memory)}`) is for text "
                         "recipes for now; this one trains an image model. Write the image paths and labels "
                         "to a CSV file and point `data.train` at it.")
-    loop.splits, loop.encoded = load_image_splits(r.data, r.training.seed)
-    for note in loop.splits.notes:
-        log.info(note)
-    loop.labels = loop.splits.labels
-    if len(loop.labels) < 2:
-        raise UserError(f"The training images have only one class ({loop.labels}); a classifier needs two or more.")
-    loop.model_path = resolve_model_name(r.model.name)
-    loop.processor = load_processor(loop.model_path, r)
-    loop.tokenizer = None
-    loop.transforms = ImageTransforms(loop.processor)
-    set_seed(r.training.seed)  # seeded right before the model is built: the new head is reproducible
-    model, loop.parts = load_classifier(
-        loop.model_path, loop.labels, task="image", revision=r.model.revision,
-        trust_remote_code=r.model.trust_remote_code, dropout=r.model.dropout)
-    if r.model.image_size:
-        check_size(model, loop.transforms.size, r.model.name)
-    loop.parts, loop.applied = adapt(model, loop.parts)  # strategy.reinit_layers, then the strategy
-    loop.model = loop.applied.model
-    log.info(f"model {r.model.name}: {len(loop.parts.layers)} layer groups; strategy {r.strategy.name}; "
-             + loop.applied.summary())
-    for name, split in loop.encoded.items():
+    splits, encoded = load_image_splits(recipe.data, recipe.training.seed)
+    for name, split in encoded.items():
         log.info(f"{name}: {len(split)} images from {split.source}")
+    return splits, encoded
 
 
-def build_cache_and_augment(loop) -> dict[str, list] | None:
-    """The frozen-prefix cache (`build_cache`), then whether training augments images: not over cached features,
+def load_model(recipe: Recipe, path: str, splits: Splits, transforms: ImageTransforms) -> tuple[nn.Module, Parts]:
+    """An image classifier over the splits' classes, seeded; `model.image_size` checked against it."""
+    from accelerate.utils import set_seed
+
+    from textxfer.backbones.load import load_classifier
+
+    r = recipe
+    set_seed(r.training.seed)  # seeded right before the model is built: the new head is reproducible
+    model, parts = load_classifier(path, splits.labels, task="image", revision=r.model.revision,
+                                   trust_remote_code=r.model.trust_remote_code, dropout=r.model.dropout)
+    if r.model.image_size:
+        check_size(model, transforms.size, r.model.name)
+    return model, parts
+
+
+def cache_and_augment(loop, transforms: ImageTransforms, processor) -> tuple[Cached | None, bool]:
+    """The frozen-prefix cache (`build_cache`), and whether training augments images: not over cached features,
     which are fixed (`data.augment` decides otherwise)."""
     r = loop.recipe
-    features = build_cache(loop)
-    loop.augment = bool(r.data.augment) or (r.data.augment is None and features is None)
-    log.info(f"images: {loop.transforms.size[0]}x{loop.transforms.size[1]}; training augmentation "
-             + ("on (random resized crop + flip)" if loop.augment else
-                "off (the frozen-prefix cache serves fixed features)" if features is not None else "off"))
-    return features
+    cached = build_cache(loop, transforms, processor)
+    augment = bool(r.data.augment) or (r.data.augment is None and cached is None)
+    log.info(f"images: {transforms.size[0]}x{transforms.size[1]}; training augmentation "
+             + ("on (random resized crop + flip)" if augment else
+                "off (the frozen-prefix cache serves fixed features)" if cached is not None else "off"))
+    return cached, augment
 
 
 def check_size(model: nn.Module, size: tuple[int, int], name: str) -> None:
@@ -89,9 +84,9 @@ def check_size(model: nn.Module, size: tuple[int, int], name: str) -> None:
         model.train(was)
 
 
-def loader(loop, split: str, train: bool,
-           batch_size: int) -> tuple[BatchPlan, torch.utils.data.DataLoader]:
-    """(batch plan, DataLoader) over one split, like `Loop.loader` for text."""
+def loader(loop, split: str, train: bool, batch_size: int, transforms: ImageTransforms,
+           augment: bool) -> tuple[BatchPlan, torch.utils.data.DataLoader]:
+    """(batch plan, DataLoader) over one split: images transformed (and augmented when training and `augment`)."""
     from textxfer.modalities.text.batching import BatchPlan
 
     r = loop.recipe
@@ -100,7 +95,7 @@ def loader(loop, split: str, train: bool,
     plan = BatchPlan(np.zeros(len(data), dtype=np.int64), batch_size, seed=r.training.seed, shuffle=train,
                      group_by_length=False, classes=data.targets if balanced else None)
     features = loop.features.get(split) if loop.features else None
-    collate = ImageCollator(data, loop.transforms, augment=train and loop.augment, seed=r.training.seed,
+    collate = ImageCollator(data, transforms, augment=train and augment, seed=r.training.seed,
                             plan=plan, features=features)
     dl = torch.utils.data.DataLoader(range(len(data)), batch_sampler=plan, collate_fn=collate,
                                      num_workers=r.training.num_workers)

@@ -15,6 +15,7 @@ from torch import nn
 
 from textxfer.backbones.load import unwrap_peft
 from textxfer.backbones.prefix_cache import FrozenPrefixCache
+from textxfer.modalities.base import Cached
 
 log = logging.getLogger("textxfer")
 
@@ -165,7 +166,7 @@ class _Unsupported(Exception):
     pass
 
 
-def build_cache(loop) -> dict[str, list] | None:
+def build_cache(loop, transforms, processor) -> Cached | None:
     """Frozen-prefix outputs of every image of the splits read while training (computed once, or read from
     disk), or None."""
     import time
@@ -173,7 +174,6 @@ def build_cache(loop) -> dict[str, list] | None:
     from textxfer.backbones.prefix_cache import splits_to_cache, why_not
 
     r = loop.recipe
-    loop.cache = None
     if r.training.cache == "off":
         return None
     if r.data.augment:
@@ -191,14 +191,13 @@ def build_cache(loop) -> dict[str, list] | None:
     root.to(device)
     train = loop.encoded["train"]
     probe_idx = list(range(min(4, len(train))))
-    reason = cache.verify(loop.transforms.eval([train.load(i) for i in probe_idx]), device)
+    reason = cache.verify(transforms.eval([train.load(i) for i in probe_idx]), device)
     if reason:
         log.info(f"frozen-prefix cache: not used ({reason})")
         return None
     started = time.time()
-    weights = cache.frozen_hash()
-    loop.cache_key = weights  # a resumed run must find the same frozen part (checkpoint.restore)
-    pre = json.dumps(loop.processor.to_dict(), sort_keys=True, default=str)
+    weights = cache.frozen_hash()  # a resumed run must find the same frozen part (checkpoint.restore)
+    pre = json.dumps(processor.to_dict(), sort_keys=True, default=str)
     features = {}
     # channels-last convolutions: about a quarter less CPU time for the one pass (same function, float rounding)
     fmt = torch.channels_last
@@ -210,7 +209,7 @@ def build_cache(loop) -> dict[str, list] | None:
             def batches(data=data):
                 for start in range(0, len(data), 32):
                     idx = list(range(start, min(start + 32, len(data))))
-                    pixels = loop.transforms.eval([data.load(i) for i in idx])
+                    pixels = transforms.eval([data.load(i) for i in idx])
                     yield idx, {"pixel_values": pixels.contiguous(memory_format=fmt)}
             features[split] = cache.load_or_compute(key, batches, device, use_disk=r.training.cache == "auto")
     finally:
@@ -218,6 +217,4 @@ def build_cache(loop) -> dict[str, list] | None:
     log.info(f"frozen-prefix cache: stem + {loop.applied.frozen_prefix} of {len(loop.parts.layers)} stages computed "
              f"once for {sum(len(f) for f in features.values())} images in {time.time() - started:.1f}s; training "
              "runs only the stages above")
-    cache.install()
-    loop.cache = cache
-    return features
+    return Cached(cache, features, weights)

@@ -1,9 +1,8 @@
 """Text as the training loop sees it: labelled texts read and tokenised, the classifier and its tokenizer, the
 frozen-prefix cache over token states, length-grouped batches and the forward pass.
 
-The loop calls these steps through the modality it was given (`textxfer.modalities.detect.modality_of`); the
-recipe's strategy is applied by the loop's `adapt(model, parts)`, which the modality calls once the classifier
-is loaded."""
+The loop calls these steps (`textxfer.modalities.base`) through the modality it was given
+(`textxfer.modalities.detect.modality_of`)."""
 
 from __future__ import annotations
 
@@ -11,7 +10,6 @@ import functools
 import hashlib
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +20,6 @@ from textxfer.backbones.load import (
     input_names,
     load_classifier,
     load_config,
-    resolve_model_name,
     unwrap_peft,
 )
 from textxfer.backbones.pooling import with_pooling_layer
@@ -30,7 +27,8 @@ from textxfer.backbones.prefix_cache import FrozenPrefixCache, cache_dtypes, spl
 from textxfer.config.schema import Recipe
 from textxfer.core.errors import UserError
 from textxfer.data.fingerprint import column, fingerprint
-from textxfer.data.splits import load_splits
+from textxfer.data.splits import Splits, load_splits
+from textxfer.modalities.base import Cached
 from textxfer.modalities.text.batching import (
     BatchPlan,
     Collator,
@@ -61,57 +59,55 @@ class TextModality:
 
     name = "text"
 
-    def build(self, loop, adapt: Callable) -> None:
-        """Read and tokenise the splits, load the classifier and let `adapt` apply the strategy. Sets the loop's
-        splits, labels, tokenizer, model, parts, applied strategy, input names and encoded splits."""
+    def __init__(self) -> None:
+        self.tokenizer = None
+        self.input_names: list[str] = []
+
+    def read(self, recipe: Recipe, memory: dict) -> Splits:
+        """The recipe's splits (or those given from Python), labels fixed, missing splits carved."""
+        return load_splits(recipe.data, recipe.training.seed, memory)
+
+    def load_model(self, recipe: Recipe, path: str, splits: Splits):
+        """The tokenizer (kept for encoding and saving) and a sequence classifier over the splits' labels."""
         from accelerate.utils import set_seed
 
-        r = loop.recipe
-        loop.splits = load_splits(r.data, r.training.seed, loop.memory)
-        for note in loop.splits.notes:
-            log.info(note)
-        loop.labels = loop.splits.labels
-        if len(loop.labels) < 2:
-            raise UserError(f"The training data has only one label ({loop.labels}); a classifier needs two or more.")
-        loop.model_path = resolve_model_name(r.model.name)
-        check_classifiable(load_config(loop.model_path, r.model.revision, r.model.trust_remote_code),
-                           r.model.name, "text")
-        loop.tokenizer = build_tokenizer(loop.model_path, r)
+        r = recipe
+        check_classifiable(load_config(path, r.model.revision, r.model.trust_remote_code), r.model.name, "text")
+        self.tokenizer = build_tokenizer(path, r)
         set_seed(r.training.seed)  # seeded right before the model is built: the new head is reproducible
-        model, parts = load_classifier(
-            loop.model_path, loop.labels, multi_label=loop.splits.multi_label, revision=r.model.revision,
-            trust_remote_code=r.model.trust_remote_code, dropout=r.model.dropout)
-        loop.parts, loop.applied = adapt(model, parts)
-        loop.model = loop.applied.model
-        loop.input_names = input_names(loop.model)
-        log.info(f"model {r.model.name}: {len(loop.parts.layers)} layer groups; strategy {r.strategy.name}; "
-                 + loop.applied.summary())
-        loop.encoded: dict[str, Encoded] = {}
-        for name, ds in loop.splits.items():
-            targets = column(ds, "labels" if loop.splits.multi_label else "label")
-            pairs = column(ds, "text_pair") if "text_pair" in ds.column_names else None
-            enc = loop.encoded[name] = encode(loop.tokenizer, column(ds, "text"), pairs, targets, r.model.max_length)
-            log.info(f"{name}: {len(enc)} examples, {enc.truncated} ({100 * enc.truncated / len(enc):.1f}%) "
-                     f"truncated at {r.model.max_length} tokens")
+        model, parts = load_classifier(path, splits.labels, multi_label=splits.multi_label, revision=r.model.revision,
+                                       trust_remote_code=r.model.trust_remote_code, dropout=r.model.dropout)
+        self.input_names = input_names(model)
+        return model, parts
 
-    def build_cache(self, loop) -> dict[str, list] | None:
+    def encode(self, recipe: Recipe, splits: Splits) -> dict[str, Encoded]:
+        """Every split tokenised (cut at `model.max_length`), with the number cut logged."""
+        encoded = {}
+        limit = recipe.model.max_length
+        for name, ds in splits.items():
+            targets = column(ds, "labels" if splits.multi_label else "label")
+            pairs = column(ds, "text_pair") if "text_pair" in ds.column_names else None
+            enc = encoded[name] = encode(self.tokenizer, column(ds, "text"), pairs, targets, limit)
+            log.info(f"{name}: {len(enc)} examples, {enc.truncated} ({100 * enc.truncated / len(enc):.1f}%) "
+                     f"truncated at {limit} tokens")
+        return encoded
+
+    def build_cache(self, loop) -> Cached | None:
         """Frozen-prefix outputs of the splits used while training (`CACHED_SPLITS`), computed once (or read from
-        disk) and installed; None where not exact."""
+        disk); None where not exact."""
         r = loop.recipe
-        loop.cache = None
         if r.training.cache == "off":
             return None
         cache = self.new_cache(loop, loop.parts, loop.applied.frozen_prefix)
         if cache is None:
             return None
         device = loop.acc.device
-        weights_key = cache.frozen_hash()
-        loop.cache_key = weights_key  # a resumed run must find the same frozen part (checkpoint.restore)
+        weights_key = cache.frozen_hash()  # a resumed run must find the same frozen part (checkpoint.restore)
         started = time.time()
         features = {}
         for split, enc in splits_to_cache(loop.encoded).items():
             key = hashlib.sha256(f"{weights_key}|{cache.data_hash(enc)}".encode()).hexdigest()[:32]
-            batches = functools.partial(prefix_batches, enc, loop.tokenizer.pad_token_id, loop.input_names)
+            batches = functools.partial(prefix_batches, enc, self.tokenizer.pad_token_id, self.input_names)
             features[split] = cache.load_or_compute(key, batches, device, use_disk=r.training.cache == "auto",
                                                     lengths=enc.lengths)
         above = ("the head alone, on position 0 (all it reads; the last layer's feed-forward computed it alone)"
@@ -120,9 +116,24 @@ class TextModality:
         log.info(f"frozen-prefix cache: embeddings + {cache.k} layers computed once for "
                  f"{sum(len(f) for f in features.values())} examples in {time.time() - started:.1f}s; "
                  f"training runs {above}")
-        cache.install()
-        loop.cache = cache
-        return features
+        return Cached(cache, features, weights_key)
+
+    def prefix_cache(self, loop, parts, k: int, splits: list[str]) -> Cached | None:
+        """The output of the embeddings + lower k layers of `parts` for these splits, in memory only (weights a
+        contrastive stage tuned are this run's own: a disk copy would never be reused); None where not exact."""
+        started = time.time()
+        cache = self.new_cache(loop, parts, k, where=" for the contrastive stage or after it")
+        if cache is None:
+            return None
+        features = {split: cache.compute(prefix_batches(loop.encoded[split], self.tokenizer.pad_token_id,
+                                                        self.input_names), loop.acc.device)
+                    for split in splits}
+        n = sum(len(f) for f in features.values())
+        log.info(f"frozen-prefix cache: embeddings + {cache.k} layers computed once for {n} examples "
+                 f"({', '.join(splits)}) in {time.time() - started:.1f}s")
+        # hashed before install() swaps the cached layers out of the model: the key covers the weights the stage
+        # tuned, so a resume whose stage came out different (another recipe value, seed or machine) is refused
+        return Cached(cache, features, cache.frozen_hash())
 
     def new_cache(self, loop, parts, k: int, where: str = "") -> FrozenPrefixCache | None:
         """A frozen-prefix cache of the embeddings + lower k layers of `parts` (with the whole body frozen, the
@@ -138,7 +149,7 @@ class TextModality:
             return None
         cache = FrozenPrefixCache(root, parts, k, *cache_dtypes(loop.recipe.training))
         root.to(loop.acc.device)
-        cache.prepare(probe_batch(loop.encoded["train"], loop.tokenizer.pad_token_id, loop.input_names),
+        cache.prepare(probe_batch(loop.encoded["train"], self.tokenizer.pad_token_id, self.input_names),
                       loop.acc.device)
         return cache
 
@@ -153,13 +164,13 @@ class TextModality:
                          classes=np.asarray(enc.targets, dtype=np.int64) if balanced else None)
         features = loop.features.get(split) if loop.features else None
         dl = torch.utils.data.DataLoader(range(len(enc)), batch_sampler=plan,
-                                         collate_fn=Collator(enc, loop.tokenizer.pad_token_id, with_index=True,
+                                         collate_fn=Collator(enc, self.tokenizer.pad_token_id, with_index=True,
                                                              features=features),
                                          num_workers=r.training.num_workers)
         return plan, dl
 
     def logits(self, loop, batch: dict) -> torch.Tensor:
-        inputs = {k: batch[k] for k in loop.input_names if k in batch}
+        inputs = {k: batch[k] for k in self.input_names if k in batch}
         if loop.cache is not None:
             loop.cache.slot.current = batch["prefix"].to(loop.acc.device, torch.float32)
             inputs = loop.cache.inputs(inputs)
@@ -172,9 +183,9 @@ class TextModality:
     def save_preprocessor(self, loop, folder: Path) -> None:
         """The tokenizer next to the model, saved with `model_max_length` set to the run's `model.max_length`, so
         `pipeline(..., truncation=True)` reads as many tokens as training did."""
-        before = loop.tokenizer.model_max_length
-        loop.tokenizer.model_max_length = int(loop.recipe.model.max_length)
+        before = self.tokenizer.model_max_length
+        self.tokenizer.model_max_length = int(loop.recipe.model.max_length)
         try:
-            loop.tokenizer.save_pretrained(folder)
+            self.tokenizer.save_pretrained(folder)
         finally:
-            loop.tokenizer.model_max_length = before
+            self.tokenizer.model_max_length = before
