@@ -70,11 +70,21 @@ def cli():
               help="Override a recipe value, e.g. --set training.epochs=2 (repeatable).")
 @click.option("--output-dir", type=click.Path(file_okay=False), help="Where to write the run (overrides output_dir).")
 @click.option("--overwrite", is_flag=True, help="Replace a finished run in the output directory.")
-@click.option("--num-processes", type=int, default=None, help="Train with N processes (DDP) through Accelerate.")
+@click.option("--num-processes", type=int, default=None,
+              help="Train with N processes in all (DDP through Accelerate; over every machine with --num-machines).")
+@click.option("--num-machines", type=int, default=1, show_default=True,
+              help="Machines that train together; start the same command on each, with its own --machine-rank.")
+@click.option("--machine-rank", type=int, default=0, show_default=True, help="This machine's rank: 0 on the main one.")
+@click.option("--main-process-ip", default=None, help="Address of the machine with --machine-rank 0.")
+@click.option("--main-process-port", type=int, default=None, help="Port on the main machine (the same on every one).")
+@click.option("--accelerate-config", type=click.Path(dir_okay=False), default=None,
+              help="An `accelerate config` file (FSDP, DeepSpeed, machines...): its settings stand; the options "
+                   "above, where given, override it as in `accelerate launch`.")
 @click.option("--resume", is_flag=False, flag_value="", default=None, metavar="[DIR]",
               help="Continue an interrupted run from its newest complete checkpoint (in the output directory, or "
                    "in DIR: a run directory or one checkpoint folder).")
-def train(recipe, overrides, output_dir, overwrite, num_processes, resume):
+def train(recipe, overrides, output_dir, overwrite, num_processes, num_machines, machine_rank, main_process_ip,
+          main_process_port, accelerate_config, resume):
     """Train a classifier as RECIPE says and write a run directory. RECIPE is a YAML file, or the name of a
     bundled recipe (`textxfer recipes` lists them).
 
@@ -84,14 +94,19 @@ def train(recipe, overrides, output_dir, overwrite, num_processes, resume):
       textxfer train recipes/quickstart.yaml
       textxfer train recipes/sst2.yaml --set strategy.name=head --set training.epochs=1
       textxfer train recipes/sst2.yaml --num-processes 2
+      textxfer train recipes/sst2.yaml --num-processes 2 --num-machines 2 --machine-rank 0 --main-process-ip 10.0.0.1
+      textxfer train recipes/sst2.yaml --accelerate-config fsdp.yaml
       textxfer train recipes/sst2.yaml --resume
     """
     import os
 
-    if num_processes is not None and num_processes != 1:
+    from textxfer.engine.distributed import Topology
+
+    where = Topology(num_processes, num_machines, machine_rank, main_process_ip, main_process_port, accelerate_config)
+    if where.launches():
         from textxfer.engine.distributed import launch_train
 
-        sys.exit(launch_train(recipe, list(overrides), output_dir, overwrite, num_processes, resume))
+        sys.exit(launch_train(recipe, list(overrides), output_dir, overwrite, where, resume))
     from textxfer.engine.distributed import ENV_COMMAND
     from textxfer.tools.train import train as run_train
 

@@ -267,6 +267,9 @@ class TrainingConfig:
     """CPU threads for torch (null: the number of physical cores)."""
     num_workers: int = 0
     """DataLoader worker processes."""
+    distributed_timeout: int = 600
+    """Seconds the processes of a several-process run wait for each other (a machine that drops out, a step one
+    process never reaches) before they stop with an error naming the process; the last complete checkpoint stays."""
     log_every: int = 10
     """Log the training loss every this many optimizer steps."""
     checkpoint_every: int | Literal["epoch"] | None = "epoch"

@@ -23,6 +23,8 @@ def validate(recipe: Recipe) -> None:
             f"`training.batch_size` ({t.batch_size}) must be a multiple of `training.gradient_accumulation_steps` "
             f"({t.gradient_accumulation_steps})."
         )
+    if t.distributed_timeout <= 0:
+        raise UserError(f"Recipe key `training.distributed_timeout` must be > 0 seconds, not {t.distributed_timeout}.")
     if t.learning_rate <= 0:
         raise UserError(f"Recipe key `training.learning_rate` must be > 0, not {t.learning_rate}.")
     if not 0 <= t.warmup_ratio < 1:

@@ -15,6 +15,8 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from textxfer.core.errors import UserError
@@ -81,6 +83,29 @@ def check_process_count(acc) -> None:
     raise UserError(f"{asked} processes were asked for, but Accelerate runs {got} (num_processes: {got}). Run: {how}.")
 
 
+def check_same_run(acc, recipe: dict, fingerprints: Callable[[], dict[str, str]]) -> None:
+    """Stop every process unless all were started with the same recipe and the same data (each machine reads its
+    own copy): a process that trained on other rows or settings would be averaged in silently."""
+    if acc.num_processes < 2:
+        return
+    from accelerate.utils import gather_object
+
+    from textxfer.config.diff import recipe_diff
+
+    mine = {"recipe": {k: v for k, v in recipe.items() if k != "output_dir"}, "data": fingerprints()}
+    everyone = gather_object([mine])
+    first = everyone[0]
+    for rank, other in enumerate(everyone[1:], start=1):
+        diff = recipe_diff(first["recipe"], other["recipe"])
+        diff += [f"data.{split}: rows differ (fingerprint {first['data'].get(split)} on process 0, "
+                 f"{other['data'].get(split)} here)" for split in sorted(set(first["data"]) | set(other["data"]))
+                 if first["data"].get(split) != other["data"].get(split)]
+        if diff:
+            raise UserError(f"Process {rank} was started with another recipe or other data than process 0 "
+                            "(machine rank 0):\n  " + "\n  ".join(diff) + "\nStart every machine with the same "
+                            "recipe, --set values and data files.")
+
+
 def check_enough_examples(n_train: int, n_proc: int) -> None:
     """Every process needs at least one training example."""
     if n_train < n_proc:
@@ -135,24 +160,114 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_command(recipe: str, overrides: list[str], output_dir: str | None, overwrite: bool, num_processes: int,
-                   resume: str | None = None) -> tuple[list[str], dict[str, str]]:
-    """The `accelerate launch` command line and environment for N processes on this machine."""
+@dataclass
+class Topology:
+    """Where the processes of a run are: `--num-processes` in all (Accelerate's meaning: over every machine),
+    `--num-machines`, this machine's `--machine-rank`, the main machine's address and port, and an Accelerate
+    config file (`accelerate config`'s output) that the launch reads first."""
+
+    num_processes: int | None = None
+    num_machines: int = 1
+    machine_rank: int = 0
+    main_process_ip: str | None = None
+    main_process_port: int | None = None
+    accelerate_config: str | None = None
+
+    def launches(self) -> bool:
+        """Whether `textxfer train` starts the processes through `accelerate launch` (else it trains itself)."""
+        return (self.num_processes not in (None, 1) or self.num_machines > 1 or self.accelerate_config is not None)
+
+    def check(self) -> None:
+        """Refuse topologies that cannot start, naming the option to fix."""
+        if self.num_processes is not None and self.num_processes < 1:
+            raise UserError(f"--num-processes must be at least 1, not {self.num_processes}.")
+        if self.num_machines < 1:
+            raise UserError(f"--num-machines must be at least 1, not {self.num_machines}.")
+        if not 0 <= self.machine_rank < self.num_machines:
+            raise UserError(f"--machine-rank {self.machine_rank} is not one of 0..{self.num_machines - 1} "
+                            f"(--num-machines {self.num_machines}); give each machine its own rank, 0 on the main one.")
+        if self.num_machines > 1 and self.accelerate_config is None:
+            if not self.main_process_ip:
+                raise UserError(f"--num-machines {self.num_machines} needs --main-process-ip: the address of the machine "
+                                "started with --machine-rank 0, the same on every machine.")
+            n = self.num_processes or self.num_machines
+            if n % self.num_machines:
+                raise UserError(f"--num-processes {n} counts the processes of all {self.num_machines} machines and "
+                                f"must be a multiple of it (e.g. --num-processes {self.num_machines}: one per machine).")
+        if self.accelerate_config is not None:
+            read_accelerate_config(self.accelerate_config)
+
+    def total_processes(self) -> int | None:
+        """The processes of the whole run, from the options or else the Accelerate config (None: unknown)."""
+        if self.num_processes is not None:
+            return self.num_processes
+        if self.accelerate_config is not None:
+            value = read_accelerate_config(self.accelerate_config).get("num_processes")
+            return int(value) if isinstance(value, int) else None
+        return self.num_machines
+
+
+def read_accelerate_config(path: str) -> dict:
+    """An Accelerate config file (YAML or JSON), or a UserError naming it."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"--accelerate-config {path}: no such file. Write one with `accelerate config --config_file "
+                        f"{path}`.") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise UserError(f"--accelerate-config {path} is not a readable YAML/JSON file: {str(e).splitlines()[0]}. "
+                        "Write it with `accelerate config`.") from None
+    if not isinstance(data, dict):
+        raise UserError(f"--accelerate-config {path} holds no settings (a YAML mapping, as `accelerate config` "
+                        "writes). Write it with `accelerate config`.")
+    return data
+
+
+def launch_command(recipe: str, overrides: list[str], output_dir: str | None, overwrite: bool,
+                   where: Topology | int, resume: str | None = None) -> tuple[list[str], dict[str, str]]:
+    """The `accelerate launch` command line and environment for this machine's processes of the run.
+
+    Without an Accelerate config: DDP (`--multi_gpu`; over gloo on CPUs), precision and compilation left to the
+    recipe. With `--accelerate-config FILE`: the file's settings stand (distributed type, FSDP/DeepSpeed,
+    machines...); only the options given on textxfer's command line are passed on, as Accelerate lets them
+    override the file. The recipe's `training.mixed_precision` still decides the precision textxfer trains in."""
     import torch
 
+    where = Topology(num_processes=where) if isinstance(where, int) else where
+    where.check()
     env = dict(os.environ)
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if gpus:
-        if num_processes > gpus:
-            raise UserError(f"--num-processes {num_processes} asks for one GPU per process, but this machine has "
-                            f"{gpus}. Use --num-processes {gpus} (keep `training.batch_size`: it is the global batch).")
-    else:
-        env["ACCELERATE_USE_CPU"] = "1"  # with --multi_gpu: N processes in one gloo process group
-    env[ENV_REQUEST] = str(num_processes)
+    total = where.total_processes()
+    if gpus and total is not None and where.accelerate_config is None:
+        local = total // where.num_machines
+        if local > gpus:
+            raise UserError(f"--num-processes {total} over {where.num_machines} machine(s) asks for {local} GPUs per "
+                            f"machine, but this machine has {gpus}. Use --num-processes {gpus * where.num_machines} "
+                            "(keep `training.batch_size`: it is the global batch).")
+    if not gpus:
+        env["ACCELERATE_USE_CPU"] = "1"  # with --multi_gpu: the processes form one gloo process group
+    if total is not None:
+        env[ENV_REQUEST] = str(total)
     env.setdefault("OMP_NUM_THREADS", "1")  # textxfer sets each process's threads itself (cores / processes)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(free_port()), "-m", "textxfer", "train", recipe]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    if where.accelerate_config is not None:
+        cmd += ["--config_file", where.accelerate_config]
+        given = {"--num_processes": where.num_processes,
+                 "--num_machines": where.num_machines if where.num_machines > 1 else None,
+                 "--machine_rank": where.machine_rank if where.num_machines > 1 else None,
+                 "--main_process_ip": where.main_process_ip, "--main_process_port": where.main_process_port}
+        for flag, value in given.items():
+            if value is not None:
+                cmd += [flag, str(value)]
+    else:
+        port = where.main_process_port or (free_port() if where.num_machines == 1 else 29500)
+        cmd += ["--multi_gpu", "--num_processes", str(total or 1), "--num_machines", str(where.num_machines),
+                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)]
+        if where.num_machines > 1:
+            cmd += ["--machine_rank", str(where.machine_rank), "--main_process_ip", str(where.main_process_ip)]
+    cmd += ["-m", "textxfer", "train", recipe]
     for o in overrides:
         cmd += ["--set", o]
     if output_dir:
@@ -164,7 +279,7 @@ def launch_command(recipe: str, overrides: list[str], output_dir: str | None, ov
     return cmd, env
 
 
-def launch_train(recipe: str, overrides: list[str], output_dir: str | None, overwrite: bool, num_processes: int,
+def launch_train(recipe: str, overrides: list[str], output_dir: str | None, overwrite: bool, where: Topology | int,
                  resume: str | None = None) -> int:
     """Run `textxfer train` in N processes through Accelerate; returns their exit code.
 
@@ -173,13 +288,12 @@ def launch_train(recipe: str, overrides: list[str], output_dir: str | None, over
     """
     from textxfer.config.reading import load_recipe
 
-    if num_processes < 1:
-        raise UserError(f"--num-processes must be at least 1, not {num_processes}.")
+    (Topology(num_processes=where) if isinstance(where, int) else where).check()
     load_recipe(recipe, overrides)
-    cmd, env = launch_command(recipe, overrides, output_dir, overwrite, num_processes, resume)
+    cmd, env = launch_command(recipe, overrides, output_dir, overwrite, where, resume)
     env[ENV_COMMAND] = "textxfer " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    print(f"launching {num_processes} processes: {' '.join(shlex.quote(c) for c in cmd[1:])}", file=sys.stderr,
-          flush=True)
+    what = f"{env[ENV_REQUEST]} processes" if ENV_REQUEST in env else "the processes of the Accelerate config"
+    print(f"launching {what}: {' '.join(shlex.quote(c) for c in cmd[1:])}", file=sys.stderr, flush=True)
     child = subprocess.Popen(cmd, env=env)
     old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal sends Ctrl-C to the children too
     old_term = signal.signal(signal.SIGTERM, lambda s, f: child.send_signal(signal.SIGTERM))

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from textxfer.config.schema import Recipe
+from textxfer.config.schema import Recipe, to_dict
 from textxfer.core.errors import UserError
 from textxfer.core.hardware import default_threads
 from textxfer.core.precision import effective_mixed_precision, full_precision_forward
@@ -35,6 +35,7 @@ from textxfer.engine.batches import (
 )
 from textxfer.engine.best_weights import restore_best
 from textxfer.engine.checkpoint import Progress
+from textxfer.engine.distributed import check_same_run
 from textxfer.engine.evaluation import (
     after_evaluation,
     evaluate_and_track,
@@ -73,11 +74,16 @@ class Loop:
         """Hash of the frozen part's weights when the frozen-prefix cache is used (checked on resume)."""
         self.memory: dict = {}
         """Splits given from Python (`train(train=df)`): {split: textxfer.data.memory.InMemory}, read instead of files."""
+        self.cache = None
+        """The installed frozen-prefix cache (`use_cache`), if any, and its features per split."""
+        self.features: dict | None = None
 
     # -- data and model
     def build(self) -> None:
+        """Read the data, load the classifier, apply the strategy, then the contrastive stage or the cache."""
         from accelerate.utils import set_seed
 
+        from textxfer.backbones.load import resolve_model_name
         from textxfer.modalities.detect import modality_of
 
         r = self.recipe
@@ -91,14 +97,73 @@ class Loop:
                      f"{'GPU' if torch.cuda.is_available() else 'CPU'}")
         set_seed(r.training.seed)
         self.modality = modality_of(r)
-        self.modality.build(self, self.adapt)
-        if r.training.contrastive is not None:  # SetFit-style body tuning, then the classifier (caches itself)
+        self.splits = self.modality.read(r, self.memory)
+        for note in self.splits.notes:
+            log.info(note)
+        self.labels = self.splits.labels
+        if len(self.labels) < 2:
+            raise UserError(f"The training data has only one class ({self.labels}); a classifier needs two or more.")
+        self.model_path = resolve_model_name(r.model.name)
+        model, parts = self.modality.load_model(r, self.model_path, self.splits)
+        self.parts, self.applied = self.adapt(model, parts)
+        self.model = self.applied.model
+        log.info(f"model {r.model.name}: {len(self.parts.layers)} layer groups; strategy {r.strategy.name}; "
+                 + self.applied.summary())
+        self.encoded = self.modality.encode(r, self.splits)
+        check_same_run(self.acc, to_dict(r), lambda: self.modality.fingerprints(self))  # several processes
+        if r.training.contrastive is not None:  # SetFit-style body tuning, then the classifier
             from textxfer.engine.contrastive import run_stage
 
-            self.cache, self.features = None, None
-            run_stage(self)
+            result = run_stage(self.stage_context())
+            self.applied = result.applied
+            self.history.update(result.history)
+            self.use_cache(self.cache_after_stage(result))
         else:
-            self.features = self.modality.build_cache(self)
+            self.use_cache(self.modality.build_cache(self))
+
+    def cache_after_stage(self, result):
+        """What trains after the stage reads from a cache: with `then: head` after tuning, the whole tuned body
+        (and its pooling layer), in memory; otherwise the run's usual cache of the frozen prefix."""
+        from textxfer.backbones.prefix_cache import splits_to_cache
+
+        t = self.recipe.training
+        if result.tuned and t.contrastive.then == "head":
+            if t.cache == "off":
+                return None
+            return self.prefix_cache(self.parts, len(self.parts.layers), list(splits_to_cache(self.encoded)))
+        return self.modality.build_cache(self)
+
+    def use_cache(self, cached) -> None:
+        """Install a frozen-prefix cache (`textxfer.modalities.base.Cached`), or run without one (None)."""
+        self.cache, self.features = (cached.cache, cached.features) if cached is not None else (None, None)
+        if cached is not None:
+            self.cache_key = cached.key
+            cached.cache.install()
+
+    def stage_context(self):
+        """What the contrastive stage reads: the model and its parts, the training examples, the device."""
+        from textxfer.engine.contrastive import StageContext
+
+        return StageContext(self.recipe.training, self.labels, self.model, self.parts, self.applied,
+                            self.encoded["train"], self.modality, self.acc, self.prefix_cache)
+
+    def prefix_cache(self, parts, k: int, splits: list[str]):
+        """The modality's in-memory cache of the embeddings + lower k layers of `parts` for these splits."""
+        return self.modality.prefix_cache(self, parts, k, splits)
+
+    @property
+    def tokenizer(self):
+        """The text modality's tokenizer (None for images)."""
+        return getattr(self.modality, "tokenizer", None)
+
+    @property
+    def input_names(self) -> list[str]:
+        return getattr(self.modality, "input_names", [])
+
+    @property
+    def transforms(self):
+        """The image modality's transforms (None for text)."""
+        return getattr(self.modality, "transforms", None)
 
     def adapt(self, model: torch.nn.Module, parts):
         """The recipe's strategy on the modality's classifier: pooling and re-initialised layers first
@@ -133,7 +198,8 @@ class Loop:
                                       **fused_adamw(self.model))
         scheduler = linear_schedule(optimizer, int(t.warmup_ratio * self.total_steps), self.total_steps)
         self.model, self.optimizer, self.scheduler = self.acc.prepare(self.model, optimizer, scheduler)
-        self.schedule = new_schedule(self)  # training.head_warmup_epochs, strategy gradual
+        self.schedule = new_schedule(self.recipe, self.steps_per_epoch, self.acc.unwrap_model(self.model),  # gradual,
+                                     self.parts, self.applied.frozen_prefix, n_proc)  # training.head_warmup_epochs
         # training.head_l2 is against the summed loss; our loss is the mean over the examples: divide by their number
         self.head_l2 = None
         if t.head_l2:

@@ -74,8 +74,10 @@ def prepare_output_dir(path: Path, overwrite: bool, resuming: bool = False) -> N
 
 def make_accelerator(recipe: Recipe) -> Accelerator:
     """The run's Accelerator: the recipe's precision and trackers, on the GPU when there is one."""
+    from datetime import timedelta
+
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration
+    from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
 
     t = recipe.training
     use_cpu = not torch.cuda.is_available()
@@ -93,6 +95,7 @@ def make_accelerator(recipe: Recipe) -> Accelerator:
     acc = Accelerator(
         mixed_precision=effective_mixed_precision(t.mixed_precision), cpu=use_cpu,
         dataloader_config=DataLoaderConfiguration(split_batches=True, even_batches=True),
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=t.distributed_timeout))],
         **tracker_kwargs(t.log_with, Path(recipe.output_dir)),
     )
     check_process_count(acc)
