@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import importlib
+import importlib.util
 import json
 import shlex
 import sys
@@ -24,6 +24,8 @@ LAZY = {
     "report": ("textxfer.outputs.report", "report_command"),
     "convert": ("textxfer.backbones.convert", "convert_command"),
     "compare": ("textxfer.tools.compare", "compare_command"),
+    "predict": ("textxfer.cli.deploy", "predict_command"),
+    "export": ("textxfer.cli.deploy", "export_command"),
 }
 
 
@@ -155,108 +157,10 @@ def _print_summary(result) -> None:
         click.echo(line)
 
 
-def read_texts(source: str, text_column: str) -> list[str]:
-    """Texts from a CSV/TSV/JSONL file, plain lines, or stdin (`-`)."""
-    return read_inputs(source, text_column)[0]
-
-
-def read_inputs(source: str, text_column: str, pair_column: str | int | None = None,
-                pair_why: str = "--pair-column") -> tuple[list[str], list[str] | None]:
-    """(texts, second texts or None) from a CSV/TSV/JSONL file, plain lines, or stdin (`-`). `pair_column`
-    names the second text of sentence pairs (tables only); `pair_why` says where that name came from."""
-    if source == "-" or Path(source).suffix.lower() not in (".csv", ".tsv", ".jsonl", ".ndjson"):
-        if pair_column is not None:
-            raise UserError(f"{'stdin' if source == '-' else source} has one text per line, but the model reads "
-                            f"sentence pairs (second text: column `{pair_column}`, {pair_why}). Give a CSV/TSV/JSONL "
-                            "file with both columns (--text-column, --pair-column).")
-    if source == "-":
-        return [line.rstrip("\n") for line in sys.stdin if line.strip()], None
-    path = Path(source)
-    if not path.is_file():
-        raise UserError(f"Input file {path} does not exist. Give a CSV/TSV/JSONL file, a text file, or `-`.")
-    suffix = path.suffix.lower()
-    if suffix in (".csv", ".tsv"):
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
-        if not rows:
-            raise UserError(f"Input file {path} has no rows.")
-        if text_column not in rows[0]:
-            raise UserError(f"{path} has no column `{text_column}`; columns: {', '.join(rows[0])}. "
-                            "Use --text-column.")
-        texts = [r[text_column] for r in rows]
-        if pair_column is None:
-            return texts, None
-        names = list(rows[0])
-        key = str(pair_column)
-        if key not in rows[0] and key.isdigit() and int(key) < len(names):  # a 0-based column number
-            key = names[int(key)]
-        if key not in rows[0]:
-            raise UserError(f"{path} has no column `{pair_column}` for the second text of each pair "
-                            f"({pair_why}); columns: {', '.join(names)}. Use --pair-column.")
-        return texts, [r[key] for r in rows]
-    if suffix in (".jsonl", ".ndjson"):
-        texts, pairs = [], []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if text_column not in row:
-                raise UserError(f"{path}, line {i + 1}: no key `{text_column}`. Use --text-column.")
-            texts.append(row[text_column])
-            if pair_column is not None:
-                if str(pair_column) not in row:
-                    raise UserError(f"{path}, line {i + 1}: no key `{pair_column}` for the second text of the pair "
-                                    f"({pair_why}). Use --pair-column.")
-                pairs.append(row[str(pair_column)])
-        return texts, pairs if pair_column is not None else None
-    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()], None
-
-
 def _is_image_model(model_dir: str) -> bool:
     from textxfer.modalities.detect import saved_task
 
     return saved_task(model_dir) == "image"
-
-
-@cli.command()
-@click.argument("model_dir", type=click.Path(exists=True))
-@click.option("--input", "source", default="-", show_default=True,
-              help="CSV/TSV/JSONL file, plain text (one per line), or - for stdin.")
-@click.option("--output", type=click.Path(dir_okay=False), help="Write .jsonl or .csv here (default: JSONL to stdout).")
-@click.option("--text-column", default="text", show_default=True, help="Text column of CSV/TSV/JSONL input.")
-@click.option("--pair-column", default=None,
-              help="Second-text column of CSV/TSV/JSONL input, for sentence-pair models (default: the column the "
-                   "model was trained with).")
-@click.option("--top-k", type=int, default=1, show_default=True, help="How many labels per text.")
-@click.option("--batch-size", type=int, default=64, show_default=True)
-def predict(model_dir, source, output, text_column, pair_column, top_k, batch_size):
-    """Predict labels for texts with a trained model (a run directory or its model folder).
-
-    \b
-    Examples:
-      textxfer predict runs/quickstart --input news.txt
-      echo "What a great film" | textxfer predict runs/sst2
-      textxfer predict runs/sst2 --input reviews.csv --text-column review --output preds.csv --top-k 2
-      textxfer predict runs/mnli --input pairs.csv --text-column premise --pair-column hypothesis
-    """
-    if _is_image_model(model_dir):
-        if pair_column is not None:
-            raise UserError("--pair-column is for sentence-pair text models; this is an image model.")
-        from textxfer.tools.predict import predict_images
-
-        predict_images(model_dir, source, output, top_k)
-        return
-    from textxfer.modalities.text.predict import load
-    from textxfer.tools.predict import write_predictions
-
-    clf = load(model_dir)
-    pair = pair_column if pair_column is not None else clf.pair_column
-    why = "--pair-column" if pair_column is not None else "the column the model was trained with"
-    texts, pairs = read_inputs(source, text_column, pair, why)
-    # stripped as training strips its texts (tokenizers such as RoBERTa's read a leading space)
-    results = clf.predict([str(t).strip() for t in texts], top_k=top_k, batch_size=batch_size,
-                          pairs=[str(p).strip() for p in pairs] if pairs is not None else None)
-    write_predictions(texts, results, output, pairs=pairs)
 
 
 @cli.command()

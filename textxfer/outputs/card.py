@@ -23,6 +23,7 @@ from textxfer.outputs.card_metadata import (
     is_hub_id,
     metric_keys,
 )
+from textxfer.outputs.card_onnx import onnx_usage
 from textxfer.outputs.finished_run import Run, read_run, source_folder
 
 EXAMPLE_TEXT = "This is an example sentence to classify."
@@ -306,9 +307,11 @@ def _adapter_base(run: Run) -> str | None:
 
 
 def model_card(run_dir: str | Path, mode: str = "merged", repo_id: str | None = None, revision: str | None = None,
-               license: str | None = None) -> str:
+               license: str | None = None, onnx: str | None = None) -> str:
     """README.md for a run: Hub metadata + the sections above. Without `repo_id` the usage snippet loads the
-    local folder, so `textxfer card RUN_DIR` prints something that runs as written on this machine."""
+    local folder, so `textxfer card RUN_DIR` prints something that runs as written on this machine. `onnx`
+    (`none` or `int8`): the repo also holds the export in `onnx/` (`textxfer push --onnx`); Usage says how to
+    load it without torch."""
     run = read_run(run_dir)
     folder = source_folder(run, mode)
     meta = card_metadata(run, mode, repo_id, license)
@@ -318,7 +321,8 @@ def model_card(run_dir: str | Path, mode: str = "merged", repo_id: str | None = 
     if description:
         body += ["", str(description).strip()]
     sections = [
-        ("Usage", _usage_text(run, mode, ref, revision if repo_id else None)),
+        ("Usage", _usage_text(run, mode, ref, revision if repo_id else None) + (
+            onnx_usage(repo_id, revision, onnx, run.multi_label) if onnx and repo_id else [])),
         ("Base model and strategy", _strategy_text(run, mode)),
         ("Data and labels", _data_text(run)),
         ("Results", _metrics_text(run)),

@@ -36,7 +36,7 @@ PUBLISHED_FILES = re.compile(
     r"^(?:.*\.safetensors|model\.safetensors\.index\.json|pytorch_model.*\.bin|config\.json|adapter_config\.json|"
     r"textxfer_labels\.json|tokenizer(?:_config)?\.json|special_tokens_map\.json|added_tokens\.json|vocab\.(?:txt|json)|"
     r"merges\.txt|spiece\.model|sentencepiece\.bpe\.model|preprocessor_config\.json|generation_config\.json|"
-    r"metrics\.json|recipe\.yaml)$"
+    r"metrics\.json|recipe\.yaml|onnx/(?:model(?:_int8)?\.onnx(?:\.data)?|tokenizer\.json|textxfer_export\.json))$"
 )
 HUB_CONFIG_KEYS = ("repo_id", "private", "revision", "adapter_only", "commit_message", "license")
 
@@ -193,6 +193,19 @@ def stage(run: Run, mode: str, dest: Path, card: str) -> list[str]:
     return sorted(names)
 
 
+def stage_onnx(export: Path, dest: Path) -> list[str]:
+    """`textxfer push --onnx`: the exported folder placed as the repo's `onnx/`; the files' repo paths."""
+    from textxfer.outputs.card_onnx import ONNX_FOLDER
+
+    (dest / ONNX_FOLDER).mkdir()
+    names = []
+    for f in sorted(export.iterdir()):
+        if f.is_file():
+            _place(f, dest / ONNX_FOLDER / f.name)
+            names.append(f"{ONNX_FOLDER}/{f.name}")
+    return names
+
+
 def refuse_secrets(files: list[Path], token: str) -> None:
     """Never publish the token: refuse when a file to upload (a recipe, a config, the card) contains it."""
     needle = token.encode()
@@ -237,12 +250,14 @@ def _default_message(run: Run, mode: str) -> str:
 
 
 def push_run(run_dir: str | Path, repo_id: str, private: bool = False, revision: str | None = None,
-             mode: str = "merged", commit_message: str | None = None, license: str | None = None) -> str:
+             mode: str = "merged", commit_message: str | None = None, license: str | None = None,
+             onnx: str | None = None) -> str:
     """Push a finished run to `repo_id` (created if needed) in one commit; returns the commit URL.
 
     `mode="merged"` publishes model/ (plain transformers loads it); `mode="adapter"` the LoRA adapter with its
     trained head and label names. `revision` pushes to that branch (created from main if new). `private=True`
-    creates the repo private, and makes an existing public one private.
+    creates the repo private, and makes an existing public one private. `onnx` (`none` or `int8`) exports the
+    model (`textxfer export`) into the repo's `onnx/` folder next to it, before anything is uploaded.
     """
     validate_repo_id(repo_id)
     if revision is not None:
@@ -250,7 +265,7 @@ def push_run(run_dir: str | Path, repo_id: str, private: bool = False, revision:
     run = read_run(run_dir)
     source_folder(run, mode)  # fail on a missing model/adapter before any network call (or token look-up)
 
-    from huggingface_hub import HfApi, constants, get_token
+    from huggingface_hub import constants, get_token
 
     if constants.is_offline_mode():
         raise UserError(_offline_message())
@@ -263,6 +278,20 @@ def push_run(run_dir: str | Path, repo_id: str, private: bool = False, revision:
     folder = source_folder(run, mode)
     refuse_secrets([run.dir / "recipe.yaml", run.dir / "metrics.json", run.dir / "run.json",
                     *sorted(folder.rglob("*"))], token)
+    with tempfile.TemporaryDirectory(prefix="textxfer-push-onnx-") as exported:
+        if onnx:  # exported (and checked against PyTorch) before any network call
+            from textxfer.outputs.onnx_export import export_run
+
+            export_run(run.dir, Path(exported) / "onnx", quantize=onnx)
+        return _upload(run, repo_id, private, revision, mode, commit_message, license, token,
+                       Path(exported) / "onnx" if onnx else None, onnx)
+
+
+def _upload(run: Run, repo_id: str, private: bool, revision: str | None, mode: str, commit_message: str | None,
+            license: str | None, token: str, export: Path | None, onnx: str | None) -> str:
+    """Create the repo if needed and upload the staged files in one commit; returns the commit URL."""
+    from huggingface_hub import HfApi
+
     api = HfApi(token=token)
     endpoint = api.endpoint
     with hub_errors(repo_id, endpoint):
@@ -276,10 +305,12 @@ def push_run(run_dir: str | Path, repo_id: str, private: bool = False, revision:
             api.update_repo_settings(full_id, private=True)
         if license is None:
             license = _base_license(api, run)
-        card = model_card(run.dir, mode, repo_id=full_id, revision=revision, license=license)
+        card = model_card(run.dir, mode, repo_id=full_id, revision=revision, license=license, onnx=onnx)
         remote = {s.rfilename for s in (info.siblings or [])}
         with tempfile.TemporaryDirectory(prefix="textxfer-push-") as tmp:
             names = stage(run, mode, Path(tmp), card)
+            if export is not None:
+                names = sorted(names + stage_onnx(export, Path(tmp)))
             refuse_secrets(sorted(Path(tmp).rglob("*")), token)
             stale = sorted(f for f in remote if PUBLISHED_FILES.match(f) and f not in names)
             commit = api.upload_folder(
@@ -327,7 +358,11 @@ def push_after_training(run_dir: str | Path, hub_cfg: dict | None) -> str | None
 @click.option("--commit-message", metavar="MSG", help="Commit title (default: run, strategy and score).")
 @click.option("--license", "license_", metavar="ID",
               help="License for the card metadata, e.g. apache-2.0 (default: the base model's, else `other`).")
-def push_command(run_dir, repo_id, private, revision, mode, commit_message, license_):
+@click.option("--onnx", is_flag=True, help="Also export the model to ONNX (`textxfer export`) into the repo's "
+                                           "onnx/ folder; the card says how to load it without torch.")
+@click.option("--quantize", type=click.Choice(["none", "int8"]), default=None,
+              help="With --onnx: int8 weights (default: none, fp32).")
+def push_command(run_dir, repo_id, private, revision, mode, commit_message, license_, onnx, quantize):
     """Push a finished run to the Hugging Face Hub: model (or adapter), model card, recipe and metrics.
 
     RUN_DIR is what `textxfer train` wrote; REPO_ID is `namespace/name` (created if needed; pushing again
@@ -338,9 +373,14 @@ def push_command(run_dir, repo_id, private, revision, mode, commit_message, lice
       textxfer push runs/quickstart alice/minilm-bbc-news
       textxfer push runs/sst2-lora alice/bert-sst2-lora --adapter-only --private
       textxfer push runs/sst2 alice/bert-sst2 --revision experiment-2 --commit-message "lr 3e-5"
+      textxfer push runs/sst2 alice/bert-sst2 --onnx --quantize int8
     """
+    if quantize is not None and not onnx:
+        raise UserError("--quantize applies to the ONNX export: add --onnx.")
+    if onnx and mode == "adapter":
+        raise UserError("--onnx exports the full model; it cannot go with --adapter-only.")
     url = push_run(run_dir, repo_id, private=private, revision=revision, mode=mode,
-                   commit_message=commit_message, license=license_)
+                   commit_message=commit_message, license=license_, onnx=(quantize or "none") if onnx else None)
     what = "LoRA adapter" if mode == "adapter" else "model"
     where = f" (branch {revision})" if revision else ""
     click.echo(f"Pushed the {what} of {run_dir} to {repo_id}{where}.")

@@ -8,24 +8,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from textxfer.config.schema import DataConfig
 from textxfer.core.errors import UserError
 from textxfer.data.rows import pick_column, read_table
 from textxfer.data.splits import read_split
-from textxfer.modalities.image.classifier import ImageClassifier
-from textxfer.modalities.image.files import ImageSplit, check_image_files, read_images
+from textxfer.deploy.decisions import probabilities
 
 
 def evaluate_file(model_dir: str | Path, data_file: str, text_column: str, label_column: str,
                   pair_column: str | int | None = None) -> tuple[dict, dict]:
     """(metrics, per-class table) of the model on a labelled file: training's metrics plus `loss` (the mean cross
-    entropy; without `training.class_weights`, which the model does not keep)."""
+    entropy; without `training.class_weights`, which the model does not keep). `model_dir` may be an exported
+    folder: it is scored with onnxruntime, without torch."""
     from textxfer.core.metrics import classification_metrics
-    from textxfer.modalities.text.predict import load
+    from textxfer.modalities.detect import load_saved
 
-    clf = load(model_dir)
+    clf = load_saved(model_dir)
     pair = pair_column if pair_column is not None else clf.pair_column
     cfg = DataConfig(train=data_file, text_column=text_column, label_column=label_column,
                      text_pair_column=pair, multi_label=clf.multi_label)
@@ -47,10 +46,8 @@ def evaluate_file(model_dir: str | Path, data_file: str, text_column: str, label
                                     f"({', '.join(clf.labels)}).")
                 refs[row, index[str(value)]] = 1.0
         logits = clf.logits(texts, pairs)
-        metrics, per_class = multilabel_metrics(torch.from_numpy(logits).sigmoid().numpy(), refs, clf.labels,
-                                                clf.thresholds)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(refs))
-        return {**metrics, "loss": float(loss)}, per_class
+        metrics, per_class = multilabel_metrics(probabilities(logits, True), refs, clf.labels, clf.thresholds)
+        return {**metrics, "loss": binary_cross_entropy(logits, refs)}, per_class
     refs = []
     for row, value in enumerate(raw):
         key = str(value)
@@ -63,8 +60,21 @@ def evaluate_file(model_dir: str | Path, data_file: str, text_column: str, label
         refs.append(index[key])
     logits = clf.logits(texts, pairs)
     metrics, per_class = classification_metrics(logits.argmax(-1), np.asarray(refs), clf.labels)
-    loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.as_tensor(refs, dtype=torch.long))
-    return {**metrics, "loss": float(loss)}, per_class
+    return {**metrics, "loss": cross_entropy(logits, np.asarray(refs))}, per_class
+
+
+def cross_entropy(logits: np.ndarray, refs: np.ndarray) -> float:
+    """Mean cross entropy of class ids under the logits (as torch's `cross_entropy`, in float64)."""
+    x = logits.astype(np.float64)
+    top = x.max(axis=-1, keepdims=True)
+    log_z = top[:, 0] + np.log(np.exp(x - top).sum(axis=-1))
+    return float(np.mean(log_z - x[np.arange(len(refs)), refs])) if len(refs) else float("nan")
+
+
+def binary_cross_entropy(logits: np.ndarray, refs: np.ndarray) -> float:
+    """Mean binary cross entropy of multi-hot targets under the logits (torch's `..._with_logits`, float64)."""
+    x = logits.astype(np.float64)
+    return float(np.mean(np.maximum(x, 0) - x * refs + np.log1p(np.exp(-np.abs(x))))) if x.size else float("nan")
 
 
 def _check_pair_column(data_file: str, cfg: DataConfig, given: bool) -> None:
@@ -89,6 +99,8 @@ def evaluate_images(model_dir: str | Path, data: str, image_column: str = "image
     """`textxfer evaluate` for image models: a folder of class folders (or a CSV/JSONL with image paths) scored
     with the same metrics as training. Every file is checked first; labels must be the model's."""
     from textxfer.core.metrics import classification_metrics
+    from textxfer.modalities.image.classifier import ImageClassifier
+    from textxfer.modalities.image.files import ImageSplit, check_image_files, read_images
 
     clf = ImageClassifier(model_dir)
     cfg = DataConfig(train=data, image_column=image_column, label_column=label_column)

@@ -1,39 +1,181 @@
-"""`textxfer predict`: a saved model's labels for new texts or images, written as JSONL or CSV."""
+"""`textxfer predict`: a saved model's labels for new texts (or images), streamed from input to output.
+
+Texts are read a chunk at a time (`predict_inputs`), predicted, and written in input order before the next chunk
+is read (`predict_outputs`), so memory stays flat whatever the input's size and the output grows as the work is
+done. With `--num-processes N` the chunks go to N worker processes (each with the model; one GPU each where
+there are GPUs) and come back in order. A killed prediction resumes: after each chunk `OUT.partial.json` records
+how many input rows are done and how much of `OUT.partial` holds them; a rerun of the same command continues
+there. Works the same for a PyTorch run directory and an exported folder (`textxfer export`), which needs no
+torch."""
 
 from __future__ import annotations
 
-import csv
 import json
-import sys
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
 
-from textxfer.modalities.image.classifier import ImageClassifier, image_inputs
+from textxfer.core.errors import UserError
+from textxfer.core.files import write_json
+from textxfer.deploy.manifest import is_export, read_manifest
+from textxfer.tools.predict_inputs import Inputs
+from textxfer.tools.predict_outputs import Writer, prediction_rows
+from textxfer.tools.predict_progress import RowProgress
+
+CHUNK_ROWS = 4096
+"""Rows read, predicted and written at a time: enough for length-sorted batches to pad little."""
+RESUME_VERSION = 1
 
 
-def write_predictions(items: list[str], results: list[list[dict]], output: str | None, key: str = "text",
-                      pairs: list[str] | None = None) -> None:
-    rows = [{key: t, **({"text_pair": pairs[i]} if pairs is not None else {}),
-             "label": r[0]["label"] if r else None, "score": r[0]["score"] if r else None,
-             "labels": [x["label"] for x in r], "scores": [round(x["score"], 6) for x in r]}
-            for i, (t, r) in enumerate(zip(items, results, strict=True))]
-    if output and output.endswith((".csv", ".tsv")):
-        with open(output, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f, delimiter="\t" if output.endswith(".tsv") else ",")
-            w.writerow([key, *(["text_pair"] if pairs is not None else []), "label", "score", "labels", "scores"])
-            for r in rows:
-                w.writerow([r[key], *([r["text_pair"]] if pairs is not None else []), r["label"], r["score"],
-                            "|".join(r["labels"]), "|".join(map(str, r["scores"]))])
-        return
-    stream = open(output, "w", encoding="utf-8") if output else sys.stdout
+def predict_stream(model_dir: str, sources: list[str], output: str | None, text_column: str = "text",
+                   pair_column: str | int | None = None, top_k: int = 1, batch_size: int | None = None,
+                   num_processes: int = 1, chunk_rows: int = CHUNK_ROWS,
+                   say: Callable[[str], None] = lambda line: None) -> int:
+    """Predict every text of `sources` into `output` (JSONL to stdout when None); returns the rows written in
+    this call. `pair_column` defaults to the column a sentence-pair model was trained with."""
+    if num_processes < 1:
+        raise UserError(f"--num-processes {num_processes}: give 1 or more.")
+    trained_pair = saved_pair_column(model_dir)
+    pair = pair_column if pair_column is not None else trained_pair
+    why = "--pair-column" if pair_column is not None else "the column the model was trained with"
+    inputs = Inputs(list(sources), text_column, pair, why)
+    record = resume_record(model_dir, inputs, output, top_k, chunk_rows)
+    sidecar = Path(output).with_name(Path(output).name + ".partial.json") if output else None
+    done, size = resumable(sidecar, record, Writer.partial_path(output))
+    if done:
+        say(f"resuming: {done:,} rows already predicted in {Writer.partial_path(output)}")
+    writer = Writer(output, "text", pair is not None, resume_size=size if done else None)
+    if sidecar is not None:
+        write_json(sidecar, {**record, "rows": done, "size": writer.size()})
+    progress = RowProgress(inputs.estimated_rows(), done, say)
+    options = {"top_k": top_k, "batch_size": batch_size}
+    written = 0
     try:
-        for r in rows:
-            stream.write(json.dumps(r, ensure_ascii=False) + "\n")
+        for chunk, results in predicted_chunks(model_dir, inputs, done, chunk_rows, num_processes, options):
+            writer.write(prediction_rows(chunk.texts, results, chunk.pairs, "text"))
+            done += len(chunk.texts)
+            written += len(chunk.texts)
+            if sidecar is not None:
+                write_json(sidecar, {**record, "rows": done, "size": writer.size()})
+            progress.update(len(chunk.texts))
+        writer.finish()
     finally:
-        if output:
-            stream.close()
+        writer.close()
+        progress.close()
+    if sidecar is not None:
+        sidecar.unlink(missing_ok=True)
+    say(f"predicted {done:,} rows" + (f" into {output}" if output else ""))
+    return written
+
+
+def predicted_chunks(model_dir: str, inputs: Inputs, skip: int, chunk_rows: int, processes: int, options: dict):
+    """(chunk, results) in input order: in this process, or from `processes` workers with at most two chunks
+    each in flight (reading never runs far ahead of writing)."""
+    chunks = inputs.chunks(chunk_rows, skip=skip)
+    if processes == 1:
+        clf = load_worker_model(model_dir, threads=None, worker=0)
+        for chunk in chunks:
+            yield chunk, predict_chunk(clf, chunk.texts, chunk.pairs, options)
+        return
+    context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch or onnxruntime threads
+    workers = context.Queue()
+    for i in range(processes):
+        workers.put(i)
+    threads = max(1, (os.cpu_count() or 1) // processes)
+    with context.Pool(processes, initializer=start_worker, initargs=(model_dir, threads, workers)) as pool:
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append((chunk, pool.apply_async(worker_predict, (chunk.texts, chunk.pairs, options))))
+            while len(pending) >= 2 * processes:
+                done, result = pending.popleft()
+                yield done, result.get()
+        while pending:
+            done, result = pending.popleft()
+            yield done, result.get()
+
+
+def predict_chunk(clf, texts: list[str], pairs: list[str] | None, options: dict) -> list[list[dict]]:
+    """The classifier's labels for one chunk; texts stripped as training strips them (tokenizers such as
+    RoBERTa's read a leading space)."""
+    extra = {"batch_size": options["batch_size"]} if options.get("batch_size") else {}
+    return clf.predict([t.strip() for t in texts], top_k=options["top_k"],
+                       pairs=[p.strip() for p in pairs] if pairs is not None else None, **extra)
+
+
+WORKER_MODEL = None
+
+
+def start_worker(model_dir: str, threads: int, workers) -> None:
+    global WORKER_MODEL
+    WORKER_MODEL = load_worker_model(model_dir, threads, workers.get())
+
+
+def worker_predict(texts: list[str], pairs: list[str] | None, options: dict) -> list[list[dict]]:
+    return predict_chunk(WORKER_MODEL, texts, pairs, options)
+
+
+def load_worker_model(model_dir: str, threads: int | None, worker: int):
+    """The classifier of one process: an exported folder on onnxruntime with `threads` threads, or the PyTorch
+    model on GPU `worker` (modulo the GPUs there are) or the CPU."""
+    if is_export(model_dir):
+        from textxfer.deploy.text import OnnxTextClassifier
+
+        return OnnxTextClassifier(model_dir, threads=threads)
+    import torch
+
+    from textxfer.modalities.text.predict import Classifier
+
+    if threads:
+        torch.set_num_threads(threads)
+    gpus = torch.cuda.device_count()
+    return Classifier(model_dir, device=f"cuda:{worker % gpus}" if gpus else "cpu")
+
+
+def saved_pair_column(model_dir: str) -> str | int | None:
+    """The second-text column a sentence-pair model was trained with (None otherwise), read without loading it."""
+    from textxfer.core.layout import CONFIG_PAIR_COLUMN, find_model_dir
+
+    if is_export(model_dir):
+        return read_manifest(model_dir)[1].pair_column
+    config = json.loads((find_model_dir(model_dir) / "config.json").read_text(encoding="utf-8"))
+    return config.get(CONFIG_PAIR_COLUMN)
+
+
+def resume_record(model_dir: str, inputs: Inputs, output: str | None, top_k: int, chunk_rows: int) -> dict:
+    """What must be the same for a rerun to continue a partial output: the model, each input file (path, size,
+    modification time), the columns and options."""
+    files = [[str(Path(s).resolve()), os.path.getsize(s), os.stat(s).st_mtime_ns] if s != "-" else ["-"]
+             for s in inputs.sources]
+    return {"version": RESUME_VERSION, "model": str(Path(model_dir).resolve()), "inputs": files,
+            "text_column": inputs.text_column, "pair_column": inputs.pair_column, "top_k": top_k,
+            "output": str(Path(output).resolve()) if output else None}
+
+
+def resumable(sidecar: Path | None, record: dict, partial: Path | None) -> tuple[int, int]:
+    """(rows done, partial output size) of an earlier run of the same prediction, or (0, 0)."""
+    if sidecar is None or partial is None or not sidecar.is_file() or not partial.exists() \
+            or ["-"] in record["inputs"]:
+        return 0, 0
+    try:
+        saved = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return 0, 0
+    if {k: saved.get(k) for k in record} != record:
+        return 0, 0
+    return int(saved.get("rows", 0)), int(saved.get("size", 0))
 
 
 def predict_images(model_dir: str, source: str, output: str | None, top_k: int = 1) -> None:
     """`textxfer predict RUN_DIR --input IMAGE|FOLDER|LIST`: one JSONL (or CSV) row per image."""
+    from textxfer.modalities.image.classifier import ImageClassifier, image_inputs
+
     paths = image_inputs(source)
     results = ImageClassifier(model_dir).predict(paths, top_k=top_k)
-    write_predictions([str(p) for p in paths], results, output, key="image")
+    writer = Writer(output, "image", with_pairs=False)
+    try:
+        writer.write(prediction_rows([str(p) for p in paths], results, None, "image"))
+        writer.finish()
+    finally:
+        writer.close()

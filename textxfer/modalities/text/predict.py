@@ -13,6 +13,7 @@ import torch
 
 from textxfer.backbones.load import SAFE_LOADING, input_names
 from textxfer.core.layout import CONFIG_MAX_LENGTH, CONFIG_PAIR_COLUMN, find_model_dir
+from textxfer.deploy.decisions import decisions, probabilities
 from textxfer.modalities.text.batching import Collator, encode, sorted_batches
 
 
@@ -57,23 +58,16 @@ class Classifier:
         return out
 
     def probabilities(self, texts: list[str], pairs: list[str] | None = None, batch_size: int = 64) -> np.ndarray:
-        logits = torch.from_numpy(self.logits(texts, pairs, batch_size))
-        return (logits.sigmoid() if self.multi_label else logits.softmax(-1)).numpy()
+        return probabilities(self.logits(texts, pairs, batch_size), self.multi_label)
 
     def predict(self, texts: list[str], top_k: int = 1, pairs: list[str] | None = None,
                 batch_size: int = 64) -> list[list[dict]]:
         """Per text, a list of {label, score}: the top k labels, or every label above threshold (multi-label)."""
-        probs = self.probabilities(texts, pairs, batch_size)
-        results = []
-        for p in probs:
-            if self.multi_label:
-                chosen = [int(i) for i in np.argsort(-p) if p[i] >= self.thresholds[i]]
-            else:
-                chosen = [int(i) for i in np.argsort(-p)[: max(1, top_k)]]
-            results.append([{"label": self.labels[i], "score": float(p[i])} for i in chosen])
-        return results
+        return decisions(self.probabilities(texts, pairs, batch_size), self.labels, self.multi_label,
+                         self.thresholds, top_k)
 
 
 def load(model_dir: str | Path, device: str | None = None, max_length: int | None = None) -> Classifier:
-    """Load a run directory (or the model folder in it) for prediction."""
+    """Load a run directory (or the model folder in it) for prediction (`textxfer.load` also reads exported
+    folders)."""
     return Classifier(model_dir, device=device, max_length=max_length)
