@@ -1,0 +1,233 @@
+"""`textxfer predict --output`: streamed chunk by chunk, in input order, in every format, resumable after a kill,
+over several processes, with progress lines and bad rows named.
+
+Precision: fp32 (the saved model, or its fp32 export); streamed and whole-input predictions are compared exactly
+on labels and to 1e-6 on scores (chunking changes only which texts share a padded batch)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from conftest import tiny_recipe, with_pythonpath, write_tiny_dataset
+
+import textxfer
+from textxfer.core.errors import UserError
+from textxfer.outputs.onnx_export import export_run
+from textxfer.tools import predict as predict_module
+from textxfer.tools.predict import predict_stream
+
+ROOT = Path(__file__).resolve().parent.parent
+WORDS = ["good", "great", "bad", "awful", "goal", "ball", "the", "movie", "was", "very", "plot", "sad"]
+
+
+def texts_of(n: int) -> list[str]:
+    return [" ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(1 + i % 9)) + f" {i}" for i in range(n)]
+
+
+def write_csv(path: Path, texts: list[str]) -> Path:
+    path.write_text("text,other\n" + "".join(f'"{t}",x\n' for t in texts))
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(tiny_models, tmp_path_factory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("stream")
+    data = write_tiny_dataset(base / "data")
+    textxfer.train(tiny_recipe(tiny_models["bert"], data, base / "run", training__epochs=6,
+                               training__learning_rate=5e-3))
+    export_run(base / "run", base / "onnx")
+    return base / "run", base / "onnx"
+
+
+def read_output(path: Path) -> list[dict]:
+    if path.suffix == ".parquet":
+        return pq.read_table(path).to_pylist()
+    if path.suffix in (".csv", ".tsv"):
+        import csv
+
+        with open(path, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ","))
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".tsv", ".parquet"])
+@pytest.mark.parametrize("which", ["run", "export"])
+def test_streamed_output_is_the_whole_inputs_prediction_in_order(model, tmp_path, suffix, which):
+    folder = model[0] if which == "run" else model[1]
+    texts = texts_of(23)
+    source = write_csv(tmp_path / "in.csv", texts)
+    out = tmp_path / f"out{suffix}"
+    assert predict_stream(str(folder), [str(source)], str(out), chunk_rows=5) == 23
+    rows = read_output(out)
+    want = textxfer.load(folder).predict(texts)
+    assert [r["text"] for r in rows] == texts
+    assert [r["label"] for r in rows] == [w[0]["label"] for w in want]
+    assert [float(r["score"]) for r in rows] == pytest.approx([w[0]["score"] for w in want], abs=1e-6)
+    assert not Path(str(out) + ".partial").exists() and not Path(str(out) + ".partial.json").exists()
+
+
+def test_several_inputs_of_every_kind_are_read_in_turn(model, tmp_path):
+    texts = texts_of(12)
+    write_csv(tmp_path / "a.csv", texts[:3])
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps({"text": t}) + "\n\n" for t in texts[3:6]))
+    pq.write_table(pa.table({"text": texts[6:9]}), tmp_path / "c.parquet")
+    (tmp_path / "d.txt").write_text("\n".join(texts[9:]) + "\n\n")
+    (tmp_path / "e.tsv").write_text("id\ttext\n1\tgood\n")
+    sources = [str(tmp_path / n) for n in ("a.csv", "b.jsonl", "c.parquet", "d.txt", "e.tsv")]
+    predict_stream(str(model[1]), sources, str(tmp_path / "out.jsonl"), chunk_rows=4)
+    assert [r["text"] for r in read_output(tmp_path / "out.jsonl")] == texts + ["good"]
+
+
+def test_reading_stays_one_chunk_ahead_of_writing(model, tmp_path, monkeypatch):
+    """Bounded memory: when the first chunk is written, at most one chunk of input has been read."""
+    from textxfer.tools.predict_inputs import Inputs
+    from textxfer.tools.predict_outputs import Writer
+
+    pulled = []
+    real_rows, real_write = Inputs.rows, Writer.write
+
+    def counting_rows(self):
+        for row in real_rows(self):
+            pulled.append(1)
+            yield row
+
+    seen = []
+    monkeypatch.setattr(Inputs, "rows", counting_rows)
+    monkeypatch.setattr(Writer, "write", lambda self, rows: (seen.append(len(pulled)), real_write(self, rows)))
+    predict_stream(str(model[1]), [str(write_csv(tmp_path / "in.csv", texts_of(40)))], str(tmp_path / "o.jsonl"),
+                   chunk_rows=8)
+    assert seen[:3] == [8, 16, 24] and len(pulled) == 40
+
+
+def test_an_interrupted_prediction_resumes_where_it_stopped(model, tmp_path, monkeypatch):
+    """Stopped after two chunks: no output that looks complete, a partial file and its record; bytes written
+    after the last record are dropped; the rerun predicts only the rest; every row once, in order."""
+    texts = texts_of(30)
+    source = str(write_csv(tmp_path / "in.csv", texts))
+    out = tmp_path / "out.jsonl"
+    real = predict_module.predict_chunk
+    calls = []
+
+    def failing(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(predict_module, "predict_chunk", failing)
+    with pytest.raises(KeyboardInterrupt):
+        predict_stream(str(model[1]), [source], str(out), chunk_rows=7)
+    partial, record = Path(str(out) + ".partial"), Path(str(out) + ".partial.json")
+    assert not out.exists() and partial.is_file()
+    assert json.loads(record.read_text())["rows"] == 14 and len(partial.read_text().splitlines()) == 14
+    with open(partial, "a") as f:  # killed in the middle of writing a chunk
+        f.write('{"text": "half a ro')
+    monkeypatch.setattr(predict_module, "predict_chunk", real)
+    said = []
+    assert predict_stream(str(model[1]), [source], str(out), chunk_rows=7, say=said.append) == 16
+    assert said[0].startswith("resuming: 14 rows already predicted")
+    rows = read_output(out)
+    assert [r["text"] for r in rows] == texts
+    assert [r["label"] for r in rows] == [w[0]["label"] for w in textxfer.load(model[1]).predict(texts)]
+    assert not partial.exists() and not record.exists()
+
+
+def test_a_changed_input_starts_over(model, tmp_path, monkeypatch):
+    source = write_csv(tmp_path / "in.csv", texts_of(10))
+    out = tmp_path / "out.parquet"
+    monkeypatch.setattr(predict_module, "predict_chunk", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        predict_stream(str(model[1]), [str(source)], str(out), chunk_rows=4)
+    monkeypatch.undo()
+    write_csv(source, texts_of(11))
+    said = []
+    assert predict_stream(str(model[1]), [str(source)], str(out), chunk_rows=4, say=said.append) == 11
+    assert not any(s.startswith("resuming") for s in said) and len(read_output(out)) == 11
+
+
+def test_kill_9_then_the_same_command_resumes(model, tmp_path):
+    """The CLI killed with SIGKILL mid-run; the same command finishes the job with every row once, in order."""
+    texts = texts_of(30_000)
+    source = write_csv(tmp_path / "in.csv", texts)
+    out = tmp_path / "out.jsonl"
+    command = [sys.executable, "-m", "textxfer", "predict", str(model[1]), "--input", str(source), "--output", str(out)]
+    env = dict(os.environ, PYTHONPATH=with_pythonpath(ROOT))
+    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    record = Path(str(out) + ".partial.json")
+    deadline = time.time() + 120
+    while time.time() < deadline and child.poll() is None:
+        if record.is_file() and json.loads(record.read_text() or "{}").get("rows", 0) > 0:
+            break
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert not out.exists(), "killed before the end: the output must not look complete"
+    done = json.loads(record.read_text())["rows"]
+    assert 0 < done < len(texts)
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resuming: {done:,} rows" in again.stderr
+    assert [json.loads(line)["text"] for line in out.read_text().splitlines()] == texts
+
+
+def test_several_processes_give_the_same_output(model, tmp_path):
+    texts = texts_of(50)
+    source = str(write_csv(tmp_path / "in.csv", texts))
+    predict_stream(str(model[1]), [source], str(tmp_path / "one.jsonl"), chunk_rows=6)
+    predict_stream(str(model[1]), [source], str(tmp_path / "two.jsonl"), chunk_rows=6, num_processes=2)
+    assert (tmp_path / "one.jsonl").read_text() == (tmp_path / "two.jsonl").read_text()
+
+
+def test_progress_lines_in_a_log(model, tmp_path):
+    said = []
+    predict_stream(str(model[1]), [str(write_csv(tmp_path / "in.csv", texts_of(100)))], str(tmp_path / "o.csv"),
+                   chunk_rows=10, say=said.append)
+    progress = [s for s in said if s.startswith("predict: ")]
+    assert progress[0].startswith("predict: 10% (10 of ~100 rows),") and "rows/s" in progress[0]
+    assert progress[0].endswith(" left") and len(progress) == 9
+    assert said[-1] == f"predicted 100 rows into {tmp_path / 'o.csv'}"
+
+
+def test_stdin_streams_line_by_line(model):
+    texts = texts_of(5)
+    result = CliRunner().invoke(__import__("textxfer.cli.main", fromlist=["cli"]).cli,
+                                ["predict", str(model[1])], input="\n".join(texts) + "\n")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["text"] for r in rows] == texts
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("bad.jsonl", '{"text": "good"}\n{"text": "bad"\n', r"bad.jsonl, line 2: not valid JSON"),
+    ("short.csv", "id,text\n1,good\n2\n", r"short.csv, row 3: 1 fields, but the header has 2"),
+    ("other.csv", "review\ngood\n", r"other.csv has no column `text` \(--text-column\); columns: review"),
+    ("nulls.jsonl", '{"text": null}\n', r"nulls.jsonl, row 1: the text is empty \(null\)"),
+    ("nokey.jsonl", '{"body": "x"}\n', r"nokey.jsonl, line 1: no key `text`"),
+])
+def test_bad_rows_are_named_by_file_and_row(model, tmp_path, name, content, message):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(UserError, match=message):
+        predict_stream(str(model[1]), [str(tmp_path / name)], str(tmp_path / "o.jsonl"))
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_bad_options_are_refused(model, tmp_path):
+    with pytest.raises(UserError, match=r"--output o.xlsx: give a .jsonl, .csv, .tsv or .parquet file"):
+        predict_stream(str(model[1]), ["-"], "o.xlsx")
+    with pytest.raises(UserError, match=r"Input file .*missing.csv does not exist"):
+        predict_stream(str(model[1]), [str(tmp_path / "missing.csv")], None)
+    with pytest.raises(UserError, match=r"--num-processes 0"):
+        predict_stream(str(model[1]), ["-"], None, num_processes=0)
+    (tmp_path / "t.txt").write_text("good\n")
+    with pytest.raises(UserError, match=r"t.txt has one text per line, but the model reads sentence pairs"):
+        predict_stream(str(model[1]), [str(tmp_path / "t.txt")], None, pair_column="hypothesis")
