@@ -18,7 +18,8 @@ RECIPES_DIR = BUNDLED_RECIPES
 
 # Commands that live in their own modules, imported only when used.
 LAZY = {
-    "data": ("textxfer.tools.data_check", "data_group"),
+    "data": ("textxfer.cli.labelling", "data_group"),  # data_check's group, with `data issues` added
+    "suggest": ("textxfer.cli.labelling", "suggest_command"),
     "push": ("textxfer.outputs.hub", "push_command"),
     "card": ("textxfer.outputs.hub", "card_command"),
     "report": ("textxfer.outputs.report", "report_command"),

@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""How well `textxfer data issues` finds label errors, and what removing them is worth.
+
+    .venv/bin/python scripts/bench_label_issues.py                      # TREC-6, AG News, SST-2; 3 seeds
+    .venv/bin/python scripts/bench_label_issues.py --sets sst2 --seeds 1 --rows 300   # a quick try
+
+Per data set and seed: 2,000 training rows drawn at random (seeded), 10% of their labels flipped (seeded, each to
+one of the other classes uniformly), written to a CSV; `textxfer data issues` (its Python twin, with
+`recipes/fewshot.yaml`, 5 folds) flags rows; flagged rows are scored against the flipped ones (precision, recall,
+F1). Then three classifiers are trained and scored on the data set's evaluation split: on the clean rows, on the
+noisy rows, and on the noisy rows less the flagged ones; `recovered` = (without flagged - noisy) / (clean - noisy),
+the share of the accuracy the noise cost that removing the flagged rows wins back.
+
+The classifier of that comparison (--training): `head` (default) is fewshot.yaml's head, an L2-penalised logistic
+regression (C = 1/head_l2) on the recipe's frozen mean-pooled MiniLM embeddings; `recipe` trains fewshot.yaml
+itself (contrastive stage, then the head) through `textxfer.train`, about 10 minutes a run on two CPU cores.
+Evaluation sets: SST-2 dev (872), TREC-6 test (500), AG News test (first 2,000 of a seeded shuffle).
+Accuracy only (no timing), so it may run beside other jobs. Writes docs/results/bench_label_issues.{json,txt}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # a shared machine: one core for the linear algebra
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from bench_accuracy import DATA, data_config  # noqa: E402
+
+SETS = ("trec", "agnews", "sst2")
+RECIPE = ROOT / "recipes" / "fewshot.yaml"
+EVAL_CAP = 2000
+"""Evaluation rows at most (AG News has 7,600): a seeded shuffle's first rows."""
+NOISE = 0.10
+RESULTS = ROOT / "docs" / "results"
+
+
+def dataset(name: str) -> dict:
+    """{train_texts, train_labels, eval_texts, eval_labels, labels}: every training row (no few-shot draw) and the
+    evaluation split, read by textxfer's own reader with the settings of scripts/bench_accuracy.py."""
+    from textxfer.config.reading import load_recipe
+    from textxfer.data.splits import load_splits
+
+    cfg = load_recipe(data={"model": {"name": "x"}, "data": {**data_config(name), "validation_split": 0.0,
+                                                               "examples_per_class": None}}).data
+    splits = load_splits(cfg, 0)
+    evaluation = splits.test
+    idx = np.arange(len(evaluation))
+    if len(idx) > EVAL_CAP:
+        idx = np.sort(np.random.default_rng(12345).permutation(len(idx))[:EVAL_CAP])
+    return {"train_texts": list(splits.train["text"]), "train_labels": np.asarray(splits.train["label"]),
+            "eval_texts": [evaluation["text"][i] for i in idx.tolist()],
+            "eval_labels": np.asarray(evaluation["label"])[idx], "labels": splits.labels}
+
+
+def embedder(cache_dir: Path):
+    """embed(texts) -> fewshot.yaml's pretrained embeddings (the fast path's features), cached on disk by the
+    texts' hash so reruns and the other benchmark skip the model."""
+    import hashlib
+
+    from textxfer.config.reading import load_recipe
+    from textxfer.tools.out_of_fold import recipe_embeddings
+
+    recipe = load_recipe(RECIPE)
+
+    def embed(texts: list[str]) -> np.ndarray:
+        key = hashlib.sha256("\0".join([recipe.model.name, str(recipe.model.max_length), recipe.model.pooling,
+                                        *texts]).encode()).hexdigest()[:24]
+        path = cache_dir / f"{key}.npy"
+        if path.is_file():
+            return np.load(path)
+        z = recipe_embeddings(recipe, texts, None, ["a", "b"])
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        np.save(path, z)
+        return z
+    return embed
+
+
+def flip_labels(labels: np.ndarray, n_classes: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(noisy labels, sorted flipped positions): `share` of the rows, each moved to another class uniformly."""
+    rng = np.random.default_rng([seed, 99])
+    flipped = np.sort(rng.choice(len(labels), size=round(share * len(labels)), replace=False))
+    noisy = labels.copy()
+    shift = rng.integers(1, n_classes, size=len(flipped))
+    noisy[flipped] = (labels[flipped] + shift) % n_classes
+    return noisy, flipped
+
+
+def head_accuracy(embed, texts: list[str], y: np.ndarray, data: dict, seed: int) -> float:
+    """fewshot.yaml's head on the frozen embeddings of `texts`, scored on the evaluation split."""
+    from textxfer.config.reading import load_recipe
+    from textxfer.tools.out_of_fold import fit_head, head_probabilities
+
+    l2 = load_recipe(RECIPE).training.head_l2
+    head = fit_head(embed(texts), y, l2, seed)
+    probs = head_probabilities(head, embed(data["eval_texts"]), len(data["labels"]))
+    return float((probs.argmax(1) == data["eval_labels"]).mean())
+
+
+def recipe_accuracy(texts: list[str], y: np.ndarray, data: dict, seed: int, folder: Path) -> float:
+    """fewshot.yaml trained on these rows through `textxfer.train`, scored on the evaluation split."""
+    import pandas as pd
+
+    import textxfer
+
+    names = data["labels"]
+    train = pd.DataFrame({"text": texts, "label": [names[j] for j in y]})
+    test = pd.DataFrame({"text": data["eval_texts"], "label": [names[j] for j in data["eval_labels"]]})
+    result = textxfer.train(str(RECIPE), [
+        "data.text_column=text", "data.label_column=label", "data.labels=null", "data.examples_per_class=null",
+        f"training.seed={seed}"], output_dir=folder, overwrite=True, train=train, test=test)
+    return float(result.metrics["test"]["accuracy"])
+
+
+def write_csv(path: Path, texts: list[str], labels: list[str]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows(zip(texts, labels, strict=True))
+
+
+def one(name: str, data: dict, seed: int, rows: int, folds: int, training: str, embed, work: Path) -> dict:
+    from textxfer.tools.label_issues import find_issues
+
+    rng = np.random.default_rng([seed, 7])
+    pick = np.sort(rng.choice(len(data["train_texts"]), size=min(rows, len(data["train_texts"])), replace=False))
+    texts = [data["train_texts"][i] for i in pick.tolist()]
+    clean = data["train_labels"][pick]
+    names = data["labels"]
+    noisy, flipped = flip_labels(clean, len(names), NOISE, seed)
+    noisy_csv = work / f"{name}-{seed}.csv"
+    write_csv(noisy_csv, texts, [names[j] for j in noisy])
+    overrides = ["data.text_column=text", "data.label_column=label", "data.format=csv", "data.labels=null",
+                 "data.examples_per_class=null", "data.test=null", f"data.train={noisy_csv}"]
+    found = find_issues(str(RECIPE), overrides, folds=folds, embeddings=embed(texts))
+    flagged = np.asarray(sorted(i.row for i in found.issues), dtype=np.int64)
+    tp = len(np.intersect1d(flagged, flipped))
+    precision, recall = tp / max(len(flagged), 1), tp / max(len(flipped), 1)
+    f1 = 2 * precision * recall / max(precision + recall, 1e-12)
+    keep = np.setdiff1d(np.arange(len(texts)), flagged)
+    if training == "head":
+        def acc(idx, y):
+            return head_accuracy(embed, [texts[i] for i in idx], y[idx], data, seed)
+    else:
+        def acc(idx, y):
+            return recipe_accuracy([texts[i] for i in idx], y[idx], data, seed, work / f"run-{name}-{seed}")
+    everything = np.arange(len(texts))
+    a_clean, a_noisy, a_kept = acc(everything, clean), acc(everything, noisy), acc(keep, noisy)
+    lost = a_clean - a_noisy
+    return {"set": name, "seed": seed, "rows": len(texts), "flipped": len(flipped), "flagged": len(flagged),
+            "precision": precision, "recall": recall, "f1": f1, "oof_accuracy": found.oof_accuracy,
+            "acc_clean": a_clean, "acc_noisy": a_noisy, "acc_without_flagged": a_kept,
+            "recovered": (a_kept - a_noisy) / lost if lost > 0 else None, "training": training}
+
+
+def summarise(results: list[dict]) -> list[str]:
+    lines = [f"{'set':<8} {'seeds':>5} {'flagged':>8} {'precision':>9} {'recall':>7} {'F1':>6} {'acc clean':>9} "
+             f"{'noisy':>7} {'w/o flagged':>11} {'recovered':>9}"]
+    for name in dict.fromkeys(r["set"] for r in results):
+        rs = [r for r in results if r["set"] == name]
+
+        def m(key, rs=rs):
+            return float(np.mean([r[key] for r in rs]))
+        lost, won = m("acc_clean") - m("acc_noisy"), m("acc_without_flagged") - m("acc_noisy")
+        recovered = f"{won / lost:9.2f}" if lost > 0 else f"{'n/a':>9}"
+        lines.append(f"{name:<8} {len(rs):>5} {m('flagged'):8.0f} {m('precision'):9.3f} {m('recall'):7.3f} "
+                     f"{m('f1'):6.3f} {m('acc_clean'):9.4f} {m('acc_noisy'):7.4f} {m('acc_without_flagged'):11.4f} "
+                     f"{recovered}")
+    return lines
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sets", default=",".join(SETS))
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--rows", type=int, default=2000)
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--training", choices=("head", "recipe"), default="head")
+    p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "textxfer" / "bench-embeddings")
+    p.add_argument("--out", type=Path, default=RESULTS / "bench_label_issues")
+    a = p.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    embed = embedder(a.cache_dir)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in a.sets.split(","):
+            data = dataset(name)
+            for seed in range(a.seeds):
+                r = one(name, data, seed, a.rows, a.folds, a.training, embed, Path(tmp))
+                results.append(r)
+                print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}), flush=True)
+    lines = summarise(results)
+    header = (f"label issues: {a.rows} rows per set, {NOISE:.0%} flipped, {a.folds} folds, seeds 0-{a.seeds - 1}, "
+              f"accuracy of `{a.training}` training (data: {DATA})")
+    text = "\n".join([header, *lines]) + "\n"
+    print(text)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.with_suffix(".txt").write_text(text, encoding="utf-8")
+    a.out.with_suffix(".json").write_text(json.dumps({"settings": vars(a) | {"cache_dir": str(a.cache_dir),
+                                                                          "out": str(a.out)},
+                                                      "results": results}, indent=1, default=str) + "\n",
+                                          encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

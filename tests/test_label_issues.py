@@ -1,0 +1,164 @@
+"""`textxfer data issues`: out-of-fold probabilities, cleanlab's ranking, row numbers of the file, the files written
+and the refusals (too few rows for the folds, multi-label, no cleanlab)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from textxfer.cli.main import cli
+from textxfer.core.errors import UserError
+from textxfer.tools.label_issues import CSV_COLUMNS, find_issues, rank_issues, write_outputs
+from textxfer.tools.out_of_fold import check_folds, out_of_fold_probabilities, read_training_rows
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def blobs(n_per_class: int, n_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Well-separated Gaussian clusters, one per class, in 16 dimensions."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 4, size=(n_classes, 16))
+    y = np.repeat(np.arange(n_classes), n_per_class)
+    return centres[y] + rng.normal(0, 1, size=(len(y), 16)), y
+
+
+def test_flipped_labels_of_separable_classes_are_found():
+    x, y = blobs(100, 3, seed=0)
+    rng = np.random.default_rng(1)
+    flipped = np.sort(rng.choice(len(y), 30, replace=False))
+    noisy = y.copy()
+    noisy[flipped] = (y[flipped] + rng.integers(1, 3, size=30)) % 3
+    probs = out_of_fold_probabilities(x, noisy, 3, folds=5, seed=0, l2=0.1)
+    assert probs.shape == (300, 3) and np.allclose(probs.sum(1), 1)
+    found = rank_issues(noisy, probs)
+    hits = len(set(found.tolist()) & set(flipped.tolist()))
+    assert hits >= 24 and hits >= 0.9 * len(found), (hits, len(found))  # recall >= 0.8, precision >= 0.9
+    given = probs[found, noisy[found]]
+    assert np.all(np.diff(given) >= 0), "ranked by the probability of the given label, lowest first"
+
+
+def test_out_of_fold_means_a_row_never_scores_its_own_label():
+    """A row whose features are unique to it (a one-hot column of its own) cannot be predicted from itself."""
+    n = 40
+    y = np.array([0, 1] * (n // 2))
+    x = np.eye(n) * 10
+    probs = out_of_fold_probabilities(x, y, 2, folds=4, seed=0, l2=0.1)
+    assert np.allclose(probs, 0.5, atol=0.1)
+
+
+def test_class_with_fewer_rows_than_folds_is_refused_by_name():
+    y = np.array([0] * 10 + [1] * 10 + [2] * 3)
+    with pytest.raises(UserError, match=r"5 folds: 'rare' \(3 rows\).*lower --folds to 3"):
+        check_folds(y, ["a", "b", "rare"], 5, "train.csv")
+    check_folds(y, ["a", "b", "rare"], 3, "train.csv")
+    with pytest.raises(UserError, match="at least 2 folds"):
+        check_folds(y, ["a", "b", "rare"], 1, "train.csv")
+
+
+def write_rows(path: Path, rows: list[tuple[str, str]]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows(rows)
+    return path
+
+
+def recipe_file(tmp_path: Path, model: Path, train: Path, **data) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({"model": {"name": str(model), "max_length": 16, "pooling": "mean"},
+                                    "data": {"train": str(train), "text_column": "text", "label_column": "label",
+                                             **data},
+                                    "training": {"head_l2": 1.0}, "output_dir": str(tmp_path / "out")}))
+    return path
+
+
+def test_rows_are_data_rows_of_the_file_even_with_skipped_rows(tmp_path, tiny_models):
+    """Embeddings given (as the benchmark does): the flagged `row`s are the file's 0-based data rows, counted
+    before a row with no label is skipped, and each carries that row's text and given label."""
+    rows = [(f"text {i}", "a" if i < 30 else "b") for i in range(60)]
+    rows.insert(5, ("no label here", ""))  # data row 5, skipped under data.skip_bad_rows
+    wrong = {12: "b", 44: "a"}  # data rows (after the insert) whose label is the other class
+    for r, label in wrong.items():
+        rows[r] = (rows[r][0], label)
+    train = write_rows(tmp_path / "train.csv", rows)
+    recipe = recipe_file(tmp_path, tiny_models["bert"], train, skip_bad_rows=True)
+    usable = [i for i, (_, label) in enumerate(rows) if label]
+    truth = np.array([0 if i <= 30 else 1 for i in usable])  # the true class of each usable row
+    features = np.eye(2)[truth] * 5 + np.random.default_rng(0).normal(0, 0.3, size=(len(usable), 2))
+    found = find_issues(str(recipe), folds=5, embeddings=features)
+    assert sorted(x.row for x in found.issues) == sorted(wrong)
+    for x in found.issues:
+        assert x.text == rows[x.row][0] and x.given == wrong[x.row] and x.suggested != x.given
+        assert 0.5 < x.confidence <= 1 and x.given_probability < 0.5
+    assert found.rows == 60 and found.counts == {"a": 30, "b": 30}
+
+
+def test_command_writes_csv_and_report_section(tmp_path, tiny_models):
+    rows = [(f"good film {i}" if i % 2 else f"bad plot {i}", "pos" if i % 2 else "neg") for i in range(40)]
+    rows[3] = (rows[3][0], "neg")  # an odd row (pos words) labelled neg
+    train = write_rows(tmp_path / "train.csv", rows)
+    recipe = recipe_file(tmp_path, tiny_models["bert"], train)
+    out = tmp_path / "issues"
+    result = CliRunner().invoke(cli, ["data", "issues", str(recipe), "--output-dir", str(out), "--folds", "4"])
+    assert result.exit_code == 0, result.output
+    with open(out / "label_issues.csv", encoding="utf-8") as f:
+        table = list(csv.DictReader(f))
+    assert table, "row 3 (pos words, labelled neg) or another row is flagged"
+    assert list(table[0]) == CSV_COLUMNS
+    for line in table:
+        row = int(line["row"])
+        assert line["text"] == rows[row][0] and line["given_label"] == rows[row][1]
+        assert line["suggested_label"] in {"pos", "neg"} - {line["given_label"]}
+    section = (out / "label_issues.md").read_text()
+    assert section.startswith("## Suspected label errors") and "| given label | rows | flagged | share |" in section
+    assert f"{len(table)} of 40 rows" in result.output
+
+
+def test_command_refuses_too_few_rows_for_the_folds(tmp_path, tiny_models):
+    rows = [(f"text {i}", "common") for i in range(20)] + [("odd one", "rare"), ("odd two", "rare")]
+    recipe = recipe_file(tmp_path, tiny_models["bert"], write_rows(tmp_path / "train.csv", rows))
+    result = CliRunner().invoke(cli, ["data", "issues", str(recipe), "--output-dir", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "'rare' (2 rows)" in result.output and "5 folds" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_multi_label_is_refused(tmp_path, tiny_models):
+    rows = [(f"text {i}", "a,b" if i % 2 else "a") for i in range(20)]
+    recipe = recipe_file(tmp_path, tiny_models["bert"], write_rows(tmp_path / "train.csv", rows), multi_label=True)
+    with pytest.raises(UserError, match="multi_label"):
+        find_issues(str(recipe))
+
+
+def test_missing_cleanlab_says_which_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cleanlab.filter", None)
+    with pytest.raises(UserError, match=r"textxfer\[labels\]"):
+        rank_issues(np.array([0, 1]), np.array([[0.9, 0.1], [0.2, 0.8]]))
+
+
+def test_training_rows_keep_file_order_and_label_order(tmp_path):
+    from textxfer.config.reading import load_recipe
+
+    train = write_rows(tmp_path / "t.csv", [("x", "b"), ("y", "a"), ("z", "b")])
+    cfg = load_recipe(data={"model": {"name": "m"}, "data": {"train": str(train), "text_column": "text",
+                                                               "label_column": "label"}}).data
+    rows = read_training_rows(cfg)
+    assert rows.texts == ["x", "y", "z"] and rows.labels == ["a", "b"] and rows.targets.tolist() == [1, 0, 1]
+    assert rows.rows == [0, 1, 2]
+
+
+def test_outputs_to_an_unwritable_place_are_a_user_error(tmp_path):
+    from textxfer.tools.label_issues import IssuesFound
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    found = IssuesFound([], "t.csv", 0, ["a"], {"a": 0}, 5, "m", "mean", 1.0, 0.5)
+    with pytest.raises(UserError, match="writable --output-dir"):
+        write_outputs(found, blocker / "sub")

@@ -1,0 +1,138 @@
+"""`textxfer suggest`: the uncertainty scores, diversity of the chosen texts, the CSV to label, the refusals, and
+the one-pass embeddings + logits of a saved model."""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from textxfer.cli.main import cli
+from textxfer.core.errors import UserError
+from textxfer.tools.suggest import CSV_COLUMNS, check_k, choose, kmeans_plus_plus, uncertainty, unique_texts
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def test_uncertainty_is_one_minus_the_margin():
+    probs = np.array([[0.5, 0.5, 0.0], [0.9, 0.05, 0.05], [0.4, 0.35, 0.25], [1.0, 0.0, 0.0]])
+    assert np.allclose(uncertainty(probs), [1.0, 0.15, 0.95, 0.0])
+
+
+def test_multi_label_uncertainty_is_closeness_to_a_threshold():
+    probs = np.array([[0.5, 0.99], [0.9, 0.01], [0.3, 0.7]])
+    got = uncertainty(probs, multi_label=True, thresholds=np.array([0.5, 0.5]))
+    assert got[0] == pytest.approx(1.0) and got[1] == pytest.approx(0.2) and got[2] == pytest.approx(0.6)
+
+
+def near_duplicates(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Three tight clusters of texts: one of 30 very uncertain near-duplicates, two of 10 a little less
+    uncertain, far from it and from each other. Returns (probs, embeddings, cluster of each text)."""
+    rng = np.random.default_rng(seed)
+    centres = np.array([[10.0, 0, 0], [0, 10.0, 0], [0, 0, 10.0]])
+    cluster = np.repeat([0, 1, 2], [30, 10, 10])
+    emb = centres[cluster] + rng.normal(0, 0.01, size=(50, 3))
+    p_top = np.where(cluster == 0, 0.51, 0.6) + rng.uniform(0, 0.01, 50)
+    probs = np.stack([p_top, 1 - p_top], 1)
+    return probs, emb, cluster
+
+
+def test_badge_spreads_the_choice_where_margin_takes_near_duplicates():
+    probs, emb, cluster = near_duplicates()
+    margin, _ = choose(probs, emb, 3, "margin")
+    badge, score = choose(probs, emb, 3, "badge", seed=0)
+    assert set(cluster[margin]) == {0}  # the three most uncertain texts are near-duplicates
+    assert set(cluster[badge]) == {0, 1, 2}  # one per cluster
+    assert cluster[badge[0]] == 0 and badge[0] == int(np.argmax(score))  # the most informative text first
+    assert len(set(badge.tolist())) == 3
+
+
+def test_badge_prefers_uncertain_texts_among_alike_ones():
+    """Equal embeddings: the gradient's length is the uncertainty, so the first text is the most uncertain."""
+    probs = np.array([[0.99, 0.01], [0.55, 0.45], [0.8, 0.2]])
+    emb = np.ones((3, 4))
+    order, _ = choose(probs, emb, 1, "badge")
+    assert order.tolist() == [1]
+
+
+def test_kmeans_plus_plus_is_seeded_and_handles_duplicates():
+    factors = np.array([[0.5, -0.5]] * 4)
+    emb = np.ones((4, 2))
+    picked = kmeans_plus_plus(factors, emb, 3, seed=1)
+    assert len(set(picked)) == 3  # all identical: the rest taken in order, never twice
+    probs, emb, _ = near_duplicates(1)
+    a = choose(probs, emb, 5, "badge", seed=3)[0]
+    b = choose(probs, emb, 5, "badge", seed=3)[0]
+    assert a.tolist() == b.tolist()
+
+
+def test_bad_k_is_refused_with_the_sizes():
+    with pytest.raises(UserError, match="-k is 0.*10"):
+        check_k(0, 10)
+    with pytest.raises(UserError, match=r"3 usable text\(s\), fewer than the 5"):
+        check_k(5, 3)
+    with pytest.raises(UserError, match="Unknown strategy"):
+        choose(np.ones((4, 2)) / 2, np.ones((4, 2)), 2, "nope")
+
+
+def test_repeated_and_empty_texts_are_left_out():
+    kept, rows, empty, repeated = unique_texts(["a", " ", "b", "a ", "c", ""])
+    assert kept == ["a", "b", "c"] and rows == [0, 2, 4] and empty == 2 and repeated == 1
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_models):
+    import textxfer
+    from conftest import tiny_recipe, write_tiny_dataset
+
+    base = tmp_path_factory.mktemp("suggest-run")
+    data = write_tiny_dataset(base / "data")
+    recipe = tiny_recipe(tiny_models["bert"], data, base / "run", model__pooling="mean", training__epochs=1)
+    return textxfer.train(recipe).output_dir
+
+
+def test_embeddings_and_logits_in_one_pass_match_the_predictor(tiny_run):
+    from textxfer.modalities.text.embeddings import embed_texts, encoder_of
+    from textxfer.modalities.text.predict import load
+
+    clf = load(tiny_run, device="cpu")
+    texts = ["good film", "the plot was very bad", "goal", "a"]
+    emb, logits = embed_texts(clf.model, clf.tokenizer, texts, None, clf.max_length, with_logits=True)
+    assert np.allclose(logits, clf.logits(texts), atol=1e-5)
+    alone, none = embed_texts(clf.model, clf.tokenizer, texts, None, clf.max_length)
+    assert none is None and np.allclose(alone, emb, atol=1e-5)
+    import torch
+
+    enc = clf.tokenizer(texts[1], return_tensors="pt")
+    with torch.no_grad():
+        first = encoder_of(clf.model)(**enc).last_hidden_state[0, 0].numpy()
+    assert np.allclose(emb[1], first, atol=1e-5)
+
+
+def test_command_writes_a_csv_ready_to_label(tiny_run, tmp_path):
+    pool = tmp_path / "pool.csv"
+    texts = [f"{w} film {v}" for w in ("good", "bad", "goal", "plot") for v in ("", "very", "was", "is")]
+    pool.write_text("text\n" + "\n".join(texts + [texts[0]]) + "\n")
+    out = tmp_path / "next.csv"
+    result = CliRunner().invoke(cli, ["suggest", str(tiny_run), "--pool", str(pool), "-k", "5", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    with open(out, encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == CSV_COLUMNS and len(rows) == 5
+    assert [int(r["rank"]) for r in rows] == [1, 2, 3, 4, 5]
+    assert all(r["label"] == "" for r in rows) and len({r["text"] for r in rows}) == 5
+    for r in rows:
+        assert texts[int(r["row"])].strip() == r["text"] and float(r["score"]) >= 0
+
+
+def test_command_refuses_a_pool_smaller_than_k(tiny_run, tmp_path):
+    pool = tmp_path / "pool.txt"
+    pool.write_text("good film\nbad film\ngood film\n")
+    result = CliRunner().invoke(cli, ["suggest", str(tiny_run), "--pool", str(pool), "-k", "3"])
+    assert result.exit_code == 2 and "2 usable text(s), fewer than the 3" in result.output
+    result = CliRunner().invoke(cli, ["suggest", str(tiny_run), "--pool", str(pool), "-k", "0"])
+    assert result.exit_code == 2 and "-k is 0" in result.output
+    assert not (tiny_run / "suggestions.csv").exists()

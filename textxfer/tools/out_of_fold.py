@@ -1,0 +1,135 @@
+"""Out-of-fold class probabilities for every training row, through a recipe's fast path: the backbone's pooled
+embeddings (what the recipe's classifier reads) computed once, then the head alone (an L2-penalised logistic
+regression, `training.head_l2` in scikit-learn's units as the recipe's head trains) fitted on k-1 folds and
+applied to the k-th, for each of k stratified, seeded folds.
+
+A row's probabilities then come from a head that never saw that row's label, which is what ranking suspected
+label errors needs (`label_issues`). The contrastive stage of a recipe is not run: it would have to be run once per
+fold (it tunes the body on the labels it is given) and costs far more than everything here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from textxfer.config.schema import DataConfig, Recipe
+from textxfer.core.errors import UserError
+
+log = logging.getLogger("textxfer")
+
+HEAD_MAX_ITER = 2000
+"""L-BFGS iterations of the head: enough to converge on a few thousand embeddings of a few hundred dimensions."""
+
+
+@dataclass
+class TrainingRows:
+    """The training file's usable rows as read (no de-duplication, carving or few-shot draw): texts, second
+    texts of pairs, class ids, the label names, and each row's 0-based data row in the file (header not
+    counted), so a reported row can be found again."""
+
+    texts: list[str]
+    pairs: list[str] | None
+    targets: np.ndarray
+    labels: list[str]
+    rows: list[int]
+    source: str
+    where: list[str]
+    """Per row, how an error message names it (`file, row N`)."""
+    notes: list[str]
+
+
+def read_training_rows(cfg: DataConfig) -> TrainingRows:
+    """Every usable row of `data.train`, with the recipe's label order (`data.labels`, or the sorted values)."""
+    from textxfer.data.labels import build_label_space, declared_labels, encode_labels, normalise_labels
+    from textxfer.data.rows import read_table, usable_rows
+
+    if cfg.train is None:
+        raise UserError("Recipe key `data.train` is missing: give the training file to check.")
+    if cfg.multi_label:
+        raise UserError("`data.multi_label: true`: finding label errors handles one label per row for now; set "
+                        "`data.multi_label: false` if each row has one label.")
+    notes: list[str] = []
+    declared = declared_labels(cfg)
+    rows = usable_rows(read_table(cfg.train, cfg, "train", notes), cfg, notes, declared)
+    keys = normalise_labels(rows, cfg, declared, notes)
+    table = rows.table
+    column = table.names[cfg.label_column] if isinstance(cfg.label_column, int) and table.header \
+        and cfg.label_column < len(table.names) else cfg.label_column
+    space = build_label_space(cfg, keys, table.class_names.get(column), [keys])
+    ids = encode_labels(keys, rows, space, "train")
+    return TrainingRows(rows.texts, rows.pairs, np.asarray([r[0] for r in ids], dtype=np.int64), space.names,
+                        list(rows.index), table.source, [rows.where(i) for i in range(len(rows.texts))], notes)
+
+
+def check_folds(targets: np.ndarray, labels: list[str], folds: int, source: str) -> None:
+    """Every class needs at least `folds` rows (one in each held-out fold); refuse naming the classes that lack them."""
+    if folds < 2:
+        raise UserError(f"--folds is {folds}: out-of-fold probabilities need at least 2 folds (5 is usual).")
+    counts = np.bincount(targets, minlength=len(labels))
+    short = [(labels[j], int(counts[j])) for j in range(len(labels)) if 0 < counts[j] < folds]
+    if short:
+        listed = ", ".join(f"{name!r} ({n} row{'s' if n != 1 else ''})" for name, n in short)
+        fewest = min(n for _, n in short)
+        lower = f"lower --folds to {fewest}" if fewest >= 2 else "drop the single-row classes"
+        raise UserError(f"{source}: {len(short)} class(es) have fewer rows than the {folds} folds: {listed}. Each "
+                        f"class needs a row in every fold. Add rows of those classes, {lower}, or merge classes "
+                        "with a `data.labels` mapping.")
+    if int((counts > 0).sum()) < 2:
+        present = [labels[j] for j in np.flatnonzero(counts)]
+        raise UserError(f"{source}: every row has the label {present[0]!r}; finding label errors needs two or more "
+                        "classes.")
+
+
+def recipe_embeddings(recipe: Recipe, texts: list[str], pairs: list[str] | None, labels: list[str],
+                      device: str | None = None) -> np.ndarray:
+    """The embeddings the recipe's classifier would read from its pretrained backbone (`model.name`, with
+    `model.pooling` as training adds it), for every text."""
+    import torch
+
+    from textxfer.backbones.load import load_classifier, resolve_model_name
+    from textxfer.backbones.pooling import add_mean_pooling, known_pooling_layer
+    from textxfer.modalities.text.embeddings import embed_texts
+    from textxfer.modalities.text.modality import build_tokenizer
+
+    m = recipe.model
+    path = resolve_model_name(m.name)
+    tokenizer = build_tokenizer(path, recipe)
+    model, parts = load_classifier(path, labels, revision=m.revision, trust_remote_code=m.trust_remote_code)
+    parts = known_pooling_layer(model, parts)
+    if m.pooling == "mean":
+        add_mean_pooling(model, parts)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    features, _ = embed_texts(model, tokenizer, texts, pairs, m.max_length, device=device)
+    return features
+
+
+def fit_head(features: np.ndarray, targets: np.ndarray, l2: float, seed: int):
+    """The recipe's head on fixed embeddings: multinomial logistic regression with scikit-learn's C = 1/l2
+    (`training.head_l2`; 0 = no penalty). Returns the fitted scikit-learn estimator."""
+    from sklearn.linear_model import LogisticRegression
+
+    kwargs = {"C": 1.0 / l2} if l2 > 0 else {"penalty": None}
+    return LogisticRegression(max_iter=HEAD_MAX_ITER, random_state=seed, **kwargs).fit(features, targets)
+
+
+def head_probabilities(head, features: np.ndarray, n_classes: int) -> np.ndarray:
+    """[n, n_classes] probabilities of a fitted head; classes it never saw get 0."""
+    out = np.zeros((len(features), n_classes), dtype=np.float64)
+    out[:, head.classes_] = head.predict_proba(features)
+    return out
+
+
+def out_of_fold_probabilities(features: np.ndarray, targets: np.ndarray, n_classes: int, folds: int, seed: int,
+                              l2: float) -> np.ndarray:
+    """[n, n_classes] probabilities, each row's from the head fitted on the other folds (stratified, seeded)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    probs = np.zeros((len(targets), n_classes), dtype=np.float64)
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for k, (fit_idx, held_idx) in enumerate(splitter.split(features, targets)):
+        head = fit_head(features[fit_idx], targets[fit_idx], l2, seed + k)
+        probs[held_idx] = head_probabilities(head, features[held_idx], n_classes)
+    return probs

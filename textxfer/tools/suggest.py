@@ -1,0 +1,201 @@
+"""`textxfer suggest`: which unlabelled texts to label next, so that each label teaches the model the most.
+
+A trained run scores a pool of unlabelled texts: its class probabilities (how unsure it is of each text) and the
+embeddings its classifier reads (where each text lies). Labelling only the most uncertain texts tends to pick
+near-duplicates from one confusing corner; labelling by spread alone ignores what the model already knows. The
+chosen texts combine both (strategy `badge`, the default: Ash et al., 2020, "Deep Batch Active Learning by
+Diverse, Uncertain Gradient Lower Bounds"): each text is represented by the gradient its label would give the
+last layer if the model's own guess were right, (p - onehot(guess)) outer embedding, whose length grows with the
+model's uncertainty and whose direction says where the text lies and what it would change; k-means++ seeding
+over those vectors then picks texts that are both uncertain and unlike each other. `margin` (the smallest gap
+between the two likeliest classes, top k) and `least-confidence` are the plain uncertainty rankings, for
+comparison (docs/labelling.md has the measurements behind the default).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from textxfer.core.errors import UserError
+
+log = logging.getLogger("textxfer")
+
+STRATEGIES = ("badge", "margin", "least-confidence")
+DEFAULT_STRATEGY = "badge"
+CSV_COLUMNS = ["text", "label", "score", "rank", "row"]
+
+
+# ------------------------------------------------------------------------------------------ scores
+
+def uncertainty(probs: np.ndarray, multi_label: bool = False, thresholds: np.ndarray | None = None) -> np.ndarray:
+    """Per text, how unsure the model is, in [0, 1]: 1 - (top probability - second) for one label per text; for
+    multi-label models 1 - the smallest distance of a label's probability to its threshold (scaled to [0, 1])."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if multi_label:
+        t = np.full(probs.shape[1], 0.5) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+        room = np.where(probs >= t, 1.0 - t, t)  # the furthest a probability can be from its threshold
+        return 1.0 - (np.abs(probs - t) / np.maximum(room, 1e-12)).min(axis=1)
+    if probs.shape[1] < 2:
+        return np.zeros(len(probs))
+    top2 = -np.sort(-probs, axis=1)[:, :2]
+    return 1.0 - (top2[:, 0] - top2[:, 1])
+
+
+def least_confidence(probs: np.ndarray) -> np.ndarray:
+    """1 - the top probability (small-text's `LeastConfidence`)."""
+    return 1.0 - np.asarray(probs, dtype=np.float64).max(axis=1)
+
+
+def gradient_factors(probs: np.ndarray, multi_label: bool = False,
+                     thresholds: np.ndarray | None = None) -> np.ndarray:
+    """The class factor of each text's last-layer gradient under its predicted label: p - onehot(argmax p) (for
+    multi-label models p - [p >= threshold]); the gradient itself is this outer the text's embedding."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if multi_label:
+        t = np.full(probs.shape[1], 0.5) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+        return probs - (probs >= t)
+    guess = np.zeros_like(probs)
+    guess[np.arange(len(probs)), probs.argmax(axis=1)] = 1.0
+    return probs - guess
+
+
+def kmeans_plus_plus(factors: np.ndarray, embeddings: np.ndarray, k: int, seed: int) -> list[int]:
+    """k indices by k-means++ seeding over the vectors factors[i] (outer) embeddings[i], without building them:
+    |a x^T - b y^T|^2 = |a|^2 |x|^2 + |b|^2 |y|^2 - 2 (a.b)(x.y). The first is the longest vector (the most
+    informative text), each next one drawn with probability proportional to its squared distance to the nearest
+    one chosen (seeded)."""
+    rng = np.random.default_rng(seed)
+    a = np.asarray(factors, dtype=np.float64)
+    x = np.asarray(embeddings, dtype=np.float64)
+    sq = (a * a).sum(1) * (x * x).sum(1)
+    first = int(np.argmax(sq))
+    chosen = [first]
+    nearest = np.maximum(sq + sq[first] - 2.0 * (a @ a[first]) * (x @ x[first]), 0.0)
+    nearest[first] = 0.0
+    while len(chosen) < k:
+        total = nearest.sum()
+        if total <= 0:  # every text left is a duplicate of a chosen one: take the rest in order of length
+            rest = [int(i) for i in np.argsort(-sq, kind="stable") if i not in set(chosen)]
+            chosen += rest[:k - len(chosen)]
+            break
+        nxt = int(rng.choice(len(nearest), p=nearest / total))
+        chosen.append(nxt)
+        dist = np.maximum(sq + sq[nxt] - 2.0 * (a @ a[nxt]) * (x @ x[nxt]), 0.0)
+        nearest = np.minimum(nearest, dist)
+        nearest[nxt] = 0.0
+    return chosen
+
+
+def choose(probs: np.ndarray, embeddings: np.ndarray, k: int, strategy: str = DEFAULT_STRATEGY, seed: int = 0,
+           multi_label: bool = False, thresholds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(indices of the k texts to label, in the order chosen; each text's score). `score` is the model's
+    uncertainty for the uncertainty rankings and the length of the gradient vector for `badge` (both: higher =
+    more to learn from)."""
+    n = len(probs)
+    check_k(k, n)
+    if strategy == "badge":
+        factors = gradient_factors(probs, multi_label, thresholds)
+        score = np.linalg.norm(factors, axis=1) * np.linalg.norm(embeddings, axis=1)
+        return np.asarray(kmeans_plus_plus(factors, embeddings, k, seed)), score
+    if strategy == "margin":
+        score = uncertainty(probs, multi_label, thresholds)
+    elif strategy == "least-confidence":
+        score = least_confidence(probs)
+    else:
+        raise UserError(f"Unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}.")
+    return np.argsort(-score, kind="stable")[:k], score
+
+
+def check_k(k: int, pool: int) -> None:
+    if k <= 0:
+        raise UserError(f"-k is {k}: ask for at least 1 text (the pool has {pool:,}).")
+    if pool < k:
+        raise UserError(f"The pool has {pool:,} usable text(s), fewer than the {k:,} asked for (-k). Give a larger "
+                        f"pool or ask for at most {pool:,}.")
+
+
+# ------------------------------------------------------------------------------------------ the command
+
+@dataclass
+class Suggestion:
+    """One text to label: its pool row (0-based, header not counted), text, score and 1-based rank."""
+
+    row: int
+    text: str
+    score: float
+    rank: int
+
+
+def unique_texts(texts: list[str]) -> tuple[list[str], list[int], int, int]:
+    """(texts stripped, their pool rows, empty rows dropped, repeated texts dropped): a repeated text keeps its first
+    row, so the same text is never suggested twice."""
+    seen: set[str] = set()
+    kept, rows, empty, repeated = [], [], 0, 0
+    for i, text in enumerate(texts):
+        t = str(text).strip()
+        if not t:
+            empty += 1
+        elif t in seen:
+            repeated += 1
+        else:
+            seen.add(t)
+            kept.append(t)
+            rows.append(i)
+    return kept, rows, empty, repeated
+
+
+def suggest(model, texts: list[str], k: int, pairs: list[str] | None = None, strategy: str = DEFAULT_STRATEGY,
+            seed: int = 0, batch_size: int = 64) -> list[Suggestion]:
+    """The k texts of the pool that a saved model (a run directory, its model folder, or a loaded
+    `textxfer.load(...)` classifier) would learn the most from, best first."""
+    from textxfer.modalities.text.embeddings import embed_texts
+    from textxfer.modalities.text.predict import Classifier, load
+
+    if strategy not in STRATEGIES:
+        raise UserError(f"Unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}.")
+    if k <= 0:
+        check_k(k, len(texts))
+    kept, rows, empty, repeated = unique_texts(texts)
+    if empty or repeated:
+        log.info(f"pool: {len(kept):,} distinct texts ({empty:,} empty row(s) and {repeated:,} repeated text(s) "
+                 "left out)")
+    check_k(k, len(kept))
+    clf = model if isinstance(model, Classifier) else load(model)
+    kept_pairs = [str(pairs[i]).strip() for i in rows] if pairs is not None else None
+    embeddings, logits = embed_texts(clf.model, clf.tokenizer, kept, kept_pairs, clf.max_length, with_logits=True,
+                                     device=clf.device, max_batch=batch_size)
+    import torch
+
+    logits_t = torch.from_numpy(logits)
+    probs = (logits_t.sigmoid() if clf.multi_label else logits_t.softmax(-1)).numpy()
+    order, score = choose(probs, embeddings, k, strategy, seed, clf.multi_label, clf.thresholds)
+    return [Suggestion(rows[i], kept[i], float(score[i]), rank) for rank, i in enumerate(order.tolist(), 1)]
+
+
+def write_suggestions(suggestions: list[Suggestion], output: str | Path) -> Path:
+    """A CSV ready to label: text, an empty label column, score, rank, row (of the pool). Written to a temporary
+    file and renamed, so an existing file is replaced whole or not at all."""
+    path = Path(output)
+    if path.suffix.lower() != ".csv":
+        raise UserError(f"--output {path}: give a .csv file name (the suggestions are a CSV to label).")
+    if path.parent and not path.parent.exists():
+        raise UserError(f"--output {path}: the folder {path.parent} does not exist.")
+    fd, tmp = tempfile.mkstemp(prefix=".suggest-", suffix=".csv", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(CSV_COLUMNS)
+            for s in suggestions:
+                w.writerow([s.text, "", f"{s.score:.6f}", s.rank, s.row])
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
