@@ -85,8 +85,9 @@ def test_repeated_and_empty_texts_are_left_out():
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_models):
-    import textxfer
     from conftest import tiny_recipe, write_tiny_dataset
+
+    import textxfer
 
     base = tmp_path_factory.mktemp("suggest-run")
     data = write_tiny_dataset(base / "data")
