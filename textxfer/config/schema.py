@@ -45,6 +45,10 @@ class DataConfig:
     """Validation data (same forms as train). If absent, `validation_split` of train is carved out (stratified)."""
     test: Any = None
     """Test data, evaluated once with the best model. If absent, `test_split` of train is carved out (0 = none)."""
+    unlabelled: Any = None
+    """Texts without labels to learn from (self-training, see `self_training` and docs/self-training.md): a file in
+    the training data's format and columns (a label column is ignored), or a .txt file of one text per line.
+    Texts that are also training, validation or test texts are removed (counted in the run's report)."""
     format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "text", "prefix"] = "auto"
     """File format; `auto` goes by the extension (.csv .tsv .json .jsonl .parquet .txt). `prefix` reads lines
     `LABEL<sep>text` (see label_separator); `text` is one example per line (label from {label: file}, or sniffed
@@ -309,6 +313,30 @@ class HubConfig:
 
 
 @dataclass
+class SelfTrainingConfig:
+    """Learning from `data.unlabelled` (docs/self-training.md): train as the recipe says, give the unlabelled
+    texts the model's labels, keep the confident ones (the same number per class), train again on the labelled
+    plus those, for `rounds` rounds. No test data is read to choose what is kept."""
+
+    rounds: int = 1
+    """Trainings on labelled + pseudo-labelled texts after the first (each relabels the texts with the model of
+    the one before). Each costs about one training on that many more examples."""
+    per_class: int = 500
+    """Pseudo-labels kept per class each round, at most: the most confident of the texts predicted as that class.
+    A class predicted for fewer texts keeps fewer."""
+    min_confidence: float = 0.0
+    """Never keep a pseudo-label less probable than this (0: the count alone decides)."""
+    balance_lengths: bool = True
+    """Spread each class's quota evenly over the length quartiles of the unlabelled texts, so no class's kept
+    texts are all long or all short (a length cue the next round would learn instead of the classes)."""
+    max_unlabelled: int | None = 5000
+    """Label at most this many unlabelled texts (a seeded sample); null: all. Labelling costs a forward pass each."""
+    contrastive_epochs: float | None = 2
+    """Passes of the contrastive stage (when the recipe has one) in the rounds with pseudo-labels; null: the
+    recipe's `training.contrastive.epochs`. With many more examples, fewer passes make as many steps."""
+
+
+@dataclass
 class Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     """The pretrained checkpoint and how it reads text."""
@@ -318,6 +346,8 @@ class Recipe:
     """What is trained and what stays frozen."""
     training: TrainingConfig = field(default_factory=TrainingConfig)
     """The optimisation loop."""
+    self_training: SelfTrainingConfig = field(default_factory=SelfTrainingConfig)
+    """How `data.unlabelled` is learned from (unused without it)."""
     output_dir: str = "runs/latest"
     """Where the run is written (model, metrics, recipe, log)."""
     save_adapter: bool = False

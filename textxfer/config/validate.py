@@ -48,6 +48,26 @@ def validate(recipe: Recipe) -> None:
     if t.early_stopping is not None and t.early_stopping.min_delta < 0:
         raise UserError("Recipe key `training.early_stopping.min_delta` must be >= 0.")
     validate_small_data(recipe)
+    validate_self_training(recipe)
+
+
+def validate_self_training(recipe: Recipe) -> None:
+    """`self_training` ranges, and what learning from `data.unlabelled` does not handle yet."""
+    st = recipe.self_training
+    if st.rounds < 1:
+        raise UserError(f"Recipe key `self_training.rounds` must be >= 1, not {st.rounds}.")
+    if st.per_class < 1:
+        raise UserError(f"Recipe key `self_training.per_class` must be >= 1, not {st.per_class}.")
+    if not 0 <= st.min_confidence < 1:
+        raise UserError(f"Recipe key `self_training.min_confidence` must be in [0, 1), not {st.min_confidence}.")
+    if st.max_unlabelled is not None and st.max_unlabelled < 1:
+        raise UserError(f"Recipe key `self_training.max_unlabelled` must be >= 1 or null, not {st.max_unlabelled}.")
+    if st.contrastive_epochs is not None and st.contrastive_epochs <= 0:
+        raise UserError(f"Recipe key `self_training.contrastive_epochs` must be > 0 or null, not "
+                        f"{st.contrastive_epochs}.")
+    if recipe.data.unlabelled is not None and recipe.data.multi_label:
+        raise UserError("`data.unlabelled` with `data.multi_label: true`: self-training handles one label per text "
+                        "for now. Remove `data.unlabelled`, or set `data.multi_label: false` if each text has one label.")
 
 
 def validate_small_data(recipe: Recipe) -> None:

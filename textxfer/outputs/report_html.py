@@ -26,6 +26,7 @@ from textxfer.outputs.report_format import (
     headline_metrics,
     metric_items,
 )
+from textxfer.outputs.report_self_training import self_training_section
 from textxfer.outputs.run_reading import RunFiles
 from textxfer.outputs.run_scores import confusion_counts, mistakes, thresholds
 
@@ -337,7 +338,7 @@ def render_page(run: RunFiles, warnings: list[str], table: dict[str, dict[str, d
         _overview(run),
         _section("warnings", "What is missing", "<ul>" + "".join(f"<li>{_e(w)}</li>" for w in warnings) + "</ul>",
                  "warn") if warnings else "",
-        _metrics_table(run), _plots_section(run), _pairs_section(run), _per_class_section(run, table),
+        _metrics_table(run), self_training_section(run), _plots_section(run), _pairs_section(run), _per_class_section(run, table),
         _mistakes_section(run), _model_section(run), _timing_section(run), _recipe_section(run),
     ]
     sections = [s for s in sections if s]

@@ -53,6 +53,10 @@ def train(recipe: Recipe | str | Path | dict, overrides: list[str] | None = None
     get_strategy(recipe.strategy.name)  # an unknown strategy stops here, before any data or model is read
     if output_dir is not None:
         recipe.output_dir = str(output_dir)
+    if recipe.data.unlabelled is not None:  # learning from unlabelled texts: rounds of this function
+        from textxfer.tools.self_training import self_train
+
+        return RunResult(*self_train(recipe, train_round, overwrite, command, memory, resume))
     ckpt, notes = None, []
     if resume is not None and resume is not False:
         where = Path(recipe.output_dir) if resume in (True, "") else Path(resume)
@@ -90,6 +94,11 @@ def train(recipe: Recipe | str | Path | dict, overrides: list[str] | None = None
     finally:
         torch.set_num_threads(threads)
     return RunResult(out, metrics)
+
+
+def train_round(recipe: dict, **kwargs) -> RunResult:
+    """`train`, for self-training's rounds (inside `train` its own `train=` argument hides the name)."""
+    return train(recipe, **kwargs)
 
 
 def _with_defaults(saved: dict) -> dict:

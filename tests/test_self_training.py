@@ -1,0 +1,209 @@
+"""Self-training on `data.unlabelled`: what is removed before labelling (duplicates, leaks), the label-column
+notice, the per-round record, that the test split decides nothing, and errors that name the file."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import tiny_recipe
+
+from textxfer.core.errors import UserError
+from textxfer.tools.pseudo_labels import select
+from textxfer.tools.unlabelled_texts import clean_unlabelled
+
+
+def write_unlabelled(path: Path, texts: list[str], labels: list[str] | None = None) -> Path:
+    rows = ["text,label"] + [f"{t},{y}" for t, y in zip(texts, labels, strict=True)] if labels else \
+        ["text"] + list(texts)
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def csv_texts(path: Path) -> list[str]:
+    return [line.split(",")[0] for line in path.read_text().splitlines()[1:]]
+
+
+UNLABELLED = [f"really {w} {f}" for w in ("good", "great", "bad", "awful", "goal", "ball") for f in
+              ("film", "the plot", "a movie", "very actor", "is fine", "was the film")]
+
+
+def self_training_recipe(tiny_models, tiny_data, out: Path, unlabelled: Path, **over) -> dict:
+    return tiny_recipe(tiny_models["bert"], tiny_data, out, data__unlabelled=str(unlabelled),
+                       self_training__per_class=4, self_training__rounds=over.pop("rounds", 1), **over)
+
+
+# ------------------------------------------------------------------------------------------ units
+
+def test_clean_unlabelled_removes_repeats_empties_and_every_labelled_split():
+    taken = {"train": {"a", "b"}, "validation": {"c"}, "test": {"d"}}
+    pool = clean_unlabelled(["a", "x", " x ", "", None, "c", "d", "y", "b"], None, "u.csv", taken)
+    assert pool.texts == ["x", "y"]
+    assert pool.counts == {"rows_read": 9, "empty": 2, "repeated": 1, "in_train": 2, "in_validation": 1,
+                           "in_test": 1, "kept": 2}
+    assert "1 equal to a test text" in pool.notes[0] and "no leakage" in pool.notes[0]
+
+
+def test_clean_unlabelled_with_nothing_left_names_the_file():
+    with pytest.raises(UserError, match=r"u\.csv .*no unlabelled text is left"):
+        clean_unlabelled(["a", "a"], None, "u.csv", {"train": {"a"}})
+
+
+def test_select_keeps_the_most_confident_per_class_and_records_thresholds():
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.8, 0.2], [0.3, 0.7], [0.05, 0.95], [0.45, 0.55]])
+    chosen = select(probs, ["neg", "pos"], per_class=2)
+    assert chosen.index.tolist() == [0, 2, 3, 4]
+    assert chosen.labels.tolist() == [0, 0, 1, 1]
+    assert chosen.kept == {"neg": 2, "pos": 2}
+    assert chosen.threshold == {"neg": pytest.approx(0.8), "pos": pytest.approx(0.7)}
+    floor = select(probs, ["neg", "pos"], per_class=2, min_confidence=0.85)
+    assert floor.index.tolist() == [0, 4] and floor.kept == {"neg": 1, "pos": 1}
+
+
+def test_select_balance_lengths_spreads_each_class_over_length_quartiles():
+    rng = np.random.default_rng(0)
+    lengths = np.arange(400) % 40 + 1
+    p = rng.uniform(0.5, 0.95, 400)
+    p[lengths > 20] = 0.99  # the model is surest of long texts: unbalanced, it would keep only those
+    probs = np.stack([p, 1 - p], 1)
+    plain = select(probs, ["a", "b"], per_class=40)
+    balanced = select(probs, ["a", "b"], per_class=40, lengths=lengths)
+    assert lengths[plain.index[plain.labels == 0]].min() > 20
+    assert np.bincount(np.searchsorted([10.5, 20.5, 30.5], lengths[balanced.index[balanced.labels == 0]]),
+                       minlength=4).tolist() == [10, 10, 10, 10]
+
+
+# ------------------------------------------------------------------------------------------ runs
+
+def test_rounds_are_recorded_and_duplicates_of_labelled_texts_removed(tiny_models, tiny_data, tmp_path):
+    from textxfer.tools.train import train
+
+    train_texts, val_texts = csv_texts(tiny_data["train"]), csv_texts(tiny_data["validation"])
+    rows = UNLABELLED + train_texts[:3] + val_texts[:2] + UNLABELLED[:4]
+    unlabelled = write_unlabelled(tmp_path / "u.csv", rows)
+    out = tmp_path / "run"
+    result = train(self_training_recipe(tiny_models, tiny_data, out, unlabelled, rounds=2))
+    history = json.loads((out / "history.json").read_text())["self_training"]
+    counts = history["unlabelled_counts"]
+    assert counts["repeated"] == len(rows) - len(set(rows))
+    assert counts["in_train"] + counts["in_validation"] == len(set(train_texts[:3]) | set(val_texts[:2]))
+    assert counts["kept"] == len(UNLABELLED)
+    rounds = history["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    for r in rounds[1:]:
+        assert sum(r["per_class"].values()) == r["kept"] > 0
+        assert set(r["per_class"]) == {"neg", "pos", "sport"} and max(r["per_class"].values()) <= 4
+        assert r["scored"] == len(UNLABELLED) and r["training_examples"] == rounds[0]["training_examples"] + r["kept"]
+    summary = json.loads((out / "metrics.json").read_text())["self_training"]
+    assert [r["kept"] for r in summary["rounds"]] == [r["kept"] for r in rounds[1:]]
+    assert result.metrics["self_training"] == summary
+    run = json.loads((out / "run.json").read_text())
+    assert run["train_seconds"] > run["last_round_seconds"] and run["self_training"]["rounds"] == 2
+    assert sorted(p.name for p in (out / "self_training").iterdir()) == ["round-0.log", "round-1.log"]
+    assert not list(tmp_path.glob(".self-training-*"))  # the earlier rounds' folders are gone
+    assert "unlabelled: " + str(unlabelled) in (out / "recipe.yaml").read_text()  # the user's recipe, not the rounds'
+    assert "Self-training" in (out / "report.html").read_text()
+
+
+def test_label_column_of_unlabelled_file_is_ignored_and_said_once(tiny_models, tiny_data, tmp_path, caplog):
+    from textxfer.tools.train import train
+
+    unlabelled = write_unlabelled(tmp_path / "u.csv", UNLABELLED, ["no-such-label"] * len(UNLABELLED))
+    with caplog.at_level(logging.WARNING, logger="textxfer"):
+        train(self_training_recipe(tiny_models, tiny_data, tmp_path / "run", unlabelled))
+    said = [r for r in caplog.records if "label column" in r.getMessage() and "ignored" in r.getMessage()]
+    assert len(said) == 1 and str(unlabelled) in said[0].getMessage()
+
+
+def test_test_split_decides_nothing(tiny_models, tiny_data, tmp_path):
+    """The test file's labels (and texts other than for the leak rule) never change what is kept or learned."""
+    from textxfer.tools.train import train
+
+    unlabelled = write_unlabelled(tmp_path / "u.csv", UNLABELLED)
+    val = tiny_data["validation"].read_text().splitlines()
+    flip = {"pos": "neg", "neg": "sport", "sport": "pos"}
+    tests = {"right": val, "flipped": [val[0]] + [f"{t},{flip[y]}" for t, y in (r.rsplit(",", 1) for r in val[1:])]}
+    records, preds = {}, {}
+    for name, rows in tests.items():
+        path = tmp_path / f"test-{name}.csv"
+        path.write_text("\n".join(rows) + "\n")
+        out = tmp_path / name
+        train(self_training_recipe(tiny_models, tiny_data, out, unlabelled, data__test=str(path), rounds=2))
+        records[name] = [{k: r.get(k) for k in ("kept", "per_class", "min_confidence")}
+                         for r in json.loads((out / "history.json").read_text())["self_training"]["rounds"]]
+        preds[name] = [json.loads(line)["pred"] for line in (out / "predictions" / "test.jsonl").read_text().splitlines()]
+    assert records["right"] == records["flipped"]
+    assert preds["right"] == preds["flipped"]
+
+
+def test_unlabelled_texts_equal_to_test_texts_are_never_pseudo_labelled(tiny_models, tiny_data, tmp_path):
+    from textxfer.tools.train import train
+
+    test_rows = [(f"truly {w} film", y) for w, y in (("good", "pos"), ("bad", "neg"), ("goal", "sport"),
+                                                     ("great", "pos"), ("awful", "neg"), ("ball", "sport"))]
+    test = tmp_path / "test.csv"
+    test.write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in test_rows))
+    unlabelled = write_unlabelled(tmp_path / "u.csv", UNLABELLED + [t for t, _ in test_rows])
+    out = tmp_path / "run"
+    train(self_training_recipe(tiny_models, tiny_data, out, unlabelled, data__test=str(test)))
+    record = json.loads((out / "history.json").read_text())["self_training"]
+    assert record["unlabelled_counts"]["in_test"] == len(test_rows)
+    assert record["unlabelled_counts"]["kept"] == len(UNLABELLED)
+    assert record["rounds"][1]["scored"] == len(UNLABELLED)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p / "missing.csv", r"missing\.csv does not exist \(recipe key `data\.unlabelled`\)"),
+    (lambda p: (p / "cols.csv").write_text("words,label\nhi,pos\n") and p / "cols.csv",
+     r"cols\.csv has no column `text`"),
+    (lambda p: (p / "empty.csv").write_text("") or p / "empty.csv", r"empty\.csv is empty"),
+])
+def test_bad_unlabelled_file_is_named(tiny_models, tiny_data, tmp_path, make, message):
+    from textxfer.tools.train import train
+
+    with pytest.raises(UserError, match=message):
+        train(self_training_recipe(tiny_models, tiny_data, tmp_path / "run", make(tmp_path)))
+    assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_unlabelled_file_of_training_texts_only_is_refused_naming_it(tiny_models, tiny_data, tmp_path):
+    from textxfer.tools.train import train
+
+    unlabelled = write_unlabelled(tmp_path / "same.csv", csv_texts(tiny_data["train"]))
+    with pytest.raises(UserError, match=r"same\.csv .*no unlabelled text is left.*in_train"):
+        train(self_training_recipe(tiny_models, tiny_data, tmp_path / "run", unlabelled))
+
+
+def test_plain_text_file_is_one_text_per_line(tiny_models, tiny_data, tmp_path):
+    from textxfer.tools.train import train
+
+    path = tmp_path / "u.txt"
+    path.write_text("\n".join(UNLABELLED) + "\n\n")
+    out = tmp_path / "run"
+    train(self_training_recipe(tiny_models, tiny_data, out, path))
+    counts = json.loads((out / "history.json").read_text())["self_training"]["unlabelled_counts"]
+    assert counts["kept"] == len(UNLABELLED) and counts["empty"] == 1
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"self_training__rounds": 0}, r"self_training\.rounds` must be >= 1"),
+    ({"self_training__per_class": 0}, r"self_training\.per_class` must be >= 1"),
+    ({"data__multi_label": True}, r"data\.unlabelled` with `data\.multi_label: true"),
+])
+def test_recipe_checks(tiny_models, tiny_data, tmp_path, over, message):
+    from textxfer.config.reading import load_recipe
+
+    recipe = tiny_recipe(tiny_models["bert"], tiny_data, tmp_path / "run", data__unlabelled="u.csv", **over)
+    with pytest.raises(UserError, match=message):
+        load_recipe(data=recipe)
+
+
+def test_resume_is_refused(tiny_models, tiny_data, tmp_path):
+    from textxfer.tools.train import train
+
+    unlabelled = write_unlabelled(tmp_path / "u.csv", UNLABELLED)
+    with pytest.raises(UserError, match="does not continue a self-training run"):
+        train(self_training_recipe(tiny_models, tiny_data, tmp_path / "run", unlabelled), resume=True)

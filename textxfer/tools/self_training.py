@@ -1,0 +1,246 @@
+"""Self-training on `data.unlabelled`: `textxfer train` hands a recipe with unlabelled texts over to `self_train`.
+
+Rounds of the recipe's own training (`textxfer.tools.train.train`, with the splits given in memory):
+  round 0   the recipe on the labelled examples alone (validation as the recipe has it, no test);
+  round r   the unlabelled texts labelled by the model of round r-1, the confident ones kept (`pseudo_labels.select`:
+            the same number per class, most confident first, spread over lengths), then the recipe again, from the
+            pretrained checkpoint, on the labelled plus those pseudo-labelled texts. Its contrastive stage (if the
+            recipe has one) pairs them too, in `self_training.contrastive_epochs` passes.
+`textxfer.tools.train.train` dispatches here and is passed in as the function that trains one round. The last
+round is the run: it alone reads the test split, and it is written to the output directory like any run,
+with the self-training record added (history.json `self_training`, metrics.json `self_training`, a report
+section, run.json `train_seconds` covering every round). The earlier rounds train in a temporary folder next to
+it, removed at the end; their logs are kept under `self_training/`.
+
+What is never used: test labels or test texts (unlabelled texts equal to a training, validation or test text are
+removed before anything is labelled, see `unlabelled_texts`), and the labels of the unlabelled file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from textxfer.config.schema import Recipe, to_dict
+from textxfer.core.errors import UserError
+from textxfer.tools.pseudo_labels import Selection, class_mix, select
+from textxfer.tools.unlabelled_texts import (
+    UnlabelledTexts,
+    check_text_recipe,
+    clean_unlabelled,
+    read_unlabelled,
+)
+
+log = logging.getLogger("textxfer")
+
+SAMPLE_SALT = 17
+"""Added to `training.seed` for the seeded sample of `self_training.max_unlabelled` texts."""
+
+
+def self_train(recipe: Recipe, train: Callable, overwrite: bool = False, command: str | None = None,
+               memory: dict | None = None, resume=None) -> tuple[Path, dict]:
+    """Train `recipe` (which has `data.unlabelled`) with self-training, each round through `train` (the function
+    of `textxfer.tools.train`, which hands such recipes over to this one); returns the output directory (the
+    recipe's) and the last round's metrics. `memory`: splits given from Python, as `train` takes them."""
+    from textxfer.engine.setup import prepare_output_dir
+
+    check_text_recipe(recipe)
+    if resume is not None and resume is not False:
+        raise UserError("`--resume` does not continue a self-training run (`data.unlabelled`): its rounds are "
+                        "separate trainings. Train again with `--overwrite`, or remove `data.unlabelled`.")
+    out = Path(recipe.output_dir)
+    prepare_output_dir(out, overwrite)  # refuse a finished run before any training, as `train` would
+    started = time.time()
+    splits, labels = _labelled_splits(recipe, memory or {})
+    pool = _unlabelled(recipe, splits)
+    st = recipe.self_training
+    frames = {name: _frame(split, labels) for name, split in splits.items()}
+    rounds: list[dict] = []
+    work = Path(tempfile.mkdtemp(prefix=".self-training-", dir=out.parent if out.parent.is_dir() else None))
+    try:
+        previous = train(_round_recipe(recipe, work / "round-0", labels, None), overwrite=True, command=command,
+                         train=frames["train"], **_eval_frames(frames, test=False))
+        rounds.append(_round_record(0, previous, None, len(frames["train"])))
+        _keep_log(previous.output_dir, out, 0)
+        for r in range(1, st.rounds + 1):
+            last = r == st.rounds
+            scored = time.time()
+            probs = _probabilities(previous.output_dir, pool)
+            chosen = select(probs, labels, st.per_class, _lengths(pool) if st.balance_lengths else None,
+                            st.min_confidence)
+            if not len(chosen.index):
+                raise UserError(f"self-training round {r}: no unlabelled text reached `self_training.min_confidence` "
+                                f"{st.min_confidence}; lower it (0 keeps the most confident whatever their score).")
+            labelled_in = round(time.time() - scored, 2)
+            log.warning(f"self-training round {r}: kept {len(chosen.index):,} of {len(pool.texts):,} pseudo-labelled "
+                        f"texts ({class_mix(chosen)}), labelled in {labelled_in:.1f}s")
+            data = _with_pseudo_labels(frames["train"], pool, chosen)
+            target = out if last else work / f"round-{r}"
+            previous = train(_round_recipe(recipe, target, labels, st.contrastive_epochs), overwrite=True, command=command,
+                             train=data, **_eval_frames(frames, test=last))
+            rounds.append(_round_record(r, previous, chosen, len(data), len(pool.texts), labelled_in))
+            if not last:
+                _keep_log(previous.output_dir, out, r)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    record = {"unlabelled": pool.source, "unlabelled_counts": pool.counts, "notes": pool.notes,
+              "settings": to_dict(recipe)["self_training"], "rounds": rounds,
+              "seconds": round(time.time() - started, 2)}
+    _write_record(recipe, out, record)
+    return out, json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+
+
+# ------------------------------------------------------------------------------------------ data
+
+def _labelled_splits(recipe: Recipe, memory: dict) -> tuple[dict, list[str]]:
+    """The labelled splits exactly as the recipe's own training reads them (few-shot draw, carved splits, dedupe),
+    and the label names."""
+    from textxfer.data.splits import load_splits
+
+    splits = load_splits(recipe.data, recipe.training.seed, memory)
+    return dict(splits.items()), list(splits.labels)
+
+
+def _unlabelled(recipe: Recipe, splits: dict) -> UnlabelledTexts:
+    """`data.unlabelled` read and cleaned of texts in any labelled split, sampled to `max_unlabelled`."""
+    from textxfer.data.sampling import text_key
+
+    taken = {}
+    for name, split in splits.items():
+        pairs = split["text_pair"] if "text_pair" in split.column_names else None
+        taken[name] = {text_key(t, pairs[i] if pairs is not None else None) for i, t in enumerate(split["text"])}
+    texts, pairs, source = read_unlabelled(recipe.data.unlabelled, recipe.data)
+    pool = clean_unlabelled(texts, pairs, source, taken)
+    cap = recipe.self_training.max_unlabelled
+    if cap is not None and len(pool.texts) > cap:
+        idx = np.sort(np.random.default_rng(recipe.training.seed + SAMPLE_SALT).permutation(len(pool.texts))[:cap])
+        message = (f"{source}: labelling a seeded sample of {cap:,} of its {len(pool.texts):,} unlabelled texts "
+                   "(`self_training.max_unlabelled`).")
+        log.warning(message)
+        pool.notes.append(message)
+        pool.texts = [pool.texts[i] for i in idx]
+        pool.pairs = [pool.pairs[i] for i in idx] if pool.pairs is not None else None
+        pool.counts["sampled"] = cap
+    return pool
+
+
+def _frame(split, labels: list[str]):
+    """A prepared split as the DataFrame a round trains on: `text` (`text_pair`), `label` as the class id."""
+    import pandas as pd
+
+    cols = {"text": list(split["text"])}
+    if "text_pair" in split.column_names:
+        cols["text_pair"] = list(split["text_pair"])
+    cols["label"] = [int(y) for y in split["label"]]
+    return pd.DataFrame(cols)
+
+
+def _with_pseudo_labels(train_frame, pool: UnlabelledTexts, chosen: Selection):
+    """The labelled rows, then the kept unlabelled texts with their pseudo-labels."""
+    import pandas as pd
+
+    cols = {"text": [pool.texts[i] for i in chosen.index]}
+    if pool.pairs is not None:
+        cols["text_pair"] = [pool.pairs[i] for i in chosen.index]
+    cols["label"] = [int(y) for y in chosen.labels]
+    return pd.concat([train_frame, pd.DataFrame(cols)], ignore_index=True)
+
+
+def _eval_frames(frames: dict, test: bool) -> dict:
+    """The validation split for every round; the test split for the last one alone."""
+    return {k: v for k, v in frames.items() if k == "validation" or (test and k == "test")}
+
+
+def _lengths(pool: UnlabelledTexts) -> np.ndarray:
+    """Words per text (with its pair): what length balancing compares."""
+    pairs = pool.pairs or [""] * len(pool.texts)
+    return np.asarray([len(t.split()) + len(p.split()) for t, p in zip(pool.texts, pairs, strict=True)])
+
+
+# ------------------------------------------------------------------------------------------ rounds
+
+def _round_recipe(recipe: Recipe, out: Path, labels: list[str], contrastive_epochs: float | None) -> dict:
+    """The recipe of one round: its data given in memory, already drawn and cleaned (so nothing is drawn, carved
+    or de-duplicated again), labels as class ids into `labels` (the recipe's label order)."""
+    r = to_dict(recipe)
+    r["data"].update({"train": None, "validation": None, "test": None, "unlabelled": None, "format": "auto",
+                      "text_column": "text", "label_column": "label", "labels": list(labels),
+                      "label_level": "full", "label_pattern": None, "examples_per_class": None,
+                      "max_train_examples": None, "validation_split": 0.0, "test_split": 0.0, "dedupe": False,
+                      "skip_bad_rows": False, "header": None, "delimiter": None, "quoting": "auto",
+                      "text_pair_column": "text_pair" if recipe.data.text_pair_column is not None else None})
+    r["output_dir"] = str(out)
+    if contrastive_epochs is not None and r["training"].get("contrastive"):
+        r["training"]["contrastive"]["epochs"] = contrastive_epochs
+    return r
+
+
+def _probabilities(run_dir: Path, pool: UnlabelledTexts) -> np.ndarray:
+    """The class probabilities the run's saved model gives every unlabelled text."""
+    from textxfer.modalities.text.predict import Classifier
+
+    return Classifier(run_dir).probabilities(pool.texts, pool.pairs)
+
+
+def _round_record(r: int, result, chosen: Selection | None, examples: int, scored: int = 0,
+                  labelling_seconds: float | None = None) -> dict:
+    """One round's line: what it trained on, what it kept, its time, and its validation scores (never test)."""
+    run = json.loads((result.output_dir / "run.json").read_text(encoding="utf-8"))
+    record = {"round": r, "training_examples": examples, "train_seconds": run.get("train_seconds")}
+    if labelling_seconds is not None:
+        record["labelling_seconds"] = labelling_seconds
+    if chosen is not None:
+        record |= chosen.record(scored)
+    if "validation" in result.metrics:
+        record["validation"] = result.metrics["validation"]
+    return record
+
+
+def _keep_log(run_dir: Path, out: Path, r: int) -> None:
+    """An earlier round's train.log, kept as OUT/self_training/round-R.log (its run folder is removed)."""
+    src = run_dir / "train.log"
+    if src.is_file():
+        (out / "self_training").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, out / "self_training" / f"round-{r}.log")
+
+
+def _write_record(recipe: Recipe, out: Path, record: dict) -> None:
+    """The self-training record into the last round's run: history.json and metrics.json `self_training`,
+    run.json `train_seconds` over every round (the last round's own in `last_round_seconds`), the user's recipe
+    (not the rounds' in-memory one) as recipe.yaml, and the report rewritten with its section."""
+    from textxfer.config.reading import save_recipe
+    from textxfer.core.files import write_json
+    from textxfer.outputs.report import write_report
+
+    for name in ("history.json", "metrics.json"):
+        data = json.loads((out / name).read_text(encoding="utf-8"))
+        data["self_training"] = record if name == "history.json" else _summary(record)
+        write_json(out / name, data)
+    run = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    run["last_round_seconds"] = run.get("train_seconds")
+    run["train_seconds"] = round(sum(r.get("train_seconds") or 0 for r in record["rounds"])
+                                 + sum(r.get("labelling_seconds") or 0 for r in record["rounds"]), 2)
+    run["self_training"] = {"rounds": len(record["rounds"]) - 1, "unlabelled": record["unlabelled"],
+                            "seconds": record["seconds"]}
+    write_json(out / "run.json", run)
+    save_recipe(recipe, out / "recipe.yaml")
+    try:
+        write_report(out)
+    except Exception as e:  # the report is a convenience; the model and the record are written
+        log.warning(f"could not rewrite the report with the self-training section: {e}")
+
+
+def _summary(record: dict) -> dict:
+    """metrics.json's short form: per round, how many pseudo-labels were kept and their class mix."""
+    return {"unlabelled_kept": record["unlabelled_counts"].get("kept"),
+            "unlabelled_removed": {k: v for k, v in record["unlabelled_counts"].items()
+                                   if k.startswith("in_") or k in ("empty", "repeated")},
+            "rounds": [{k: r[k] for k in ("round", "kept", "per_class", "min_confidence") if k in r}
+                       for r in record["rounds"][1:]]}
