@@ -61,11 +61,14 @@ DEFAULT_SETFIT = "/work/setfit-venv/bin/python"
 # name -> (dataset, examples per class)
 ROWS = {"sst2-64": ("sst2", 64), "sst2-8": ("sst2", 8), "trec-64": ("trec", 64), "emotion-64": ("emotion", 64),
         "banking77-10": ("banking77", 10), "bbc-8": ("bbc", 8), "agnews-8": ("agnews", 8), "spam-8": ("sms-spam", 8),
-        "goemotions-16": ("goemotions", 16)}
+        "goemotions-16": ("goemotions", 16), "agnews-64": ("agnews", 64), "trec-8": ("trec", 8),
+        "emotion-8": ("emotion", 8)}
 MULTI_LABEL = {"goemotions"}
 """Data sets whose texts carry any number of labels: scored by micro-F1 at each system's thresholds (0.5: no
 validation split to tune them on)."""
-SYSTEMS = ("textxfer", "setfit", "trainer")
+SYSTEMS = ("textxfer", "setfit", "trainer", "self-training")
+SELF_TRAINING_ROWS = ("sst2-8", "sst2-64", "agnews-8", "agnews-64", "trec-8", "trec-64", "emotion-8", "emotion-64")
+"""The rows of `--self-training` (issue 32): 8 and 64 per class on four data sets, with `--unlabelled` texts."""
 MAX_LENGTH = 256
 """Tokens read per text by the Trainer: all-MiniLM-L6-v2's own limit, as SetFit and fewshot.yaml read."""
 PRECISIONS = ("auto", "bf16", "no")
@@ -222,6 +225,29 @@ def write_subset(dataset: str, shots: int, seed: int, folder: Path, eval_cap: in
     return {k: str(v) for k, v in paths.items()} | meta
 
 
+def write_unlabelled(dataset: str, seed: int, folder: Path, subset: dict, n: int) -> str:
+    """`n` texts of the data set's training file, drawn per seed, that are neither the subset's training rows nor
+    its evaluation rows, written without their labels (`unlabelled.csv`, one column `text`): what self-training
+    gets (`data.unlabelled`)."""
+    import csv
+    import random
+
+    from textxfer.config.reading import load_recipe
+    from textxfer.data.splits import read_split
+
+    cfg = load_recipe(data={"model": {"name": "x"}, "data": data_config(dataset)}).data
+    texts = read_split(cfg.train, cfg)[0]
+    taken = set(read_csv(subset["train"])[0]) | set(read_csv(subset["eval"])[0])
+    pool = [t for t in dict.fromkeys(texts) if t not in taken]
+    random.Random(10_000 + seed).shuffle(pool)
+    path = folder / "unlabelled.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["text"])
+        w.writerows([t] for t in pool[:n])
+    return str(path)
+
+
 LABEL_SEP = "|"
 """Between the labels of one text in the subset CSVs of a multi-label row."""
 
@@ -302,8 +328,9 @@ def work_textxfer(a) -> dict:
     computed: dict[str, str] = {}
     finish, build_cache, run_stage = training.Loop.finish, TextModality.build_cache, contrastive.run_stage
 
-    def mark(name: str) -> None:
-        marks.setdefault(name, (time.time(), time.process_time()))
+    def mark(name: str) -> None:  # the first start, the last end: self-training trains several rounds
+        if name == "end" or name not in marks:
+            marks[name] = (time.time(), time.process_time())
 
     def timed_build_cache(modality, loop):
         mark("start")
@@ -477,6 +504,7 @@ def worker_main(argv: list[str]) -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--setfit-iterations", type=int, default=0)
     ap.add_argument("--set", action="append")
+    ap.add_argument("--unlabelled", default=None)
     ap.add_argument("--multi-label", action="store_true")
     ap.add_argument("--precision", choices=tuple(PRECISION_NAMES), required=True, help="training, resolved")
     ap.add_argument("--predict-precision", choices=tuple(PRECISION_NAMES), required=True)
@@ -485,7 +513,10 @@ def worker_main(argv: list[str]) -> None:
         import torch
 
         torch.set_num_threads(a.threads)
-    out = {"textxfer": work_textxfer, "setfit": work_setfit, "trainer": work_trainer}[a.worker](a)
+    if a.worker == "self-training":  # the same recipe and subset, plus `data.unlabelled`
+        a.set = [f"data.unlabelled={a.unlabelled}"] + list(a.set or [])
+    out = {"textxfer": work_textxfer, "setfit": work_setfit, "trainer": work_trainer,
+           "self-training": work_textxfer}[a.worker](a)
     Path(a.result).write_text(json.dumps(out))
 
 
@@ -506,11 +537,14 @@ def run_system(system: str, subset: dict, seed: int, args, tmp: Path) -> dict:
            subset["eval"], "--labels", json.dumps(subset["labels"]), "--model", model_path(), "--run-dir",
            str(tmp / f"{system}-run"), "--result", str(result), "--seed", str(seed), "--recipe", args.recipe,
            "--threads", str(args.threads), "--precision", args.precision, "--predict-precision", PREDICT_PRECISION]
+    if system == "self-training":
+        cmd += ["--unlabelled", subset["unlabelled"]]
     if system == "setfit" and args.setfit_iterations:
         cmd += ["--setfit-iterations", str(args.setfit_iterations)]
     if subset["multi_label"]:
         cmd += ["--multi-label"]
-    for s in (args.set or []) + ([f"training.threads={args.threads}"] if args.threads and system == "textxfer" else []):
+    ours = system in ("textxfer", "self-training")
+    for s in (args.set or []) + ([f"training.threads={args.threads}"] if args.threads and ours else []):
         cmd += ["--set", s]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
     env.pop("ACCELERATE_MIXED_PRECISION", None)  # the Trainer reads it when bf16=False: --precision decides alone
@@ -663,6 +697,12 @@ def main() -> None:
     ap.add_argument("--eval-cap", type=int, default=None, help="cap the evaluation set (same sample for all)")
     ap.add_argument("--recipe", default=str(ROOT / "recipes" / "fewshot.yaml"), help="textxfer recipe to run")
     ap.add_argument("--set", action="append", help="override for the textxfer recipe (repeatable)")
+    ap.add_argument("--self-training", action="store_true",
+                    help=f"issue 32's comparison: rows {','.join(SELF_TRAINING_ROWS)} (unless --rows), systems "
+                         "textxfer,setfit,self-training (unless --systems), 5 seeds (unless --seeds), out "
+                         "docs/results/bench_accuracy_self_training.jsonl (unless --out)")
+    ap.add_argument("--unlabelled", type=int, default=5000,
+                    help="texts of the training file given to the self-training system, labels dropped")
     ap.add_argument("--setfit-python", default=os.environ.get("SETFIT_PYTHON", DEFAULT_SETFIT))
     ap.add_argument("--setfit-iterations", type=int, default=0,
                     help="SetFit num_iterations (0 = its default: every unique pair, the smaller of the positive and "
@@ -677,6 +717,13 @@ def main() -> None:
     ap.add_argument("--allow-concurrent", action="store_true",
                     help="run even while another run of this benchmark is going (its train times then mean nothing)")
     args = ap.parse_args()
+    if args.self_training:  # defaults of issue 32's comparison where the option was not given
+        given = set(sys.argv[1:])
+        args.rows = args.rows if "--rows" in given else ",".join(SELF_TRAINING_ROWS)
+        args.systems = args.systems if "--systems" in given else "textxfer,setfit,self-training"
+        args.seeds = args.seeds if "--seeds" in given else 5
+        if "--out" not in given:
+            args.out = str(ROOT / "docs" / "results" / "bench_accuracy_self_training.jsonl")
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     bad = [r for r in rows if r not in ROWS] + [s for s in systems if s not in SYSTEMS]
@@ -693,6 +740,8 @@ def main() -> None:
     tag = {"recipe": Path(args.recipe).name, "set": args.set or [], "eval_cap": cap, "clock": "training",
            "setfit_iterations": args.setfit_iterations or None, "precision": PRECISION_NAMES[args.precision],
            "predict_precision": PRECISION_NAMES[PREDICT_PRECISION]}
+    if "self-training" in systems:
+        tag["unlabelled"] = args.unlabelled
     done = [] if args.fresh or not out.is_file() else [json.loads(x) for x in out.read_text().splitlines() if x]
     done = [r for r in done if r.get("tag") == tag]
     print(f"textxfer recipe {args.recipe}{' ' + str(args.set) if args.set else ''}; seeds {seeds}; eval cap {cap}; "
@@ -708,6 +757,8 @@ def main() -> None:
                     if any(r["row"] == row and r["seed"] == seed and r["system"] == system for r in done):
                         continue
                     subset = subset or write_subset(dataset, shots, seed, tmp / "data", cap)
+                    if system == "self-training" and "unlabelled" not in subset:
+                        subset["unlabelled"] = write_unlabelled(dataset, seed, tmp / "data", subset, args.unlabelled)
                     res = run_system(system, subset, seed, args, tmp)
                     rec = {"row": row, "seed": seed, "system": system, "tag": tag,
                            "train_rows": subset["train_rows"], "eval_rows": subset["eval_rows"], **res}
@@ -723,6 +774,32 @@ def main() -> None:
     lock.close()
     print()
     print(summarise(done, rows, systems))
+    if {"textxfer", "self-training"} <= set(systems):
+        print()
+        print(paired_gains(done, rows))
+
+
+def paired_gains(results: list[dict], rows: list[str], system: str = "self-training", peer: str = "textxfer") -> str:
+    """Per row, `system` against `peer` paired by seed: mean accuracy gain (points) with its standard error, and
+    the median ratio of their train times; then the mean over the rows and how many gain a point or more."""
+    lines = [f"| row | {system} − {peer} (points, paired) | seeds | train time ratio (median) |", "|---|---|---|---|"]
+    means = []
+    for row in rows:
+        by = {s: {r["seed"]: r for r in results if r["row"] == row and r["system"] == s and "accuracy" in r}
+              for s in (system, peer)}
+        seeds = sorted(set(by[system]) & set(by[peer]))
+        if not seeds:
+            continue
+        gains = [100 * (by[system][k][headline(row)] - by[peer][k][headline(row)]) for k in seeds]
+        ratios = sorted(by[system][k]["train_seconds"] / max(by[peer][k]["train_seconds"], 1e-9) for k in seeds)
+        m = sum(gains) / len(gains)
+        se = math.sqrt(sum((g - m) ** 2 for g in gains) / (len(gains) - 1) / len(gains)) if len(gains) > 1 else 0.0
+        means.append(m)
+        lines.append(f"| {row} | {m:+.2f} ± {se:.2f} | {len(seeds)} | {ratios[len(ratios) // 2]:.1f}x |")
+    if means:
+        lines.append(f"\nmean over {len(means)} rows: {sum(means) / len(means):+.2f} points; rows at +1 point or more: "
+                     f"{sum(m >= 1 for m in means)} of {len(means)}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -207,3 +207,45 @@ def test_resume_is_refused(tiny_models, tiny_data, tmp_path):
     unlabelled = write_unlabelled(tmp_path / "u.csv", UNLABELLED)
     with pytest.raises(UserError, match="does not continue a self-training run"):
         train(self_training_recipe(tiny_models, tiny_data, tmp_path / "run", unlabelled), resume=True)
+
+
+# ------------------------------------------------------------------------------------------ compare
+
+def test_compare_variant_self_training_against_the_recipe_alone(tiny_models, tiny_data, tmp_path):
+    import csv
+
+    import yaml
+    from click.testing import CliRunner
+
+    from textxfer.cli.main import cli
+    from textxfer.tools.compare_runs import variant_recipe
+
+    unlabelled = write_unlabelled(tmp_path / "u.csv", UNLABELLED)
+    data = self_training_recipe(tiny_models, tiny_data, tmp_path / "unused", unlabelled, training__epochs=1,
+                                training__checkpoint_every=None)
+    assert variant_recipe(data, "self-training", None, 0, tmp_path / "r")["data"]["unlabelled"] == str(unlabelled)
+    for variant in ("recipe", "head", "full"):  # every other variant: the labelled examples alone
+        assert variant_recipe(data, variant, None, 0, tmp_path / "r")["data"]["unlabelled"] is None
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(data))
+    out = tmp_path / "cmp"
+    result = CliRunner().invoke(cli, ["compare", str(recipe), "--strategies", "recipe,self-training", "--seeds", "1",
+                                      "--output-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = {r["strategy"]: r for r in csv.DictReader(open(out / "compare.csv"))}
+    assert rows["recipe"]["runs_ok"] == "1" and rows["self-training"]["runs_ok"] == "1"
+    assert "self_training" in json.loads((out / "runs" / "all-self-training-seed0" / "history.json").read_text())
+    assert "self_training" not in json.loads((out / "runs" / "all-recipe-seed0" / "history.json").read_text())
+
+
+def test_compare_self_training_without_unlabelled_texts_is_refused(tiny_models, tiny_data, tmp_path):
+    import yaml
+    from click.testing import CliRunner
+
+    from textxfer.cli.main import cli
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tiny_models["bert"], tiny_data, tmp_path / "unused")))
+    result = CliRunner().invoke(cli, ["compare", str(recipe), "--strategies", "head,self-training",
+                                      "--output-dir", str(tmp_path / "cmp")])
+    assert result.exit_code == 2 and "data.unlabelled" in result.output

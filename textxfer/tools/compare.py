@@ -23,7 +23,7 @@ from pathlib import Path
 import click
 
 from textxfer.core.errors import UserError
-from textxfer.tools.compare_runs import VARIANTS, RunRecord, run_one, variant_recipe
+from textxfer.tools.compare_runs import NEEDS_UNLABELLED, VARIANTS, RunRecord, run_one, variant_recipe
 from textxfer.tools.compare_tables import (
     best_rows,
     margin_text,
@@ -89,6 +89,9 @@ def compare(recipe_path: str, strategies: list[str], seeds: list[int], shots: li
     from textxfer.config.schema import to_dict
 
     base = to_dict(load_recipe(recipe_path, list(overrides or [])))
+    if not base["data"].get("unlabelled") and any(v in NEEDS_UNLABELLED for v in strategies):
+        raise UserError("Variant `self-training` learns from unlabelled texts, and the recipe has no "
+                        "`data.unlabelled`: add it, or pass `--set data.unlabelled=FILE`.")
     if (output_dir / "compare.md").is_file() and not overwrite:
         raise UserError(f"{output_dir} already holds a comparison (compare.md). Pick another `--output-dir`, or pass "
                         "`--overwrite` to replace it.")

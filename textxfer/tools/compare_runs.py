@@ -28,7 +28,11 @@ VARIANTS: dict[str, str] = {
     "full": "every parameter trains",
     "gradual": "the classifier, then one more layer group from the top each epoch (ULMFiT-style)",
     "contrastive": "SetFit-style contrastive tuning of the upper layers (mean pooling), then the classifier alone",
+    "self-training": "the recipe as written, then again with the unlabelled texts (`data.unlabelled`) it labels "
+                     "most confidently (docs/self-training.md)",
 }
+NEEDS_UNLABELLED = ("self-training",)
+"""Variants that learn from `data.unlabelled`; every other variant trains on the labelled examples alone."""
 
 
 @dataclass
@@ -72,6 +76,9 @@ def variant_recipe(base: dict, variant: str, shots: int | None, seed: int, run_d
     if shots is not None:
         r["data"]["examples_per_class"] = shots
     r.setdefault("hub", {}).setdefault("push", {})["repo_id"] = None  # a comparison never publishes
+    if variant in NEEDS_UNLABELLED:
+        return r
+    r["data"]["unlabelled"] = None  # the labelled examples alone: what self-training is compared against
     if variant == "recipe":
         return r
     t["contrastive"] = None
