@@ -187,6 +187,14 @@ def test_existing_output_is_refused_unless_overwrite(run, exported, tmp_path):
         export_run(run, tmp_path / "x", quantize="int4")
 
 
+def test_opset_is_honoured_or_refused(tiny_models, tmp_path):
+    model = make_tiny_checkpoint("distilbert", tmp_path / "m", with_head=True)
+    assert export_run(model, tmp_path / "o18", opset=18).manifest.opset == 18
+    with pytest.raises(UserError, match=r"--opset 7: torch's exporter wrote opset 18 instead"):
+        export_run(model, tmp_path / "o7", opset=7)
+    assert not (tmp_path / "o7").exists()
+
+
 def test_a_failed_export_leaves_nothing_behind(run, tmp_path, monkeypatch):
     """The exporter failing on a family: refused naming it and what to do; no OUT, no temporary folder."""
     import torch

@@ -124,6 +124,9 @@ def export_text(model_dir: Path, tmp: Path, quantize: str, opset: int | None,
         max_length=int(getattr(cfg, CONFIG_MAX_LENGTH, None) or reference.max_length),
         pad_token_id=int(tok.pad_token_id), pair_column=getattr(cfg, CONFIG_PAIR_COLUMN, None),
         pooling="mean" if getattr(cfg, POOL_CONFIG_KEY, None) else "cls", opset=graph_opset(tmp / MODEL_FILES["none"]))
+    if opset is not None and manifest.opset != opset:
+        raise UserError(f"--opset {opset}: torch's exporter wrote opset {manifest.opset} instead (it targets opset 18 "
+                        "and later). Give an opset it supports, or leave --opset out.")
     manifest.write(tmp)
     exported = OnnxTextClassifier(tmp)
     n = min(len(texts), PARITY_TEXTS)
