@@ -89,7 +89,8 @@ ONE_GPU_OR_NONE_RUNS_ON_CPU = {"CUDA_VISIBLE_DEVICES": ""} if torch.cuda.device_
 
 @pytest.mark.ddp
 def test_two_processes_match_one_process_with_accumulation(setup, auto_precision):
-    """`textxfer train --num-processes 2` (accumulation 1) and 1 process x accumulation 2: same weights.
+    """`textxfer train --num-processes 2` (accumulation 1) and 1 process x accumulation 2: same weights (the two
+    processes share the frozen-prefix cache pass).
     Precision: the suite's, to CLOSE_RUNS (fp32 2e-5; bf16 1e-3, see there)."""
     base = setup[0]
     two = base / "two"
@@ -97,7 +98,9 @@ def test_two_processes_match_one_process_with_accumulation(setup, auto_precision
                            "--num-processes", "2"], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1", **ONE_GPU_OR_NONE_RUNS_ON_CPU})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "2 processes" in proc.stderr and "num_processes: 2" in (two / "train.log").read_text()
+    log = (two / "train.log").read_text()
+    assert "2 processes" in proc.stderr and "num_processes: 2" in log
+    assert "shared by 2 processes" in log  # each computed half of the frozen-prefix cache; both trained on the whole
     summary = [line for line in proc.stdout.splitlines() if line.strip()]
     assert summary and len(summary) == len(set(summary))  # only process 0 prints the summary
     assert read(two, "metrics.json")["num_processes"] == 2

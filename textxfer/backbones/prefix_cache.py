@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,32 @@ log = logging.getLogger("textxfer")
 # Modules applied in sequence between the embeddings and the first layer: skipped when the cache is used.
 SEQUENTIAL_EXTRAS = ("embeddings_project", "encoder.embedding_hidden_mapping_in")
 PRIMARY = ("embeddings", "embedder", "conv_stem")
+
+
+@dataclass(frozen=True)
+class Share:
+    """The processes of one run that split a cache pass between them: process `rank` of `world` computes every
+    `world`-th batch, and all of them receive the whole, so N processes compute one cache, not N copies."""
+
+    rank: int
+    world: int
+
+    def combine(self, mine: dict[int, torch.Tensor]) -> list[torch.Tensor]:
+        """Every process's {example index: output}, gathered on each process, in index order."""
+        from accelerate.utils import gather_object
+
+        whole: dict[int, torch.Tensor] = {}
+        for part in gather_object([mine]):
+            whole.update(part)
+        if sorted(whole) != list(range(len(whole))):
+            raise RuntimeError(f"frozen-prefix cache: the processes' shares cover {len(whole)} examples with gaps")
+        return [whole[i] for i in range(len(whole))]
+
+    def everyone(self, flag: bool) -> bool:
+        """Whether `flag` holds on every process (one decision for all, so none waits on a gather alone)."""
+        from accelerate.utils import gather_object
+
+        return all(gather_object([flag]))
 
 
 class _Stop(Exception):
@@ -246,12 +273,17 @@ class FrozenPrefixCache:
         return first_position(batch) if self.first_only else batch
 
     @torch.inference_mode()
-    def compute(self, batches, device: torch.device, lengths: np.ndarray | None = None) -> list[torch.Tensor]:
-        """Per-example prefix outputs (unpadded along the sequence), from (indices, batch dict) pairs.
+    def compute(self, batches, device: torch.device, lengths: np.ndarray | None = None,
+                share: Share | None = None) -> list[torch.Tensor]:
+        """Per-example prefix outputs (unpadded along the sequence), from (indices, batch dict) pairs. With a
+        `share` of several processes, each computes every N-th batch and all receive the whole.
 
         With the examples' token counts (`lengths`), the outputs are written straight into one flat
         (tokens x hidden) tensor and returned as views of it: no per-example copies, and the disk copy is written
         from it without concatenating (peak memory holds the features once, not twice)."""
+        if share is not None and share.world > 1:
+            mine = [batch for b, batch in enumerate(batches) if b % share.world == share.rank]
+            return share.combine(self.compute_indexed(mine, device))
         was_training = self.root.training
         self.root.eval()
         out: dict[int, torch.Tensor] = {}
@@ -286,30 +318,51 @@ class FrozenPrefixCache:
             self.root.train(was_training)
         if flat is not None:
             return [flat[offsets[i]:offsets[i + 1]] for i in range(len(kept))]
-        return [out[i] for i in range(len(out))]
+        return [out[i] for i in sorted(out)]
+
+    def compute_indexed(self, batches, device: torch.device) -> dict[int, torch.Tensor]:
+        """{example index: prefix output} for the examples of `batches` (a share of a split)."""
+        batches = list(batches)
+        order = [i for indices, _ in batches for i in indices]
+        feats = self.compute(iter(batches), device)
+        return dict(zip(sorted(order), feats, strict=True))
 
     # -- disk
     @staticmethod
     def cache_dir() -> Path:
         return feature_cache_dir()
 
-    def load_or_compute(self, key: str, batches_fn, device: torch.device, use_disk: bool,
-                        lengths: np.ndarray | None = None) -> list[torch.Tensor]:
+    @staticmethod
+    def _read(path: Path, key: str) -> list[torch.Tensor] | None:
+        """The per-example outputs stored at `path` under `key`; None (with a warning) if unreadable or foreign."""
         from safetensors.torch import load_file
 
+        try:
+            data = load_file(path)
+            flat, offsets = data["flat"], data["offsets"].tolist()
+            if data["key"].numpy().tobytes().decode() != key:
+                raise ValueError("key mismatch")
+        except Exception as e:  # corrupt or foreign file: rebuild, never reuse
+            log.warning(f"frozen-prefix cache: {path} unreadable ({e}); rebuilding it")
+            return None
+        log.info(f"frozen-prefix cache: loaded {len(offsets) - 1} examples from {path}")
+        return [flat[offsets[j]:offsets[j + 1]] for j in range(len(offsets) - 1)]
+
+    def load_or_compute(self, key: str, batches_fn, device: torch.device, use_disk: bool,
+                        lengths: np.ndarray | None = None, share: Share | None = None) -> list[torch.Tensor]:
+        """The cache of one split: read from disk under `key` where a readable copy is there (on every process of
+        a `share`), else computed (split between the processes of a `share`) and, by the main process, written."""
         path = self.cache_dir() / f"{key}.safetensors"
-        if use_disk and path.is_file():
-            try:
-                data = load_file(path)
-                flat, offsets = data["flat"], data["offsets"].tolist()
-                if data["key"].numpy().tobytes().decode() != key:
-                    raise ValueError("key mismatch")
-                log.info(f"frozen-prefix cache: loaded {len(offsets) - 1} examples from {path}")
-                return [flat[offsets[j]:offsets[j + 1]] for j in range(len(offsets) - 1)]
-            except Exception as e:  # corrupt or foreign file: rebuild, never reuse
-                log.warning(f"frozen-prefix cache: {path} unreadable ({e}); rebuilding it")
-        feats = self.compute(batches_fn(), device, lengths) if lengths is not None else \
-            self.compute(batches_fn(), device)
+        shared = share is not None and share.world > 1
+        loaded = self._read(path, key) if use_disk and path.is_file() else None
+        # one decision for all processes: one that must compute would otherwise wait alone in the shared pass
+        if loaded is not None and (not shared or share.everyone(True)):
+            return loaded
+        if shared and loaded is None:
+            share.everyone(False)
+        feats = self.compute(batches_fn(), device, lengths, share)
+        if share is not None and share.rank != 0:  # one copy on disk: the main process writes it
+            return feats
         if use_disk and feats and feats[0].dim() == 2:
             offsets = np.cumsum([0] + [f.shape[0] for f in feats])
             base = feats[0]._base  # the flat tensor that compute(lengths=...) filled, if it did

@@ -94,7 +94,9 @@ class VisionPrefixCache(FrozenPrefixCache):
             raise _Unsupported("its stem returns per-image tensors besides the features")
         self.extras = extras
 
-    def compute(self, batches, device: torch.device) -> list[torch.Tensor]:
+    def compute(self, batches, device: torch.device, lengths=None, share=None) -> list[torch.Tensor]:
+        """Per-image stem + frozen-stage outputs, flattened (`feature_shape` keeps their shape). Images are computed
+        by every process alike (`share` is not taken: decoding them would be repeated on every process anyway)."""
         batches = iter(batches)
         first = next(batches, None)
         if first is None:

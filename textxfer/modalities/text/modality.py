@@ -23,7 +23,7 @@ from textxfer.backbones.load import (
     unwrap_peft,
 )
 from textxfer.backbones.pooling import with_pooling_layer
-from textxfer.backbones.prefix_cache import FrozenPrefixCache, cache_dtypes, splits_to_cache, why_not
+from textxfer.backbones.prefix_cache import FrozenPrefixCache, Share, cache_dtypes, splits_to_cache, why_not
 from textxfer.config.schema import Recipe
 from textxfer.core.errors import UserError
 from textxfer.data.fingerprint import column, fingerprint
@@ -103,18 +103,20 @@ class TextModality:
             return None
         device = loop.acc.device
         weights_key = cache.frozen_hash()  # a resumed run must find the same frozen part (checkpoint.restore)
+        share = Share(loop.acc.process_index, loop.acc.num_processes) if loop.acc.num_processes > 1 else None
         started = time.time()
         features = {}
         for split, enc in splits_to_cache(loop.encoded).items():
             key = hashlib.sha256(f"{weights_key}|{cache.data_hash(enc)}".encode()).hexdigest()[:32]
             batches = functools.partial(prefix_batches, enc, self.tokenizer.pad_token_id, self.input_names)
             features[split] = cache.load_or_compute(key, batches, device, use_disk=r.training.cache == "auto",
-                                                    lengths=enc.lengths)
+                                                    lengths=enc.lengths, share=share)
         above = ("the head alone, on position 0 (all it reads; the last layer's feed-forward computed it alone)"
                  if cache.cut_last else "the head alone, on position 0 (all it reads)" if cache.first_only
                  else "only the layers above")
+        shared = f", shared by {share.world} processes" if share else ""
         log.info(f"frozen-prefix cache: embeddings + {cache.k} layers computed once for "
-                 f"{sum(len(f) for f in features.values())} examples in {time.time() - started:.1f}s; "
+                 f"{sum(len(f) for f in features.values())} examples in {time.time() - started:.1f}s{shared}; "
                  f"training runs {above}")
         return Cached(cache, features, weights_key)
 
@@ -125,8 +127,9 @@ class TextModality:
         cache = self.new_cache(loop, parts, k, where=" for the contrastive stage or after it")
         if cache is None:
             return None
+        share = Share(loop.acc.process_index, loop.acc.num_processes) if loop.acc.num_processes > 1 else None
         features = {split: cache.compute(prefix_batches(loop.encoded[split], self.tokenizer.pad_token_id,
-                                                        self.input_names), loop.acc.device)
+                                                        self.input_names), loop.acc.device, share=share)
                     for split in splits}
         n = sum(len(f) for f in features.values())
         log.info(f"frozen-prefix cache: embeddings + {cache.k} layers computed once for {n} examples "
