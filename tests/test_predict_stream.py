@@ -188,7 +188,8 @@ def test_several_processes_give_the_same_output(model, tmp_path):
     assert (tmp_path / "one.jsonl").read_text() == (tmp_path / "two.jsonl").read_text()
 
 
-def test_progress_lines_in_a_log(model, tmp_path):
+def test_progress_lines_in_a_log(model, tmp_path, monkeypatch):
+    monkeypatch.setattr("textxfer.core.progress.LOG_MIN_SECONDS", 0.0)  # a line at every 10% of this quick run
     said = []
     predict_stream(str(model[1]), [str(write_csv(tmp_path / "in.csv", texts_of(100)))], str(tmp_path / "o.csv"),
                    chunk_rows=10, say=said.append)

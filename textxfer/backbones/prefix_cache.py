@@ -27,6 +27,7 @@ from torch import nn
 from textxfer.backbones.load import Parts
 from textxfer.core.environment import feature_cache_dir
 from textxfer.core.precision import autocast_dtype
+from textxfer.core.progress import ProgressReport
 
 log = logging.getLogger("textxfer")
 
@@ -274,9 +275,10 @@ class FrozenPrefixCache:
 
     @torch.inference_mode()
     def compute(self, batches, device: torch.device, lengths: np.ndarray | None = None,
-                share: Share | None = None) -> list[torch.Tensor]:
+                share: Share | None = None, total: int | None = None) -> list[torch.Tensor]:
         """Per-example prefix outputs (unpadded along the sequence), from (indices, batch dict) pairs. With a
-        `share` of several processes, each computes every N-th batch and all receive the whole.
+        `share` of several processes, each computes every N-th batch and all receive the whole. `total`: the
+        number of examples (default: that of `lengths`), for the progress the main process shows.
 
         With the examples' token counts (`lengths`), the outputs are written straight into one flat
         (tokens x hidden) tensor and returned as views of it: no per-example copies, and the disk copy is written
@@ -291,8 +293,10 @@ class FrozenPrefixCache:
         offsets = np.concatenate([[0], np.cumsum(kept)]) if kept is not None else None
         flat: torch.Tensor | None = None
         cut = self._cut_to_first() if self.cut_last else None
+        total = total if total is not None else len(lengths) if lengths is not None else None
+        shown = ProgressReport("frozen-prefix cache", total, "examples")
         try:
-            for indices, batch in batches:
+            for indices, batch in shown.track(batches, lambda item: len(item[0])):
                 batch = {k: v.to(device) for k, v in batch.items()}
                 if self.tuple_len is None:  # `prepare` learnt it already where it ran
                     self._record_layer_output_type(batch)
@@ -313,6 +317,7 @@ class FrozenPrefixCache:
                     n = 1 if self.first_only and n is not None else n
                     out[i] = hidden[row, :n].clone() if n is not None else hidden[row].clone()
         finally:
+            shown.close()
             if cut is not None:
                 cut.remove()
             self.root.train(was_training)
@@ -324,7 +329,7 @@ class FrozenPrefixCache:
         """{example index: prefix output} for the examples of `batches` (a share of a split)."""
         batches = list(batches)
         order = [i for indices, _ in batches for i in indices]
-        feats = self.compute(iter(batches), device)
+        feats = self.compute(iter(batches), device, total=len(order))
         return dict(zip(sorted(order), feats, strict=True))
 
     # -- disk

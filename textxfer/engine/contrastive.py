@@ -33,6 +33,7 @@ from torch import nn
 
 from textxfer.backbones.load import Parts, count_params, unwrap_peft
 from textxfer.core.errors import UserError
+from textxfer.core.progress import ProgressReport
 
 log = logging.getLogger("textxfer")
 
@@ -273,6 +274,7 @@ def tune(ctx: StageContext, targets: np.ndarray) -> None:
     history = ctx.history.setdefault("contrastive", [])
     step, running, seen, epoch = 0, 0.0, 0, 0
     params = [p for _, p in body]
+    shown = ProgressReport("contrastive stage", total, "steps", show=ctx.acc.is_main_process)
     while step < total:
         model.train()
         set_frozen_eval(unwrap_peft(model), parts, ctx.applied.frozen_prefix)
@@ -290,10 +292,13 @@ def tune(ctx: StageContext, targets: np.ndarray) -> None:
             if step % t.log_every == 0 or step == total:
                 history.append({"step": step, "epoch": round(step / per_epoch, 4), "loss": running / seen,
                                 "learning_rate": scheduler.get_last_lr()[0]})
+                shown.note(loss=f"{running / seen:.4f}")
                 running, seen = 0.0, 0
+            shown.update(1)
             if step >= total:
                 break
         epoch += 1
+    shown.close()
     optimizer.zero_grad(set_to_none=True)
     seconds = time.time() - started
     loss_text = f"{history[-1]['loss']:.4f}" if history else "n/a"

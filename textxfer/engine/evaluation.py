@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from textxfer.core.errors import UserError
+from textxfer.core.progress import ProgressReport
 from textxfer.engine.best_weights import keep_best
 
 log = logging.getLogger("textxfer")
@@ -26,16 +27,27 @@ def predict_split(loop, split: str, dl=None) -> tuple[np.ndarray, np.ndarray, np
     over processes without duplicates."""
     loop.model.eval()
     outs, targets, index = [], [], []
-    for batch in dl if dl is not None else loop.eval_dls[split]:
-        logits = loop.logits(batch).float()
-        g_logits, g_targets, g_index = loop.acc.gather_for_metrics(
-            (logits, batch["targets"], batch["index"]))
-        outs.append(g_logits.cpu())
-        targets.append(g_targets.cpu())
-        index.append(g_index.cpu())
+    dl = dl if dl is not None else loop.eval_dls[split]
+    with ProgressReport(f"evaluate {split}", examples_in(dl), "examples", show=loop.acc.is_main_process) as shown:
+        for batch in dl:
+            logits = loop.logits(batch).float()
+            g_logits, g_targets, g_index = loop.acc.gather_for_metrics(
+                (logits, batch["targets"], batch["index"]))
+            outs.append(g_logits.cpu())
+            targets.append(g_targets.cpu())
+            index.append(g_index.cpu())
+            shown.update(len(g_index))
     logits = torch.cat(outs).numpy()
     order = np.argsort(torch.cat(index).numpy(), kind="stable")
     return logits[order], torch.cat(targets).numpy()[order], torch.cat(index).numpy()[order]
+
+
+def examples_in(dl) -> int | None:
+    """How many examples a loader's pass reads (its dataset's length), or None where it cannot tell."""
+    try:
+        return len(dl.dataset)
+    except (AttributeError, TypeError):
+        return None
 
 
 def score(loop, split: str) -> tuple[dict, dict, np.ndarray]:

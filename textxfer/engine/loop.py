@@ -14,7 +14,6 @@ import contextlib
 import functools
 import logging
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from textxfer.config.schema import Recipe, to_dict
 from textxfer.core.errors import UserError
 from textxfer.core.hardware import default_threads
 from textxfer.core.precision import effective_mixed_precision, full_precision_forward
+from textxfer.core.progress import ProgressReport
 from textxfer.engine import checkpoint, evaluation
 from textxfer.engine.batches import (
     batch_weight,
@@ -244,16 +244,13 @@ class Loop:
     def fit(self) -> None:
         """Train until the planned steps are done or early stopping says stop, from where `progress` stands
         (zero, or a restored checkpoint). SIGINT/SIGTERM save a checkpoint at the end of the step, then exit."""
-        from tqdm.auto import tqdm
-
         t = self.recipe.training
         p = self.progress
         if t.early_stopping is not None and "validation" not in self.eval_dls:
             raise UserError("`training.early_stopping` watches the validation metrics, but this run has no validation "
                             "split: give `data.validation` or a `data.validation_split` above 0, or drop early stopping.")
         start_tracking(self)
-        bar = tqdm(total=self.total_steps, initial=p.step, desc="train", leave=False,
-                   disable=not (self.acc.is_main_process and sys.stderr.isatty()))
+        bar = ProgressReport("train", self.total_steps, "steps", initial=p.step, show=self.acc.is_main_process)
         with StopSignals() as signals:
             while p.step < self.total_steps and p.stopped_early is None:
                 batches = self.epoch_batches(p.epoch)

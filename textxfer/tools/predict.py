@@ -21,10 +21,10 @@ from pathlib import Path
 
 from textxfer.core.errors import UserError
 from textxfer.core.files import write_json
+from textxfer.core.progress import ProgressReport
 from textxfer.deploy.manifest import is_export, read_manifest
 from textxfer.tools.predict_inputs import Inputs
 from textxfer.tools.predict_outputs import Writer, prediction_rows
-from textxfer.tools.predict_progress import RowProgress
 
 CHUNK_ROWS = 4096
 """Rows read, predicted and written at a time: enough for length-sorted batches to pad little."""
@@ -51,7 +51,8 @@ def predict_stream(model_dir: str, sources: list[str], output: str | None, text_
     writer = Writer(output, "text", pair is not None, resume_size=size if done else None)
     if sidecar is not None:
         write_json(sidecar, {**record, "rows": done, "size": writer.size()})
-    progress = RowProgress(inputs.estimated_rows(), done, say)
+    progress = ProgressReport("predict", inputs.estimated_rows(), "rows", initial=done, approximate=True, say=say,
+                              show=True)
     options = {"top_k": top_k, "batch_size": batch_size}
     written = 0
     try:

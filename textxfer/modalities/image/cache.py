@@ -74,6 +74,8 @@ class VisionPrefixCache(FrozenPrefixCache):
         self.extras: tuple | None = None
         self.feature_shape: tuple[int, ...] | None = None
         """(C, H, W) of a CNN's cached feature map; kept as (C, H*W) rows, the layout backbones/prefix_cache.py stores on disk."""
+        self.images: int | None = None
+        """How many images the pass under way reads (`load_or_compute`), for its progress."""
 
     def _record_stem(self, batch: dict, device: torch.device) -> None:
         seen: dict = {}
@@ -103,14 +105,19 @@ class VisionPrefixCache(FrozenPrefixCache):
             return []
         if self.extras is None:
             self._record_stem(first[1], device)
-        feats = super().compute(itertools.chain([first], batches), device)
+        feats = super().compute(itertools.chain([first], batches), device, total=self.images)
         if feats and feats[0].dim() == 3:
             self.feature_shape = tuple(feats[0].shape)
             feats = [f.reshape(f.shape[0], -1) for f in feats]
         return feats
 
-    def load_or_compute(self, key: str, batches_fn, device: torch.device, use_disk: bool) -> list[torch.Tensor]:
-        feats = super().load_or_compute(key, batches_fn, device, use_disk)
+    def load_or_compute(self, key: str, batches_fn, device: torch.device, use_disk: bool,
+                        images: int | None = None) -> list[torch.Tensor]:
+        self.images = images
+        try:
+            feats = super().load_or_compute(key, batches_fn, device, use_disk)
+        finally:
+            self.images = None
         return [f.reshape(self.feature_shape) for f in feats] if self.feature_shape else feats
 
     def install(self) -> None:
@@ -213,7 +220,8 @@ def build_cache(loop, transforms, processor) -> Cached | None:
                     idx = list(range(start, min(start + 32, len(data))))
                     pixels = transforms.eval([data.load(i) for i in idx])
                     yield idx, {"pixel_values": pixels.contiguous(memory_format=fmt)}
-            features[split] = cache.load_or_compute(key, batches, device, use_disk=r.training.cache == "auto")
+            features[split] = cache.load_or_compute(key, batches, device, use_disk=r.training.cache == "auto",
+                                                    images=len(data))
     finally:
         root.to(memory_format=torch.contiguous_format)
     log.info(f"frozen-prefix cache: stem + {loop.applied.frozen_prefix} of {len(loop.parts.layers)} stages computed "
