@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check: the fast test suite on the GPU, the quickstart (as written: its contrastive stage, then the classifier)
 # and the SST-2 recipe (EPOCHS epochs), bf16 on ONE GPU, printing training throughput; then a 2-process (DDP) run
-# where the machine has two GPUs or more (SKIP_SUITE=1 leaves the suite out).
+# where the machine has two GPUs or more; then FSDP (training.sharding, through an Accelerate config) over one process
+# per GPU (at most 2) and a bit-exact resume of its sharded checkpoint (SKIP_SUITE=1 leaves the suite out).
 #
 #   TEXTXFER_DATA=/path/to/data scripts/gpu_check.sh          # data holds sst2/train.tsv and sst2/dev.tsv
 #   PY=/opt/venv/bin/python EPOCHS=2 scripts/gpu_check.sh     # another interpreter, more SST-2 epochs
@@ -86,5 +87,59 @@ if [ "$gpus" -ge 2 ]; then
 else
   echo "sst2-2proc: skipped ($gpus GPU: a 2-process run needs one GPU per process)"
 fi
+
+# Sharded (training.sharding, issue 30): FSDP2 on the GPUs, one process per GPU (at most 2), set up by an Accelerate
+# config file (so the config path is the one checked: its settings stand), a full fine-tune with a checkpoint every
+# 20 steps, then a resume from the first checkpoint in another folder: its training losses after step 20 must equal
+# the uninterrupted run's bit for bit. On one GPU FSDP runs as a process group of one (sharding over one process:
+# the GPU code paths, nccl, bf16 mixed precision, save_state/load_state), on two it really shards.
+sharded_check() {
+  local n=$(( gpus >= 2 ? 2 : 1 )) cfg="$OUTDIR/fsdp-accelerate.yaml" out="$OUTDIR/fsdp" resumed="$OUTDIR/fsdp-resumed"
+  cat > "$cfg" <<CFGEOF
+compute_environment: LOCAL_MACHINE
+distributed_type: FSDP
+num_machines: 1
+num_processes: $n
+machine_rank: 0
+main_training_function: main
+mixed_precision: 'no'
+use_cpu: false
+fsdp_config:
+  fsdp_version: 2
+  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP
+  fsdp_state_dict_type: SHARDED_STATE_DICT
+  fsdp_reshard_after_forward: true
+  fsdp_offload_params: false
+CFGEOF
+  local opts=(--set strategy.name=full --set training.sharding=fsdp --set training.mixed_precision=bf16
+              --set data.max_train_examples=2000 --set training.epochs=1 --set training.checkpoint_every=20
+              --set training.keep_checkpoints=10)
+  # shellcheck disable=SC2086
+  if ! "$PY" -m textxfer train recipes/sst2.yaml --accelerate-config "$cfg" "${opts[@]}" ${EXTRA:-} \
+       --output-dir "$out" --overwrite > "$out.log" 2>&1; then
+    echo "fsdp-$n: FAILED (last lines of $out.log):"; tail -5 "$out.log"; return 1
+  fi
+  mkdir -p "$resumed/checkpoints" && cp -r "$out/checkpoints/step-0000020" "$resumed/checkpoints/"
+  # shellcheck disable=SC2086
+  if ! "$PY" -m textxfer train recipes/sst2.yaml --accelerate-config "$cfg" "${opts[@]}" ${EXTRA:-} \
+       --output-dir "$resumed" --resume > "$resumed.log" 2>&1; then
+    echo "fsdp-$n resume: FAILED (last lines of $resumed.log):"; tail -5 "$resumed.log"; return 1
+  fi
+  "$PY" - "$n" "$out" "$resumed" <<'PYEOF'
+import json, sys
+n, out, resumed = sys.argv[1:]
+a, b = (json.load(open(f"{d}/history.json")) for d in (out, resumed))
+after = lambda h: [(x["step"], x["loss"]) for x in h["train"] if x["step"] > 20]
+state = json.load(open(f"{out}/checkpoints/step-0000020/state.json"))
+log = open(f"{out}/train.log", encoding="utf-8").read()
+units = next((line.split("sharding: ", 1)[1].strip() for line in log.splitlines() if "sharding: FSDP2" in line), "?")
+same = after(a) == after(b) and bool(after(a))
+acc = json.load(open(f"{out}/metrics.json"))["validation"]["accuracy"]
+print(f"fsdp-{n}: {units}; checkpoint sharding {state['sharding']}, {len(state['files'])} files; resume from step 20 "
+      f"{'bit-exact' if same else 'DIFFERS'} over {len(after(a))} logged steps; validation accuracy {acc:.4f}")
+sys.exit(0 if same and state["sharding"] == "FSDP" else 1)
+PYEOF
+}
+sharded_check || status=1
 echo "runs and logs: $OUTDIR"
 exit $status

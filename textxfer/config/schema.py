@@ -208,6 +208,24 @@ class ContrastiveConfig:
 
 
 @dataclass
+class ShardingConfig:
+    """How `training.sharding` shards the model over the processes (see docs/distributed.md)."""
+
+    reshard_after_forward: bool = True
+    """FSDP: free each layer's gathered weights after its forward pass and gather them again for the backward
+    (ZeRO-3-like: least memory); false keeps them until the backward (ZeRO-2-like: one gather less per step)."""
+    cpu_offload: bool = False
+    """FSDP: keep the weight shards and optimizer state in CPU memory between uses (much slower; for models
+    whose shards still do not fit). DeepSpeed: offload the optimizer state to the CPU."""
+    wrap: list[str] | None = None
+    """FSDP: class names of the modules sharded as one unit each; null: the backbone's layer class (e.g.
+    `BertLayer`, `XLMRobertaLayer`), found from the model."""
+    zero_stage: Literal[1, 2] = 2
+    """DeepSpeed: ZeRO stage 1 (optimizer state sharded) or 2 (and gradients). The weights stay whole on every
+    process; to shard them too use `sharding: fsdp`."""
+
+
+@dataclass
 class TrainingConfig:
     epochs: float = 3
     """Passes over the training data."""
@@ -288,6 +306,13 @@ class TrainingConfig:
     log_with: Literal["tensorboard", "wandb", "mlflow", "none"] = "none"
     """Experiment tracker, through Accelerate (`tensorboard` writes RUN_DIR/logs, offline; wandb and mlflow need
     their packages and their own configuration)."""
+    sharding: Literal["fsdp", "deepspeed"] | None = None
+    """Shard the model over the processes of a several-process run on GPUs, for backbones whose full fine-tune
+    does not fit one GPU (strategies `full` and `lora`): `fsdp` (PyTorch FSDP2 through Accelerate: weights,
+    gradients and optimizer state sharded) or `deepspeed` (ZeRO stage 1/2, needs the deepspeed package). null:
+    plain DDP, or whatever the `--accelerate-config` file sets up. Options: `sharding_options`."""
+    sharding_options: ShardingConfig = field(default_factory=ShardingConfig)
+    """Options of `sharding` (FSDP re-sharding, CPU offload, wrapped layer class; DeepSpeed ZeRO stage)."""
 
 
 @dataclass

@@ -49,6 +49,7 @@ def validate(recipe: Recipe) -> None:
         raise UserError("Recipe key `training.early_stopping.min_delta` must be >= 0.")
     validate_small_data(recipe)
     validate_self_training(recipe)
+    validate_sharding(recipe)
 
 
 def validate_self_training(recipe: Recipe) -> None:
@@ -111,3 +112,30 @@ def validate_small_data(recipe: Recipe) -> None:
             raise UserError("`training.contrastive` tunes the body, but strategy `head` freezes all of it. Use "
                             "strategy `freeze` (e.g. freeze_layers: 2: the lower layers stay frozen and cached), "
                             "`full`, `lora` or `gradual`, or remove `training.contrastive`.")
+
+
+SHARDED_STRATEGIES = ("full", "lora")
+"""Strategies whose trained weights are worth sharding: the whole body (full) or adapters beside it (lora)."""
+
+
+def validate_sharding(recipe: Recipe) -> None:
+    """`training.sharding` only where it shards what trains, with options that name what they should."""
+    t = recipe.training
+    if t.sharding is None:
+        return
+    if recipe.strategy.name not in SHARDED_STRATEGIES:
+        raise UserError(
+            f"Recipe key `training.sharding: {t.sharding}` shards the weights of a large backbone for the strategies "
+            f"{' and '.join(SHARDED_STRATEGIES)}; strategy `{recipe.strategy.name}` trains too little of it to need "
+            "sharding. Set `training.sharding: null` (plain DDP), or `strategy.name: full` or `lora`."
+        )
+    wrap = t.sharding_options.wrap
+    if wrap is not None and (not wrap or any(not name.strip() for name in wrap)):
+        raise UserError(f"Recipe key `training.sharding_options.wrap` must name module classes (e.g. [BertLayer]) "
+                        f"or be null for the backbone's layer class, not {wrap!r}.")
+    if t.sharding == "deepspeed" and t.gradient_accumulation_steps != 1:
+        raise UserError(
+            f"`training.sharding: deepspeed` needs `training.gradient_accumulation_steps: 1`, not "
+            f"{t.gradient_accumulation_steps}: DeepSpeed steps the optimizer inside every backward pass, so "
+            "textxfer's micro-batches would each make a step. Use more processes, or `training.sharding: fsdp`."
+        )

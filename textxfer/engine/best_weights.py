@@ -2,7 +2,8 @@
 the saved model is the best one, not the last.
 
 Kept in a file in the run directory and memory-mapped back: a full fine-tune's copy (90 MB for MiniLM) then takes
-page cache, not process memory; in memory only where the file cannot be written.
+page cache, not process memory; in memory only where the file cannot be written. Under FSDP each process keeps
+its own shard of each weight (`sharding.local`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import os
 from pathlib import Path
 
 import torch
+
+from textxfer.engine.sharding import local, reshard
 
 log = logging.getLogger("textxfer")
 
@@ -26,7 +29,8 @@ def keep_best(loop) -> None:
     from textxfer.backbones.prefix_cache import map_safetensors, write_safetensors
 
     model = loop.acc.unwrap_model(loop.model)
-    params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
+    reshard(model)
+    params = {k: local(v).detach() for k, v in model.named_parameters() if v.requires_grad}  # FSDP: the shard
     path = best_file(loop)
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -44,9 +48,10 @@ def restore_best(loop) -> None:
     if loop.best_state is None:
         return
     model = loop.acc.unwrap_model(loop.model)
+    reshard(model)
     params = dict(model.named_parameters())
     with torch.no_grad():
         for k, v in loop.best_state.items():
-            params[k].copy_(v)
+            local(params[k]).copy_(v)
     loop.best_state = None
     best_file(loop).unlink(missing_ok=True)

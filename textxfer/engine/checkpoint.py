@@ -14,8 +14,19 @@ A checkpoint is written into `.tmp-step-...`, flushed to disk, and renamed into 
 If a save fails (a full disk), the partial folder is removed, the earlier checkpoints stay, training goes on.
 
 With several processes, process 0 writes the weights and optimizer state (the same on every DDP process) and
-each process its own random state, so on several machines RUN_DIR must be on a shared file system. FSDP and
-DeepSpeed shard the weights and are not covered (the final model is still saved).
+each process its own random state, so on several machines RUN_DIR must be on a shared file system.
+
+Sharded runs (FSDP, DeepSpeed: `training.sharding`) write their part through `Accelerator.save_state` instead,
+each process its own shards, into the same temporary folder, renamed and listed in the same manifest:
+
+    RUN_DIR/checkpoints/step-0000120/
+      pytorch_model_fsdp_0/, optimizer_0/   weight and optimizer shards (torch.distributed.checkpoint; DeepSpeed:
+                                            pytorch_model/), scheduler.bin, random_states_0.pkl, ... per process
+      best-0.safetensors, best-1.safetensors  each process's shard of the best weights (FSDP)
+      state.json                           as above, with `sharding` naming how the run was sharded
+
+Unsharded runs keep textxfer's own files because they hold only what trains: `save_state` would write the whole
+model, a frozen backbone included, into every checkpoint of a head or LoRA run.
 
 This module writes checkpoints, rotates them and tells complete ones apart; `resuming` finds one and loads it.
 """
@@ -34,6 +45,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from textxfer.engine import sharding
+
 log = logging.getLogger("textxfer")
 
 DIRNAME = "checkpoints"
@@ -42,8 +55,9 @@ FORMAT = 1
 
 def _io_errors() -> tuple[type[BaseException], ...]:
     from safetensors import SafetensorError
+    from torch.distributed.checkpoint.api import CheckpointException  # a failed sharded write (every process)
 
-    return (OSError, RuntimeError, SafetensorError)
+    return (OSError, RuntimeError, SafetensorError, CheckpointException)
 
 
 @dataclass
@@ -176,12 +190,16 @@ def save(loop, reason: str = "scheduled") -> Path | None:
             problem = e
     if not _all_ok(acc, problem is None):
         return _failed(acc, final, problem or "another process could not write")
+    sharded = sharding.is_sharded(acc)
+    best_in = None
     try:
-        _save_torch(rng_state(), tmp / f"rng-{acc.process_index}.pt")
-        if acc.is_main_process:
+        if sharded:
+            best_in = _save_sharded(loop, tmp)
+        else:
+            _save_torch(rng_state(), tmp / f"rng-{acc.process_index}.pt")
+        if acc.is_main_process and not sharded:
             model = acc.unwrap_model(loop.model)
             _save_tensors(model_tensors(model), tmp / "model.safetensors")
-            best_in = None
             if loop.best_state is not None:
                 best_in = "model.safetensors"
                 if loop.best is None or loop.best.get("step") != p.step:
@@ -210,6 +228,27 @@ def save(loop, reason: str = "scheduled") -> Path | None:
         rotate(root, loop.recipe.training.keep_checkpoints, lower_better=loop.recipe.training.metric == "loss")
     log.info(f"checkpoint saved: {final} ({reason})")
     return final
+
+
+def _save_sharded(loop, tmp: Path) -> str | None:
+    """A sharded run's part of a checkpoint (every process): Accelerate's state (weights and optimizer in shards,
+    schedule, random states), and the best weights where they are not the current ones (under FSDP each process
+    its shard, `best-{process}.safetensors`; under DeepSpeed process 0, as the weights are whole). Returns the
+    name of the best weights' file(s) for state.json ("best-{process}.safetensors" under FSDP), or None."""
+    acc, p = loop.acc, loop.progress
+    sharding.reshard(acc.unwrap_model(loop.model))
+    acc.save_state(str(tmp))
+    name = None
+    if loop.best_state is not None and loop.best is not None and loop.best.get("step") == p.step:
+        name = "current"  # the weights just saved are the best
+    elif loop.best_state is not None:
+        name = "best-{process}.safetensors" if sharding.is_fsdp(acc) else "best.safetensors"
+        if sharding.is_fsdp(acc) or acc.is_main_process:
+            _save_tensors(_cpu_copy(loop.best_state.items()), tmp / name.format(process=acc.process_index))
+    for f in tmp.rglob("*"):  # Accelerate's files too, flushed before state.json says they are complete
+        if f.is_file():
+            _fsync(f)
+    return name
 
 
 def _failed(acc, final: Path, problem) -> None:
@@ -242,12 +281,14 @@ def state_record(loop, reason: str, best_in: str | None, folder: Path) -> dict:
     metric = loop.recipe.training.metric
     last = loop.history["eval"][-1] if loop.history["eval"] else None
     value = last.get(metric) if last and last.get("step") == p.step else None
-    files = {f.name: f.stat().st_size for f in sorted(folder.iterdir()) if f.name != "state.json"}
+    files = {f.relative_to(folder).as_posix(): f.stat().st_size for f in sorted(folder.rglob("*"))
+             if f.is_file() and f.name != "state.json"}
     return {
         "format": FORMAT, "complete": True, "reason": reason, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "step": p.step, "epoch": p.epoch, "batch_in_epoch": p.batch, "total_steps": loop.total_steps,
         "progress": asdict(p), "history": loop.history, "best": loop.best, "best_in": best_in,
         "metric": metric, "metric_value": value, "num_processes": loop.acc.num_processes,
+        "sharding": loop.acc.distributed_type.value if sharding.is_sharded(loop.acc) else None,
         "cache_key": getattr(loop, "cache_key", None), "data": data_fingerprints(loop),
         "train_seconds": time.time() - loop.started, "textxfer_version": versions().get("textxfer"),
         "recipe": to_dict(loop.recipe), "files": files,
@@ -311,12 +352,12 @@ def complete_checkpoints(root: Path) -> list[Path]:
 # ------------------------------------------------------------------------------------------------ when to save
 
 def checkpoints_supported(loop) -> bool:
-    """False (with a warning, once) for FSDP, DeepSpeed and Megatron runs, whose sharded weights are not covered."""
+    """False (with a warning, once) for Megatron-LM runs, which textxfer's checkpoints do not cover."""
     kind = loop.acc.distributed_type.value
-    if kind in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+    if kind == "MEGATRON_LM":
         if not getattr(loop, "_warned_sharded", False):
-            log.warning(f"warning: textxfer checkpoints cover single-process and DDP runs; with {kind} they are "
-                        "not written (the final model still is)")
+            log.warning(f"warning: textxfer checkpoints cover single-process, DDP, FSDP and DeepSpeed runs; with "
+                        f"{kind} they are not written (the final model still is)")
             loop._warned_sharded = True
         return False
     return True

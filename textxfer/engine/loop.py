@@ -25,7 +25,7 @@ from textxfer.core.errors import UserError
 from textxfer.core.hardware import default_threads
 from textxfer.core.precision import effective_mixed_precision, full_precision_forward
 from textxfer.core.progress import ProgressReport
-from textxfer.engine import checkpoint, evaluation
+from textxfer.engine import checkpoint, evaluation, sharding
 from textxfer.engine.batches import (
     batch_weight,
     class_weight_tensor,
@@ -197,6 +197,7 @@ class Loop:
         optimizer = torch.optim.AdamW(optimizer_groups(self), lr=t.learning_rate,  # + training.layer_lr_decay
                                       **fused_adamw(self.model))
         scheduler = linear_schedule(optimizer, int(t.warmup_ratio * self.total_steps), self.total_steps)
+        sharding.set_wrapped_layers(self)  # FSDP: one unit per backbone layer (training.sharding)
         self.model, self.optimizer, self.scheduler = self.acc.prepare(self.model, optimizer, scheduler)
         self.schedule = new_schedule(self.recipe, self.steps_per_epoch, self.acc.unwrap_model(self.model),  # gradual,
                                      self.parts, self.applied.frozen_prefix, n_proc)  # training.head_warmup_epochs
@@ -336,6 +337,7 @@ class Loop:
     def finish(self) -> tuple[dict, dict]:
         """(results for metrics.json, logits per split) of the best model as it is saved, scored in fp32."""
         restore_best(self)
+        sharding.unshard(self)  # FSDP: scored and saved as a whole model
         self.train_seconds = time.time() - self.started
         end_tracking(self)
         last = getattr(self, "last_validation", None)

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from textxfer.core.errors import UserError
+from textxfer.engine.best_weights import keep_best
 from textxfer.engine.checkpoint import (
     DIRNAME,
     Progress,
@@ -23,6 +24,7 @@ from textxfer.engine.checkpoint import (
     set_rng_state,
     step_of,
 )
+from textxfer.engine.sharding import is_sharded
 
 log = logging.getLogger("textxfer")
 
@@ -99,31 +101,61 @@ def restore(loop, ckpt: Path) -> dict:
             "(same recipe, different file contents or a different DataFrame/Dataset). Restore the original data, or "
             "start a new run."
         )
+    sharded = check_sharding_matches(state, acc, ckpt)
     model = acc.unwrap_model(loop.model)
-    _load_into(model, load_file(str(ckpt / "model.safetensors")), ckpt)
-    loop.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu"))
-    loop.scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True, map_location="cpu"))
+    if sharded:  # weights, optimizer, schedule and random states, each process its shards
+        acc.load_state(str(ckpt))
+    else:
+        _load_into(model, load_file(str(ckpt / "model.safetensors")), ckpt)
+        loop.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu"))
+        loop.scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True, map_location="cpu"))
     loop.progress = Progress(**state["progress"])
     loop.history = state["history"]
     loop.best = state["best"]
     loop.best_state = None
-    if state.get("best_in"):
-        best = load_file(str(ckpt / state["best_in"]))
+    if state.get("best_in") == "current":  # a sharded checkpoint saved at the best evaluation
+        keep_best(loop)
+    elif state.get("best_in"):
+        best = load_file(str(ckpt / state["best_in"].format(process=acc.process_index)))
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
         loop.best_state = {k: v.to(acc.device) for k, v in best.items() if k in trainable}
-    rng = ckpt / f"rng-{acc.process_index}.pt"
-    if rng.is_file():
-        set_rng_state(torch.load(rng, weights_only=True))
-    else:  # resumed on more processes than saved: this one starts a fresh, seeded stream
-        from accelerate.utils import set_seed
-
-        set_seed(loop.recipe.training.seed + acc.process_index)
+    if not sharded:  # (a sharded run's random states came back with load_state)
+        restore_rng(ckpt, acc.process_index, loop.recipe.training.seed)
     if state.get("num_processes") != acc.num_processes:
         log.info(f"resumed on {acc.num_processes} processes; the checkpoint was saved by {state.get('num_processes')} "
                  "(the global batch and data order are the same; dropout draws differ)")
     log.info(f"resumed from {ckpt}: step {state['step']} of {loop.total_steps}, epoch {state['epoch'] + 1}, "
              f"{state['batch_in_epoch']} batches into it")
     return state
+
+
+def restore_rng(ckpt: Path, process: int, seed: int) -> None:
+    """This process's random states as saved; a process the checkpoint had not (resumed on more processes than
+    saved) starts a fresh, seeded stream."""
+    rng = ckpt / f"rng-{process}.pt"
+    if rng.is_file():
+        set_rng_state(torch.load(rng, weights_only=True))
+    else:
+        from accelerate.utils import set_seed
+
+        set_seed(seed + process)
+
+
+def check_sharding_matches(state: dict, acc, ckpt: Path) -> bool:
+    """Refuse a checkpoint saved with other sharding than this run's (its files would not fit), and a sharded one
+    on another number of processes (each process's best-weights shard fits only its own); True when sharded."""
+    then = state.get("sharding")
+    now = acc.distributed_type.value if is_sharded(acc) else None
+    if then != now:
+        def how(kind):
+            return f"sharded with {kind}" if kind else "unsharded (one process or DDP)"
+
+        raise UserError(f"Cannot resume from {ckpt}: it was saved by a run {how(then)}, and this run is {how(now)}. "
+                        "Resume with the `training.sharding` (and Accelerate config) it was saved with.")
+    if then and state.get("num_processes") != acc.num_processes:
+        raise UserError(f"Cannot resume from {ckpt} on {acc.num_processes} processes: it was saved sharded over "
+                        f"{state.get('num_processes')}. Resume it with --num-processes {state.get('num_processes')}.")
+    return then is not None
 
 
 def _load_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], ckpt: Path) -> None:

@@ -73,7 +73,8 @@ def prepare_output_dir(path: Path, overwrite: bool, resuming: bool = False) -> N
 
 
 def make_accelerator(recipe: Recipe) -> Accelerator:
-    """The run's Accelerator: the recipe's precision and trackers, on the GPU when there is one."""
+    """The run's Accelerator: the recipe's precision, trackers and sharding (`training.sharding`, or the launch's
+    Accelerate config), on the GPU when there is one."""
     from datetime import timedelta
 
     from accelerate import Accelerator
@@ -87,18 +88,21 @@ def make_accelerator(recipe: Recipe) -> Accelerator:
             "CPUs) or `no`."
         )
     from textxfer.engine.distributed import check_process_count, tracker_kwargs
+    from textxfer.engine.sharding import accelerator_plugins, check_sharding, launch_environment_kept
 
     fresh_accelerate_state()
     warn_if_emulated(t.mixed_precision)
     # Gradient accumulation is done by Loop.train_step (with no_sync), not by Accelerate: every global batch is
     # cut into accumulation x processes shards there, so results do not depend on how it is cut.
-    acc = Accelerator(
-        mixed_precision=effective_mixed_precision(t.mixed_precision), cpu=use_cpu,
-        dataloader_config=DataLoaderConfiguration(split_batches=True, even_batches=True),
-        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=t.distributed_timeout))],
-        **tracker_kwargs(t.log_with, Path(recipe.output_dir)),
-    )
+    with launch_environment_kept():  # a recipe's plugin would leave ACCELERATE_USE_FSDP set for later runs
+        acc = Accelerator(
+            mixed_precision=effective_mixed_precision(t.mixed_precision), cpu=use_cpu,
+            dataloader_config=DataLoaderConfiguration(split_batches=True, even_batches=True),
+            kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=t.distributed_timeout))],
+            **tracker_kwargs(t.log_with, Path(recipe.output_dir)), **accelerator_plugins(recipe),
+        )
     check_process_count(acc)
+    check_sharding(acc, recipe)
     return acc
 
 
