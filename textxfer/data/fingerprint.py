@@ -22,12 +22,24 @@ def column(ds: Dataset, name: str) -> list:
     return ds[name][:]
 
 
+FINGERPRINT_ROWS = 20_000
+"""Rows serialised at a time by `fingerprint`: a split of millions is hashed in bounded memory."""
+
+
 def fingerprint(ds: Dataset) -> str:
-    """A stable hash of a split's texts (or image paths) and labels (for caches and for the run record)."""
+    """A stable hash of a split's texts (or image paths) and labels (for caches and for the run record): of each
+    column's JSON text, fed to the hash a block of rows at a time (the same bytes as the whole column's
+    `json.dumps`, so the value does not depend on the split's size or how it is stored)."""
     h = hashlib.sha256()
     for col in ("text", "text_pair", "image", "label", "labels"):
         if col in ds.column_names:
-            h.update(json.dumps(column(ds, col), ensure_ascii=False).encode())
+            values = ds[col]
+            h.update(b"[")
+            for start in range(0, len(ds), FINGERPRINT_ROWS):
+                if start:
+                    h.update(b", ")
+                h.update(json.dumps(values[start:start + FINGERPRINT_ROWS], ensure_ascii=False)[1:-1].encode())
+            h.update(b"]")
     return h.hexdigest()[:16]
 
 

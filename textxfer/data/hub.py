@@ -15,8 +15,9 @@ if TYPE_CHECKING:
     from datasets import Dataset
 
 
-def read_hub(spec: str, cfg: DataConfig, split: str) -> Table:
-    """`hub:<id>` reads the split named like the recipe key; `hub:<id>:<split>` picks one (slices allowed)."""
+def load_hub(spec: str, cfg: DataConfig, split: str) -> tuple[Dataset, str]:
+    """`hub:<id>` loads the split named like the recipe key; `hub:<id>:<split>` picks one (slices allowed).
+    Returns the memory-mapped `datasets.Dataset` and its source name (`hub:<id>:<split>`)."""
     repo, _, split_name = spec.partition(":")
     split_name = split_name or split
     from datasets import load_dataset
@@ -31,13 +32,23 @@ def read_hub(spec: str, cfg: DataConfig, split: str) -> Table:
             "Check the id, `data.hub_config` and the split name (`hub:<id>:<split>`). Without network access, "
             "download the files elsewhere and point `data.*` at them."
         ) from None
+    if not len(ds):
+        raise UserError(f"The {what} has no rows.")
+    return ds, f"hub:{repo}:{split_name}"
+
+
+def read_hub(spec: str, cfg: DataConfig, split: str) -> Table:
+    """One split of a Hub dataset as a `Table` of Python lists (the columns the recipe names)."""
+    return hub_table(*load_hub(spec, cfg, split), cfg)
+
+
+def hub_table(ds: Dataset, source: str, cfg: DataConfig) -> Table:
+    """A loaded Hub split's columns that the recipe names, as Python lists."""
     wanted = {k for k in (cfg.text_column, cfg.text_pair_column, cfg.label_column) if k is not None}
     names = list(ds.column_names)
     wanted |= {names[k] for k in wanted if isinstance(k, int) and k < len(names)}
     columns = {c: ds[c][:] for c in names if c in wanted}
-    if not len(ds):
-        raise UserError(f"The {what} has no rows.")
-    return Table(columns, f"hub:{repo}:{split_name}", names=names, class_names=class_label_names(ds, columns))
+    return Table(columns, source, names=names, class_names=class_label_names(ds, columns))
 
 
 def class_label_names(ds: Dataset, columns: Iterable[Any]) -> dict[Any, list[str]]:

@@ -99,72 +99,95 @@ def _label_transform(cfg: DataConfig):
 
 
 def normalise_labels(rows: SplitRows, cfg: DataConfig, declared: set[str], notes: list[str]) -> list[list[str]]:
-    """Raw label values -> lists of string keys; type errors (floats, mixed, lists) name the row.
+    """Raw label values -> lists of string keys; type errors (floats, mixed, lists) name the row."""
+    normaliser = LabelNormaliser(cfg, declared)
+    keys = normaliser.add(rows)
+    normaliser.finish(rows.table.source, notes)
+    return keys
+
+
+class LabelNormaliser:
+    """Raw label values -> lists of string keys, over one split read whole or in chunks (`add` per chunk, then
+    `finish`). Type errors (floats, lists, objects) name the row at once; ids mixed with names are refused as
+    soon as both have been seen, naming the first row of each.
 
     Work is done once per distinct scalar value (labels repeat): the first row holding a value is the one an
     error names, the same row a row-by-row pass would stop at."""
-    multi = cfg.multi_label
-    transform = _label_transform(cfg)
-    col = f"`{cfg.label_column}`" if not rows.table.fixed else "(the label)"
-    first: dict[str, tuple[int, str]] = {}  # kind ("id", "name") -> first (row, key)
-    floats: list[int] = []
 
-    def keys_of(i: int, value: Any) -> list[str]:
-        if isinstance(value, dict):
-            raise UserError(f"{rows.where(i)}: the label {col} is an object {str(value)[:60]!r}; give a class name, "
-                            "an integer id, or (multi-label) a list.")
-        if not multi and isinstance(value, (list, tuple, np.ndarray)):
-            raise UserError(f"{rows.where(i)}: the label {col} is a list ({list(value)[:5]!r}). For several labels "
-                            "per example set `data.multi_label: true`.")
-        if not multi and isinstance(value, str) and _INDEX_LIST.match(value) and value.strip() not in declared:
-            raise UserError(f"{rows.where(i)}: the label {value!r} looks like several labels. Set "
-                            "`data.multi_label: true` (and `data.label_delimiter` if they are not separated by `,`).")
-        keys = []
-        for atom in _atoms(value, multi, cfg.label_delimiter):
-            if isinstance(atom, (float, np.floating)):
-                if not float(atom).is_integer():
-                    _float_error(rows, i, col, atom)
-                floats.append(i)
-            key = _key(atom)
-            if isinstance(atom, str) and transform is not None and key not in declared:
-                new = transform(key)
-                if new is None:
-                    raise UserError(f"{rows.where(i)}: `data.label_pattern` {cfg.label_pattern!r} does not match "
-                                    f"the label {key!r}. Fix the pattern or the row.")
-                key = new.strip()
-            if key not in declared:
-                if INTEGER_TEXT.match(key):
-                    first.setdefault("id", (i, key))
-                elif FLOAT_TEXT.match(key):
-                    _float_error(rows, i, col, key)
-                else:
-                    first.setdefault("name", (i, key))
-            keys.append(key)
-        return keys
+    def __init__(self, cfg: DataConfig, declared: set[str]):
+        self.cfg, self.declared = cfg, declared
+        self.transform = _label_transform(cfg)
+        self.first: dict[str, tuple[str, str]] = {}  # kind ("id", "name") -> (where, key) of its first row
+        self.floats = 0
+        self.memo: dict[tuple[type, Any], list[str]] = {}
+        self.col = f"`{cfg.label_column}`"
 
-    memo: dict[tuple[type, Any], list[str]] = {}
-    out: list[list[str]] = []
-    for i, value in enumerate(rows.raw):
-        if isinstance(value, (str, int, float, np.integer, np.floating)):
-            tag = (type(value), value)
-            keys = memo.get(tag)
-            if keys is None:
-                keys = memo[tag] = keys_of(i, value)
-            out.append(keys)
-        else:
-            out.append(keys_of(i, value))
-    if "id" in first and "name" in first and not declared:
-        (a, va), (b, vb) = first["id"], first["name"]
-        raise UserError(
-            f"{rows.table.source}: the label column {col} mixes integer ids and names ({va!r} at "
-            f"{rows.where(a).removeprefix(rows.table.source + ', ')}, {vb!r} at "
-            f"{rows.where(b).removeprefix(rows.table.source + ', ')}). Use one kind throughout, or list every class "
-            "in `data.labels`."
-        )
-    if floats:
-        note(notes, f"{rows.table.source}: label column {col} holds whole numbers stored as floats (e.g. 1.0); "
-                     "read as integer class ids.")
-    return out
+    def add(self, rows: SplitRows) -> list[list[str]]:
+        cfg, declared, multi, transform = self.cfg, self.declared, self.cfg.multi_label, self.transform
+        col = self.col = f"`{cfg.label_column}`" if not rows.table.fixed else "(the label)"
+
+        def keys_of(i: int, value: Any) -> list[str]:
+            if isinstance(value, dict):
+                raise UserError(f"{rows.where(i)}: the label {col} is an object {str(value)[:60]!r}; give a class "
+                                "name, an integer id, or (multi-label) a list.")
+            if not multi and isinstance(value, (list, tuple, np.ndarray)):
+                raise UserError(f"{rows.where(i)}: the label {col} is a list ({list(value)[:5]!r}). For several "
+                                "labels per example set `data.multi_label: true`.")
+            if not multi and isinstance(value, str) and _INDEX_LIST.match(value) and value.strip() not in declared:
+                raise UserError(f"{rows.where(i)}: the label {value!r} looks like several labels. Set "
+                                "`data.multi_label: true` (and `data.label_delimiter` if they are not separated by "
+                                "`,`).")
+            keys = []
+            for atom in _atoms(value, multi, cfg.label_delimiter):
+                if isinstance(atom, (float, np.floating)):
+                    if not float(atom).is_integer():
+                        _float_error(rows, i, col, atom)
+                    self.floats += 1
+                key = _key(atom)
+                if isinstance(atom, str) and transform is not None and key not in declared:
+                    new = transform(key)
+                    if new is None:
+                        raise UserError(f"{rows.where(i)}: `data.label_pattern` {cfg.label_pattern!r} does not "
+                                        f"match the label {key!r}. Fix the pattern or the row.")
+                    key = new.strip()
+                if key not in declared:
+                    if INTEGER_TEXT.match(key):
+                        self.first.setdefault("id", (rows.where(i), key))
+                    elif FLOAT_TEXT.match(key):
+                        _float_error(rows, i, col, key)
+                    else:
+                        self.first.setdefault("name", (rows.where(i), key))
+                keys.append(key)
+            return keys
+
+        memo = self.memo
+        out: list[list[str]] = []
+        for i, value in enumerate(rows.raw):
+            if isinstance(value, (str, int, float, np.integer, np.floating)):
+                tag = (type(value), value)
+                keys = memo.get(tag)
+                if keys is None:
+                    keys = memo[tag] = keys_of(i, value)
+                out.append(keys)
+            else:
+                out.append(keys_of(i, value))
+        self._check_mixed(rows.table.source, col)
+        return out
+
+    def _check_mixed(self, source: str, col: str) -> None:
+        if "id" in self.first and "name" in self.first and not self.declared:
+            (a, va), (b, vb) = self.first["id"], self.first["name"]
+            raise UserError(
+                f"{source}: the label column {col} mixes integer ids and names ({va!r} at "
+                f"{a.removeprefix(source + ', ')}, {vb!r} at {b.removeprefix(source + ', ')}). Use one kind "
+                "throughout, or list every class in `data.labels`."
+            )
+
+    def finish(self, source: str, notes: list[str]) -> None:
+        """The note about whole numbers stored as floats, once for the split."""
+        if self.floats:
+            note(notes, f"{source}: label column {self.col} holds whole numbers stored as floats (e.g. 1.0); "
+                         "read as integer class ids.")
 
 
 def _float_error(rows: SplitRows, i: int, col: str, value: Any) -> None:

@@ -146,7 +146,10 @@ class SplitRows:
         return self.table.where(self.index[i])
 
 
-def usable_rows(table: Table, cfg: DataConfig, notes: list[str], declared: set[str]) -> SplitRows:
+def usable_rows(table: Table, cfg: DataConfig, notes: list[str], declared: set[str], whole: bool = True) -> SplitRows:
+    """The rows with a text (and pair) and a label, stripped; rows missing one stop the run (naming up to ten),
+    or with `data.skip_bad_rows` are skipped and noted. `whole` False: `table` is one chunk of a file read in
+    chunks, and the caller notes the skipped rows of all chunks at once."""
     texts = pick_column(table, cfg.text_column, "text_column")
     pairs = pick_column(table, cfg.text_pair_column, "text_pair_column") if cfg.text_pair_column is not None else None
     raw = pick_column(table, cfg.label_column, "label_column")
@@ -177,6 +180,7 @@ def usable_rows(table: Table, cfg: DataConfig, notes: list[str], declared: set[s
     if bad:
         dropped = {i for i, _ in bad}
         keep = [i for i in keep if i not in dropped]
+    if bad and whole:
         note(notes, f"{table.source}: skipped {len(bad)} row(s) with a missing text or label "
                      f"(data.skip_bad_rows): " + "; ".join(skipped[:10]) + (" ..." if len(bad) > 10 else ""))
         if not keep:

@@ -22,6 +22,7 @@ import numpy as np
 
 from textxfer.config.schema import DataConfig
 from textxfer.core.errors import UserError
+from textxfer.data.hub import hub_table, load_hub
 from textxfer.data.labels import build_label_space, declared_labels, encode_labels, normalise_labels
 from textxfer.data.memory import InMemory
 from textxfer.data.notes import note
@@ -33,8 +34,9 @@ from textxfer.data.sampling import (
     few_shot_subset,
     label_freq,
     strata,
-    stratified_split,
+    stratified_indices,
 )
+from textxfer.data.stored import STORE_ABOVE_ROWS, StoredRows, open_stored, store_hub
 
 SPLITS = ("train", "validation", "test")
 
@@ -99,22 +101,21 @@ def load_splits(cfg: DataConfig, seed: int, memory: dict[str, InMemory] | None =
     declared = declared_labels(cfg)
     sources = {n: memory.get(n, getattr(cfg, n)) for n in SPLITS}
     given = [n for n in SPLITS if sources[n] is not None]
-    rows = {n: usable_rows(read_table(sources[n], cfg, n, notes), cfg, notes, declared) for n in given}
-    keys = {n: normalise_labels(r, cfg, declared, notes) for n, r in rows.items()}
-    train_table = rows["train"].table
-    label_col = train_table.names[cfg.label_column] \
-        if isinstance(cfg.label_column, int) and train_table.header and cfg.label_column < len(train_table.names) \
-        else cfg.label_column
-    class_names = train_table.class_names.get(label_col)
-    space = build_label_space(cfg, keys["train"], class_names, list(keys.values()))
-    ids = {n: encode_labels(keys[n], rows[n], space, n) for n in given}
+    rows = {n: _read_rows(sources[n], cfg, n, notes, declared) for n in given}
+    keys = {n: normalise_labels(r, cfg, declared, notes) for n, r in rows.items() if isinstance(r, SplitRows)}
+    # a stored split's label keys are few: its distinct values stand for its rows in the label order
+    seen = {n: keys[n] if n in keys else [[k] for k in rows[n].first_where] for n in given}
+    space = build_label_space(cfg, seen["train"], _class_names(rows["train"], cfg), list(seen.values()))
+    ids = {n: encode_labels(keys[n], rows[n], space, n) if n in keys else rows[n].label_ids(space, n)
+           for n in given}
     names, multi = space.names, cfg.multi_label
     freq = label_freq(ids["train"], len(names))
-    info = {n: {"source": r.table.source, "rows_read": r.rows_read, "skipped_rows": len(r.skipped),
+    info = {n: {"source": _source(r), "rows_read": r.rows_read, "skipped_rows": len(r.skipped),
                 "label_counts_read": _counts(ids[n], names)} for n, r in rows.items()}
     for n in given[1:]:
         _check_seen(n, ids[n], rows[n], freq, names)
-    data = {n: EncodedSplit(rows[n].texts, rows[n].pairs, ids[n]) for n in given}
+    data = {n: EncodedSplit(rows[n].texts, rows[n].pairs, ids[n]) if n in keys else
+            EncodedSplit(None, None, ids[n], rows[n], np.arange(len(rows[n]))) for n in given}
 
     if cfg.dedupe:
         data["train"] = dedupe_train(data["train"], notes)
@@ -123,9 +124,9 @@ def load_splits(cfg: DataConfig, seed: int, memory: dict[str, InMemory] | None =
             continue
         train = data["train"]
         fraction = share / (1 - (cfg.test_split if split == "validation" and "test" not in given else 0))
-        keep, carved = stratified_split(strata(train.ids, multi, freq), fraction, seed + salt)
-        if not carved:
-            raise UserError(f"`data.{split}_split` {share} of {len(train.texts)} training rows carves no example; "
+        keep, carved = stratified_indices(strata(train.ids, multi, freq), fraction, seed + salt)
+        if not len(carved):
+            raise UserError(f"`data.{split}_split` {share} of {len(train)} training rows carves no example; "
                             f"raise it or give a {split} file (`data.{split}`).")
         data[split], data["train"] = train.take(carved), train.take(keep)
         info[split] = {"source": "carved from train", "rows_read": 0, "skipped_rows": 0, "label_counts_read": {}}
@@ -134,31 +135,67 @@ def load_splits(cfg: DataConfig, seed: int, memory: dict[str, InMemory] | None =
     if cfg.dedupe:
         drop_leaks(data, given, notes)
     data["train"] = few_shot_subset(data["train"], cfg, seed, names, multi, freq, notes)
-    missing = [names[j] for j in range(len(names)) if not any(j in row for row in data["train"].ids)]
+    present = label_freq(data["train"].ids, len(names)) > 0
+    missing = [names[j] for j in range(len(names)) if not present[j]]
     if missing:
         note(notes, f"train has no example of {len(missing)} label(s) after subsetting: "
                      f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}.")
     sets = {n: _dataset(s, len(names), multi) for n, s in data.items()}
     return Splits(train=sets["train"], validation=sets.get("validation"), test=sets.get("test"), labels=names,
-                  multi_label=multi, sources={n: rows[n].table.source for n in given}, notes=notes, info=info,
+                  multi_label=multi, sources={n: _source(rows[n]) for n in given}, notes=notes, info=info,
                   in_memory={n: m.record() for n, m in memory.items() if n in given})
 
 
-def _counts(ids: list[list[int]], names: list[str]) -> dict[str, int]:
+def _read_rows(value: Any, cfg: DataConfig, split: str, notes: list[str], declared: set[str]) -> SplitRows | StoredRows:
+    """A large file (or Hub split) read in chunks into a memory-mapped store; any other read whole."""
+    if isinstance(value, str) and value.startswith("hub:"):
+        ds, source = load_hub(value.removeprefix("hub:"), cfg, split)
+        if len(ds) > STORE_ABOVE_ROWS and not cfg.multi_label:
+            return store_hub(ds, source, cfg, notes, declared)
+        return usable_rows(hub_table(ds, source, cfg), cfg, notes, declared)
+    stored = open_stored(value, cfg, split, notes, declared)
+    if stored is not None:
+        return stored
+    return usable_rows(read_table(value, cfg, split, notes), cfg, notes, declared)
+
+
+def _source(rows: SplitRows | StoredRows) -> str:
+    return rows.source if isinstance(rows, StoredRows) else rows.table.source
+
+
+def _class_names(rows: SplitRows | StoredRows, cfg: DataConfig) -> list[str] | None:
+    """The names of a Hub dataset's ClassLabel label column, if it is one."""
+    if isinstance(rows, StoredRows):
+        return rows.class_names
+    table = rows.table
+    label_col = table.names[cfg.label_column] \
+        if isinstance(cfg.label_column, int) and table.header and cfg.label_column < len(table.names) \
+        else cfg.label_column
+    return table.class_names.get(label_col)
+
+
+def _counts(ids: list[list[int]] | np.ndarray, names: list[str]) -> dict[str, int]:
     c = label_freq(ids, len(names))
     return {n: int(c[i]) for i, n in enumerate(names)}
 
 
-def _check_seen(split: str, ids: list[list[int]], rows: SplitRows, freq: np.ndarray, names: list[str]) -> None:
+def _check_seen(split: str, ids: list[list[int]] | np.ndarray, rows: SplitRows | StoredRows, freq: np.ndarray,
+                names: list[str]) -> None:
     """Classes in validation/test with no training example: the model cannot learn them, so say so."""
-    unseen: dict[int, list[int]] = {}
-    for i, row in enumerate(ids):
-        for j in row:
-            if freq[j] == 0:
-                unseen.setdefault(j, []).append(i)
+    unseen: dict[int, tuple[int, int]] = {}  # class -> (rows, first row)
+    if isinstance(ids, np.ndarray):
+        for j in np.unique(ids[freq[ids] == 0]).tolist():
+            at = np.flatnonzero(ids == j)
+            unseen[j] = (len(at), int(at[0]))
+    else:
+        for i, row in enumerate(ids):
+            for j in row:
+                if freq[j] == 0:
+                    n, first = unseen.get(j, (0, i))
+                    unseen[j] = (n + 1, first)
     if unseen:
-        listed = "; ".join(f"{names[j]!r} ({len(r)} row(s), first at {rows.where(r[0])})"
-                           for j, r in list(unseen.items())[:10])
+        listed = "; ".join(f"{names[j]!r} ({n} row(s), first at {rows.where(first)})"
+                           for j, (n, first) in list(unseen.items())[:10])
         raise UserError(f"The {split} data has classes that never occur in train: {listed}. Add training examples "
                         f"of them, drop those {split} rows, or merge the classes with a `data.labels` mapping.")
 
@@ -168,6 +205,8 @@ def _dataset(split: EncodedSplit, num_labels: int, multi: bool):
     import pyarrow as pa
     from datasets import Dataset
 
+    if split.store is not None:
+        return _stored_dataset(split)
     cols: dict[str, Any] = {"text": pa.array(split.texts, pa.string())}
     if split.pairs is not None:
         cols["text_pair"] = pa.array(split.pairs, pa.string())
@@ -180,3 +219,16 @@ def _dataset(split: EncodedSplit, num_labels: int, multi: bool):
     else:
         cols["label"] = pa.array([row[0] for row in split.ids], pa.int64())
     return Dataset.from_dict(cols)
+
+
+def _stored_dataset(split: EncodedSplit):
+    """The split's rows of its memory-mapped store with their class ids: the store's file stays the data (an
+    index selects the rows), with one in-memory column of ids."""
+    ds = split.store.dataset
+    labels = np.full(len(ds), -1, dtype=np.int64)
+    labels[split.index] = split.ids
+    cols = ["text", "text_pair"] if "text_pair" in ds.column_names else ["text"]
+    out = ds.select_columns(cols).add_column("label", labels)
+    if len(split.index) == len(ds) and bool((split.index == np.arange(len(ds))).all()):
+        return out
+    return out.select(split.index)

@@ -68,31 +68,39 @@ def format_of(path: Path, cfg: DataConfig) -> str:
     return SUFFIX_FORMATS[suffix]
 
 
-def decode_file(path: Path, cfg: DataConfig, notes: list[str]) -> str:
-    """The file's text: UTF-8 (BOM tolerated) with a reported Latin-1 fallback, or the recipe's encoding."""
-    raw = path.read_bytes()
-    if b"\x00" in raw[:8192]:
+def text_codec(path: Path, head: bytes, cfg: DataConfig) -> str:
+    """The codec a text file is read with (`data.encoding`, normalised), after checking from its first bytes
+    that it is text at all."""
+    if b"\x00" in head[:8192]:
         raise UserError(f"Data file {path} is binary, not text (format {cfg.format}). Export it as CSV/TSV/JSON "
                         "Lines, or set `data.format: parquet` if it is a Parquet file.")
     try:
-        codec = codecs.lookup(cfg.encoding).name
+        return codecs.lookup(cfg.encoding).name
     except LookupError:
         raise UserError(f"`data.encoding` is {cfg.encoding!r}, which Python does not know. Use e.g. utf-8, "
                         "latin-1, cp1252 or utf-16.") from None
-    if codec == "utf-8":
-        try:
-            return raw.decode("utf-8-sig")
-        except UnicodeDecodeError as e:
-            line = raw.count(b"\n", 0, e.start) + 1
-            note(notes, f"{path} is not valid UTF-8 (byte 0x{raw[e.start]:02x} on line {line}); read it as "
-                         "Latin-1. Set `data.encoding: latin-1` to say so, or re-save the file as UTF-8.")
-            return raw.decode("latin-1")
+
+
+def undecodable(path: Path, byte: int, line: int, codec: str, cfg: DataConfig, notes: list[str]) -> str:
+    """A byte that does not decode: under UTF-8 the file is read as Latin-1 (said, with the line); under a
+    recipe's own encoding it is an error naming the line. Returns the codec to read with."""
+    if codec != "utf-8":
+        raise UserError(f"{path}, line {line}: byte 0x{byte:02x} is not valid {cfg.encoding}. Set "
+                        "`data.encoding` to the file's real encoding (utf-8, latin-1, cp1252...).")
+    note(notes, f"{path} is not valid UTF-8 (byte 0x{byte:02x} on line {line}); read it as "
+                 "Latin-1. Set `data.encoding: latin-1` to say so, or re-save the file as UTF-8.")
+    return "latin-1"
+
+
+def decode_file(path: Path, cfg: DataConfig, notes: list[str]) -> str:
+    """The file's text: UTF-8 (BOM tolerated) with a reported Latin-1 fallback, or the recipe's encoding."""
+    raw = path.read_bytes()
+    codec = text_codec(path, raw, cfg)
     try:
-        return raw.decode(codec)
+        return raw.decode("utf-8-sig" if codec == "utf-8" else codec)
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
-        raise UserError(f"{path}, line {line}: byte 0x{raw[e.start]:02x} is not valid {cfg.encoding}. Set "
-                        "`data.encoding` to the file's real encoding (utf-8, latin-1, cp1252...).") from None
+        return raw.decode(undecodable(path, raw[e.start], line, codec, cfg, notes))
 
 
 def parse_separator(value: str | None) -> str | None:
@@ -102,7 +110,7 @@ def parse_separator(value: str | None) -> str | None:
     return {"\\t": "\t", "tab": "\t", "space": " "}.get(value, value)
 
 
-def _sniff_delimiter(content: str, path: Path, notes: list[str]) -> str:
+def sniff_delimiter(content: str, path: Path, notes: list[str]) -> str:
     """`,` unless every sampled line has the same (non-zero) count of exactly one other candidate."""
     sample = [line for line in content.splitlines()[:50] if line.strip()]
     consistent = [d for d in (",", "\t", ";", "|")
@@ -115,45 +123,65 @@ def _sniff_delimiter(content: str, path: Path, notes: list[str]) -> str:
 
 def read_delimited(path: Path, content: str, cfg: DataConfig, fmt: str, notes: list[str]) -> Table:
     """A CSV/TSV file's text -> a `Table` of string cells, named by its header row or numbered without one."""
-    import csv
     import io
 
     import pandas as pd
 
-    sep = parse_separator(cfg.delimiter) or ("\t" if fmt == "tsv" else _sniff_delimiter(content, path, notes))
-    quoting = cfg.quoting if cfg.quoting != "auto" else ("none" if sep == "\t" else "quotes")
+    sep = parse_separator(cfg.delimiter) or ("\t" if fmt == "tsv" else sniff_delimiter(content, path, notes))
+    quoting, options = csv_options(cfg, sep)
     try:
-        frame = pd.read_csv(io.StringIO(content), sep=sep, header=None, dtype=str, keep_default_na=False,
-                            quoting=csv.QUOTE_NONE if quoting == "none" else csv.QUOTE_MINIMAL,
-                            engine="c" if len(sep) == 1 else "python", skip_blank_lines=True)
-    except pd.errors.EmptyDataError:
-        raise UserError(f"Data file {path} is empty. Point the recipe at a file with examples.") from None
-    except (pd.errors.ParserError, ValueError) as e:
-        raise UserError(
-            f"{path} could not be read as {fmt} with delimiter {sep!r} and quoting `{quoting}`: "
-            f"{str(e).strip().splitlines()[-1]}. Check `data.delimiter` and `data.quoting` (a field that contains "
-            "the delimiter must be quoted; `quoting: none` when quote marks are part of the text)."
-        ) from None
+        frame = pd.read_csv(io.StringIO(content), **options)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, ValueError) as e:
+        raise csv_error(path, fmt, sep, quoting, e) from None
     cells = [frame[c].tolist() for c in frame.columns]
-    hint = _delimiter_hint(content, sep, cfg, fmt, path) if len(cells) == 1 else ""
-    header = _has_header(cells, cfg, path, notes)
+    hint = delimiter_hint(content, sep, cfg, fmt, path) if len(cells) == 1 else ""
+    header = has_header(cells, cfg, path, notes)
     if not header:
         return Table({i: col for i, col in enumerate(cells)}, str(path), names=list(range(len(cells))),
                      header=False, hint=hint)
-    names: list[Any] = []
-    for c in cells:
-        name = str(c[0]).strip() if isinstance(c[0], str) else str(len(names))
-        names.append(name if name not in names else f"{name}.{names.count(name)}")
+    names = header_names(cells)
     if len(cells[0]) < 2:
         raise UserError(f"Data file {path} has a header ({', '.join(names)}) but no rows. Add examples to it, or "
                         "set `data.header: false` if that line is an example.")
     return Table({n: c[1:] for n, c in zip(names, cells, strict=True)}, str(path), names=names, hint=hint)
 
 
+def csv_options(cfg: DataConfig, sep: str) -> tuple[str, dict]:
+    """(quoting, `pandas.read_csv` options) of a delimited file: every cell a string, as written."""
+    import csv
+
+    quoting = cfg.quoting if cfg.quoting != "auto" else ("none" if sep == "\t" else "quotes")
+    return quoting, dict(sep=sep, header=None, dtype=str, keep_default_na=False, skip_blank_lines=True,
+                         quoting=csv.QUOTE_NONE if quoting == "none" else csv.QUOTE_MINIMAL,
+                         engine="c" if len(sep) == 1 else "python")
+
+
+def csv_error(path: Path, fmt: str, sep: str, quoting: str, e: Exception) -> UserError:
+    """What pandas' error reading a delimited file means (its last line names the line that broke)."""
+    import pandas as pd
+
+    if isinstance(e, pd.errors.EmptyDataError):
+        return UserError(f"Data file {path} is empty. Point the recipe at a file with examples.")
+    return UserError(
+        f"{path} could not be read as {fmt} with delimiter {sep!r} and quoting `{quoting}`: "
+        f"{str(e).strip().splitlines()[-1]}. Check `data.delimiter` and `data.quoting` (a field that contains "
+        "the delimiter must be quoted; `quoting: none` when quote marks are part of the text)."
+    )
+
+
+def header_names(cells: list[list]) -> list[Any]:
+    """Column names from the first row of each column (repeated names numbered, empty ones by position)."""
+    names: list[Any] = []
+    for c in cells:
+        name = str(c[0]).strip() if isinstance(c[0], str) else str(len(names))
+        names.append(name if name not in names else f"{name}.{names.count(name)}")
+    return names
+
+
 _DELIMITER_NAMES = {",": "comma-separated", "\t": "tab-separated", ";": "semicolon-separated", "|": "pipe-separated"}
 
 
-def _delimiter_hint(content: str, sep: str, cfg: DataConfig, fmt: str, path: Path) -> str:
+def delimiter_hint(content: str, sep: str, cfg: DataConfig, fmt: str, path: Path) -> str:
     """A file that came out as one column although its lines all hold another delimiter the same number of times:
     say how it was read, what it looks like, and which recipe key to change."""
     sample = [line for line in content.splitlines()[:50] if line.strip()]
@@ -175,7 +203,7 @@ def _delimiter_hint(content: str, sep: str, cfg: DataConfig, fmt: str, path: Pat
     return (f" {path} was read as {read_as} ({because}), but its lines look {_DELIMITER_NAMES[found]}: {fix}.")
 
 
-def _has_header(cells: list[list], cfg: DataConfig, path: Path, notes: list[str]) -> bool:
+def has_header(cells: list[list], cfg: DataConfig, path: Path, notes: list[str]) -> bool:
     """Named columns need a header row; with column numbers, the first row is a header when its label cell is
     not a value that repeats below it while the other label values do repeat (labels are few, headers unique)."""
     if cfg.header is not None:
@@ -195,6 +223,15 @@ def _has_header(cells: list[list], cfg: DataConfig, path: Path, notes: list[str]
     return True
 
 
+def json_line(path: Path, n: int, line: str) -> Any:
+    """One line of a JSON Lines file, parsed; an error names the file and line."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}, line {n}: not valid JSON ({e.msg}, column {e.colno}). Fix the line, or set "
+                        "`data.format` if the file is not JSON Lines.") from None
+
+
 def read_json(path: Path, content: str, lines: bool) -> Table:
     """JSON Lines records, or a JSON list of records / object of columns / object holding one list of records."""
     records: list = []
@@ -203,12 +240,7 @@ def read_json(path: Path, content: str, lines: bool) -> Table:
         for n, line in enumerate(content.splitlines(), 1):
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}, line {n}: not valid JSON ({e.msg}, column {e.colno}). Fix the line, or set "
-                                "`data.format` if the file is not JSON Lines.") from None
-            records.append(obj)
+            records.append(json_line(path, n, line))
             rows.append(n)
     else:
         try:
@@ -234,14 +266,20 @@ def read_json(path: Path, content: str, lines: bool) -> Table:
         rows = list(range(1, len(data) + 1))
     if not records:
         raise UserError(f"Data file {path} holds no records. Add examples to it.")
-    names: dict[str, None] = {}
+    return records_table(path, records, rows, "line" if lines else "record")
+
+
+def records_table(path: Path, records: list, rows: list[int], unit: str, names: dict | None = None) -> Table:
+    """JSON records (objects) -> a `Table` of their keys (a record without a key holds None there); `names`:
+    the keys seen before (in earlier chunks of the file), kept first and updated."""
+    names = {} if names is None else names
     for r, n in zip(records, rows, strict=True):
         if not isinstance(r, dict):
-            raise UserError(f"{path}, {'line' if lines else 'record'} {n}: expected an object like "
+            raise UserError(f"{path}, {unit} {n}: expected an object like "
                             f"{{\"text\": ..., \"label\": ...}}, found {type(r).__name__} {str(r)[:60]!r}.")
         names.update(dict.fromkeys(r))
     columns = {k: [r.get(k) for r in records] for k in names}
-    return Table(columns, str(path), names=list(names), unit="line" if lines else "record", rows=rows)
+    return Table(columns, str(path), names=list(names), unit=unit, rows=rows)
 
 
 def read_parquet(path: Path) -> Table:

@@ -7,46 +7,164 @@ length together; padding is dynamic (to the longest in the batch).
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import itertools
 import math
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow.types as pa_types
 import torch
+
+
+class TokenIds(Sequence):
+    """Token ids of every example, flat: example i is `values[offsets[i]:offsets[i + 1]]` of its chunk, as a
+    numpy view. Built from the tokenizer's lists (one chunk) or from the chunks of a tokenised Arrow column,
+    whose value buffers stay memory-mapped: a million examples are a few arrays, not a million Python lists."""
+
+    def __init__(self, chunks: list[tuple[np.ndarray, np.ndarray]]):
+        self.chunks = [(values, np.asarray(offsets, dtype=np.int64)) for values, offsets in chunks]
+        self.starts = np.cumsum([0] + [len(o) - 1 for _, o in self.chunks], dtype=np.int64)
+
+    @classmethod
+    def from_lists(cls, seqs: list[list[int]], dtype=np.int32) -> TokenIds:
+        lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        values = np.fromiter(itertools.chain.from_iterable(seqs), dtype=dtype, count=int(offsets[-1]))
+        return cls([(values, offsets)])
+
+    @classmethod
+    def from_arrow(cls, column) -> TokenIds:
+        """A tokenised Arrow column (list of integers, a ChunkedArray): its value buffers viewed, not copied."""
+        chunks = []
+        for chunk in column.chunks:
+            if len(chunk):
+                chunks.append((chunk.values.to_numpy(zero_copy_only=False), chunk.offsets.to_numpy()))
+        return cls(chunks)
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = int(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"example {i} of {len(self)}")
+        c = int(np.searchsorted(self.starts, i, side="right")) - 1
+        values, offsets = self.chunks[c]
+        j = i - int(self.starts[c])
+        return values[offsets[j]:offsets[j + 1]]
+
+    def __iter__(self):
+        for values, offsets in self.chunks:
+            for j in range(len(offsets) - 1):
+                yield values[offsets[j]:offsets[j + 1]]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        if not self.chunks:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([np.diff(o) for _, o in self.chunks])
 
 
 @dataclass
 class Encoded:
-    """Token ids per example (unpadded) and the targets; what the batches are cut from."""
+    """Token ids per example (unpadded, `TokenIds`) and the targets; what the batches are cut from."""
 
-    input_ids: list[list[int]]
-    token_type_ids: list[list[int]] | None
+    input_ids: TokenIds
+    token_type_ids: TokenIds | None
     targets: np.ndarray  # int64 class ids, or float32 multi-hot rows
     truncated: int = 0
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
-    @property
+    @functools.cached_property
     def lengths(self) -> np.ndarray:
-        return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+        return self.input_ids.lengths
 
 
-def encode(tokenizer, texts: list[str], pairs: list[str] | None, targets, max_length: int) -> Encoded:
-    """Tokenise with the fast tokenizer in one batched call; count the examples that truncation cut."""
+def _tokenise(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int) -> tuple[dict, list[bool]]:
+    """The fast tokenizer in one batched call, and per example whether truncation cut it."""
     kwargs = dict(truncation=True, max_length=max_length, padding=False)
     enc = tokenizer(texts, pairs, **kwargs) if pairs is not None else tokenizer(texts, **kwargs)
     # Only an example that fills max_length can have been cut: re-tokenise just those, untruncated, to count.
     full_length = [i for i, a in enumerate(enc["input_ids"]) if len(a) >= max_length]
-    truncated = 0
+    cut = [False] * len(texts)
     if full_length:
         some = [texts[i] for i in full_length]
         quiet = dict(truncation=False, padding=False, verbose=False)  # no "longer than model_max_length" warning
         full = tokenizer(some, [pairs[i] for i in full_length], **quiet) if pairs is not None \
             else tokenizer(some, **quiet)
-        truncated = sum(len(a) > max_length for a in full["input_ids"])
+        for i, a in zip(full_length, full["input_ids"], strict=True):
+            cut[i] = len(a) > max_length
+    return enc, cut
+
+
+def encode(tokenizer, texts: list[str], pairs: list[str] | None, targets, max_length: int) -> Encoded:
+    """Tokenise texts given as lists (prediction, embeddings); count the examples that truncation cut."""
+    enc, cut = _tokenise(tokenizer, texts, pairs, max_length)
     tt = enc.get("token_type_ids")
-    return Encoded(list(enc["input_ids"]), list(tt) if tt is not None else None,
-                   np.asarray(targets), truncated)
+    return Encoded(TokenIds.from_lists(enc["input_ids"]),
+                   TokenIds.from_lists(tt, np.int8) if tt is not None else None, np.asarray(targets), sum(cut))
+
+
+PARALLEL_ROWS = 200_000
+"""From this many rows a split is tokenised by several processes (`datasets.map(num_proc=...)`); below, a pool
+costs more than it saves."""
+
+
+def tokenizer_identity(tokenizer) -> str:
+    """A hash of what the tokenizer does (its whole definition and special tokens): the key of cached
+    tokenised splits, so another tokenizer never reuses them."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    h = hashlib.sha256((backend.to_str() if backend is not None else repr(tokenizer)).encode())
+    h.update(repr(sorted(tokenizer.special_tokens_map.items())).encode())
+    return h.hexdigest()[:16]
+
+
+def encode_dataset(tokenizer, ds, target: str, max_length: int, desc: str = "tokenising") -> Encoded:
+    """A split (`datasets.Dataset` with `text`, maybe `text_pair`, and `target`) tokenised with `datasets.map`:
+    batch by batch into Arrow, cached next to a memory-mapped split (a rerun with the same tokenizer, limit and
+    rows reads it back) and spread over processes for large splits. No list of every example's ids is built."""
+    from datasets.utils import logging as hf_logging
+
+    pairs = "text_pair" in ds.column_names
+    stored = bool(ds.cache_files)
+    num_proc = min(os.cpu_count() or 1, 4) if stored and len(ds) >= PARALLEL_ROWS else None
+
+    def tokenise(batch: dict) -> dict:
+        enc, cut = _tokenise(tokenizer, batch["text"], batch["text_pair"] if pairs else None, max_length)
+        out = {"input_ids": enc["input_ids"], "cut": cut}
+        if "token_type_ids" in enc:
+            out["token_type_ids"] = enc["token_type_ids"]
+        return out
+
+    key = hashlib.sha256(f"{ds._fingerprint}|{tokenizer_identity(tokenizer)}|{max_length}|v1".encode()).hexdigest()
+    quiet = len(ds) < PARALLEL_ROWS and hf_logging.is_progress_bar_enabled()
+    if quiet:
+        hf_logging.disable_progress_bar()
+    try:
+        tokens = ds.map(tokenise, batched=True, batch_size=2000, remove_columns=ds.column_names,
+                        new_fingerprint=key[:32], keep_in_memory=not stored, num_proc=num_proc, desc=desc)
+    finally:
+        if quiet:
+            hf_logging.enable_progress_bar()
+    table = tokens.data
+    tt = table.column("token_type_ids") if "token_type_ids" in table.column_names else None
+    targets = ds.with_format("arrow")[target]
+    targets = np.asarray(targets.to_pylist() if pa_types.is_list(targets.type) else targets.to_numpy())
+    import pyarrow.compute as pc
+
+    truncated = int(pc.sum(table.column("cut")).as_py() or 0)
+    return Encoded(TokenIds.from_arrow(table.column("input_ids")),
+                   TokenIds.from_arrow(tt) if tt is not None else None, targets, truncated)
 
 
 def length_grouped_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,

@@ -26,14 +26,14 @@ from textxfer.backbones.pooling import with_pooling_layer
 from textxfer.backbones.prefix_cache import FrozenPrefixCache, Share, cache_dtypes, splits_to_cache, why_not
 from textxfer.config.schema import Recipe
 from textxfer.core.errors import UserError
-from textxfer.data.fingerprint import column, fingerprint
+from textxfer.data.fingerprint import fingerprint
 from textxfer.data.splits import Splits, load_splits
 from textxfer.modalities.base import Cached
 from textxfer.modalities.text.batching import (
     BatchPlan,
     Collator,
     Encoded,
-    encode,
+    encode_dataset,
     prefix_batches,
     probe_batch,
 )
@@ -85,9 +85,8 @@ class TextModality:
         encoded = {}
         limit = recipe.model.max_length
         for name, ds in splits.items():
-            targets = column(ds, "labels" if splits.multi_label else "label")
-            pairs = column(ds, "text_pair") if "text_pair" in ds.column_names else None
-            enc = encoded[name] = encode(self.tokenizer, column(ds, "text"), pairs, targets, limit)
+            enc = encoded[name] = encode_dataset(self.tokenizer, ds, "labels" if splits.multi_label else "label",
+                                                 limit, desc=f"tokenising {name}")
             log.info(f"{name}: {len(enc)} examples, {enc.truncated} ({100 * enc.truncated / len(enc):.1f}%) "
                      f"truncated at {limit} tokens")
         return encoded
