@@ -4,10 +4,12 @@
     .venv/bin/python scripts/bench_label_issues.py                      # TREC-6, AG News, SST-2; 3 seeds
     .venv/bin/python scripts/bench_label_issues.py --sets sst2 --seeds 1 --rows 300   # a quick try
 
-Per data set and seed: 2,000 training rows drawn at random (seeded), 10% of their labels flipped (seeded, each to
-one of the other classes uniformly), written to a CSV; `textxfer data issues` (its Python twin, with
-`recipes/fewshot.yaml`, 5 folds) flags rows; flagged rows are scored against the flipped ones (precision, recall,
-F1). Then three classifiers are trained and scored on the data set's evaluation split: on the clean rows, on the
+Per data set and seed: 2,000 training rows drawn at random (seeded, from the 10,000-row draw `pool_draw` that
+scripts/bench_suggest.py also reads, so one cached embedding matrix serves both), 10% of their labels flipped
+(seeded, each to one of the other classes uniformly), written to a CSV; `textxfer data issues` (its Python twin,
+`find_issues` with `recipes/fewshot.yaml`, 5 folds, the embeddings of --tune-passes, cached) flags rows; flagged
+rows are scored against the flipped ones (precision, recall, F1), and so are the variants on the same rows: each
+fixed head_l2 of the grid and each of cleanlab's filter rules (`variants`). Then three classifiers are trained and scored on the data set's evaluation split: on the clean rows, on the
 noisy rows, and on the noisy rows less the flagged ones; `recovered` = (without flagged - noisy) / (clean - noisy),
 the share of the accuracy the noise cost that removing the flagged rows wins back.
 
@@ -43,6 +45,9 @@ RECIPE = ROOT / "recipes" / "fewshot.yaml"
 EVAL_CAP = 2000
 """Evaluation rows at most (AG News has 7,600): a seeded shuffle's first rows."""
 NOISE = 0.10
+POOL, POOL_SEED = 10000, 2024
+"""Training rows both labelling benchmarks draw from: `pool_draw`."""
+FILTER_RULES = ("confident_learning", "prune_by_noise_rate", "prune_by_class", "both", "predicted_neq_given")
 RESULTS = ROOT / "docs" / "results"
 
 
@@ -97,14 +102,14 @@ def flip_labels(labels: np.ndarray, n_classes: int, share: float, seed: int) -> 
     return noisy, flipped
 
 
-def head_accuracy(embed, texts: list[str], y: np.ndarray, data: dict, seed: int) -> float:
-    """fewshot.yaml's head on the frozen embeddings of `texts`, scored on the evaluation split."""
+def head_accuracy(features: np.ndarray, y: np.ndarray, eval_features: np.ndarray, data: dict, seed: int) -> float:
+    """fewshot.yaml's head on the frozen embeddings of the training rows, scored on the evaluation split."""
     from textxfer.config.reading import load_recipe
     from textxfer.tools.out_of_fold import fit_head, head_probabilities
 
     l2 = load_recipe(RECIPE).training.head_l2
-    head = fit_head(embed(texts), y, l2, seed)
-    probs = head_probabilities(head, embed(data["eval_texts"]), len(data["labels"]))
+    head = fit_head(features, y, l2, seed)
+    probs = head_probabilities(head, eval_features, len(data["labels"]))
     return float((probs.argmax(1) == data["eval_labels"]).mean())
 
 
@@ -130,38 +135,112 @@ def write_csv(path: Path, texts: list[str], labels: list[str]) -> None:
         w.writerows(zip(texts, labels, strict=True))
 
 
-def one(name: str, data: dict, seed: int, rows: int, folds: int, training: str, embed, work: Path) -> dict:
+def pool_draw(n_train: int, size: int = POOL) -> np.ndarray:
+    """The rows of the training split both labelling benchmarks draw from (a seeded draw, sorted), so that one
+    cached embedding matrix serves every slice of them."""
+    return np.sort(np.random.default_rng(POOL_SEED).permutation(n_train)[:size])
+
+
+def scores(flagged: np.ndarray, flipped: np.ndarray) -> dict:
+    tp = len(np.intersect1d(flagged, flipped))
+    precision, recall = tp / max(len(flagged), 1), tp / max(len(flipped), 1)
+    return {"flagged": len(flagged), "precision": precision, "recall": recall,
+            "f1": 2 * precision * recall / max(precision + recall, 1e-12)}
+
+
+def variants(features: np.ndarray, noisy: np.ndarray, n_classes: int, folds: int, seed: int, probs: np.ndarray,
+             flipped: np.ndarray) -> dict:
+    """F1 and friends of the alternatives to what `data issues` does, on the same rows: each head_l2 of the grid
+    (confident learning on its out-of-fold probabilities), and each of cleanlab's filter rules on the
+    probabilities `data issues` chose."""
+    from textxfer.tools.label_issues import rank_issues
+    from textxfer.tools.out_of_fold import HEAD_L2_GRID, out_of_fold_probabilities
+
+    out = {}
+    for l2 in HEAD_L2_GRID:
+        p = out_of_fold_probabilities(features, noisy, n_classes, folds, seed, l2)
+        loss = float(-np.log(np.clip(p[np.arange(len(noisy)), noisy], 1e-12, 1.0)).mean())
+        out[f"head_l2={l2:g}"] = scores(rank_issues(noisy, p), flipped) | {"log_loss": loss}
+    for rule in FILTER_RULES:
+        out[f"filter={rule}"] = scores(rank_issues(noisy, probs, filter_by=rule), flipped)
+    return out
+
+
+def slice_features(recipe_overrides: list[str], texts: list[str], noisy: np.ndarray, passes: int,
+                   pretrained: np.ndarray, cache_dir: Path) -> np.ndarray:
+    """The embeddings `data issues --tune-passes passes` reads: the pretrained ones for 0, else the body tuned on
+    the noisy rows (cached by texts, labels and passes: tuning is the slow part)."""
+    import hashlib
+
+    if passes == 0:
+        return pretrained
+    key = hashlib.sha256("\0".join([f"tuned{passes}", *map(str, noisy.tolist()), *texts]).encode()).hexdigest()[:24]
+    path = cache_dir / f"{key}.npy"
+    if path.is_file():
+        return np.load(path)
+    from textxfer.config.reading import load_recipe
+    from textxfer.tools.out_of_fold import read_training_rows, tuned_embeddings
+
+    r = load_recipe(str(RECIPE), recipe_overrides)
+    z = tuned_embeddings(r, read_training_rows(r.data), passes)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    np.save(path, z)
+    return z
+
+
+def one(name: str, data: dict, pool: dict, seed: int, rows: int, folds: int, passes: int, training: str,
+        cache_dir: Path, work: Path) -> dict:
     from textxfer.tools.label_issues import find_issues
 
     rng = np.random.default_rng([seed, 7])
-    pick = np.sort(rng.choice(len(data["train_texts"]), size=min(rows, len(data["train_texts"])), replace=False))
-    texts = [data["train_texts"][i] for i in pick.tolist()]
-    clean = data["train_labels"][pick]
+    pick = np.sort(rng.choice(len(pool["texts"]), size=min(rows, len(pool["texts"])), replace=False))
+    texts = [pool["texts"][i] for i in pick.tolist()]
+    clean = pool["labels"][pick]
     names = data["labels"]
     noisy, flipped = flip_labels(clean, len(names), NOISE, seed)
     noisy_csv = work / f"{name}-{seed}.csv"
     write_csv(noisy_csv, texts, [names[j] for j in noisy])
     overrides = ["data.text_column=text", "data.label_column=label", "data.format=csv", "data.labels=null",
                  "data.examples_per_class=null", "data.test=null", f"data.train={noisy_csv}"]
-    found = find_issues(str(RECIPE), overrides, folds=folds, embeddings=embed(texts))
+    features = slice_features(overrides, texts, noisy, passes, pool["features"][pick], cache_dir)
+    found = find_issues(str(RECIPE), overrides, folds=folds, embeddings=features)
+    assert found.targets is not None and found.probabilities is not None
+    assert np.array_equal(found.targets, noisy), "the file read back carries the noisy labels in the same order"
     flagged = np.asarray(sorted(i.row for i in found.issues), dtype=np.int64)
-    tp = len(np.intersect1d(flagged, flipped))
-    precision, recall = tp / max(len(flagged), 1), tp / max(len(flipped), 1)
-    f1 = 2 * precision * recall / max(precision + recall, 1e-12)
     keep = np.setdiff1d(np.arange(len(texts)), flagged)
     if training == "head":
+        frozen = pool["features"][pick]
+
         def acc(idx, y):
-            return head_accuracy(embed, [texts[i] for i in idx], y[idx], data, seed)
+            return head_accuracy(frozen[idx], y[idx], pool["eval_features"], data, seed)
     else:
         def acc(idx, y):
             return recipe_accuracy([texts[i] for i in idx], y[idx], data, seed, work / f"run-{name}-{seed}")
     everything = np.arange(len(texts))
     a_clean, a_noisy, a_kept = acc(everything, clean), acc(everything, noisy), acc(keep, noisy)
     lost = a_clean - a_noisy
-    return {"set": name, "seed": seed, "rows": len(texts), "flipped": len(flipped), "flagged": len(flagged),
-            "precision": precision, "recall": recall, "f1": f1, "oof_accuracy": found.oof_accuracy,
+    return {"set": name, "seed": seed, "rows": len(texts), "flipped": len(flipped), **scores(flagged, flipped),
+            "head_l2": found.head_l2, "oof_accuracy": found.oof_accuracy,
             "acc_clean": a_clean, "acc_noisy": a_noisy, "acc_without_flagged": a_kept,
-            "recovered": (a_kept - a_noisy) / lost if lost > 0 else None, "training": training}
+            "recovered": (a_kept - a_noisy) / lost if lost > 0 else None, "training": training,
+            "tune_passes": passes,
+            "variants": variants(features, noisy, len(names), folds, seed, found.probabilities, flipped)}
+
+
+def summarise_variants(results: list[dict]) -> list[str]:
+    names = list(results[0]["variants"])
+    sets = list(dict.fromkeys(r["set"] for r in results))
+    lines = ["", "variants, mean F1 (flagged) over the seeds; `data issues` takes the head_l2 of the lowest log loss "
+             "and confident_learning", f"{'variant':<32}" + "".join(f"{name:>16}" for name in sets)]
+    for v in names:
+        cells = []
+        for name in sets:
+            rs = [r["variants"][v] for r in results if r["set"] == name]
+            cells.append(f"{np.mean([x['f1'] for x in rs]):9.3f} ({np.mean([x['flagged'] for x in rs]):4.0f})")
+        lines.append(f"{v:<32}" + "".join(f"{c:>16}" for c in cells))
+    chosen = [f"{name}: " + ", ".join(f"{r['head_l2']:g}" for r in results if r["set"] == name) for name in sets]
+    lines.append("head_l2 chosen per seed: " + "; ".join(chosen))
+    return lines
 
 
 def summarise(results: list[dict]) -> list[str]:
@@ -186,6 +265,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--rows", type=int, default=2000)
     p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--tune-passes", type=int, default=0,
+                   help="`data issues --tune-passes` (0: the pretrained body; each pass costs a contrastive stage)")
     p.add_argument("--training", choices=("head", "recipe"), default="head")
     p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "textxfer" / "bench-embeddings")
     p.add_argument("--out", type=Path, default=RESULTS / "bench_label_issues")
@@ -198,13 +279,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in a.sets.split(","):
             data = dataset(name)
+            draw = pool_draw(len(data["train_texts"]))
+            pool_texts = [data["train_texts"][i] for i in draw.tolist()]
+            pool = {"texts": pool_texts, "labels": data["train_labels"][draw], "features": embed(pool_texts),
+                    "eval_features": embed(data["eval_texts"])}
             for seed in range(a.seeds):
-                r = one(name, data, seed, a.rows, a.folds, a.training, embed, Path(tmp))
+                r = one(name, data, pool, seed, a.rows, a.folds, a.tune_passes, a.training, a.cache_dir, Path(tmp))
                 results.append(r)
-                print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}), flush=True)
-    lines = summarise(results)
-    header = (f"label issues: {a.rows} rows per set, {NOISE:.0%} flipped, {a.folds} folds, seeds 0-{a.seeds - 1}, "
-              f"accuracy of `{a.training}` training (data: {DATA})")
+                print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()
+                                  if k != "variants"}), flush=True)
+    lines = summarise(results) + summarise_variants(results)
+    header = (f"label issues: {a.rows} rows per set, {NOISE:.0%} flipped, {a.folds} folds, {a.tune_passes} tuning "
+              f"pass(es), seeds 0-{a.seeds - 1}, accuracy of `{a.training}` training (data: {DATA})")
     text = "\n".join([header, *lines]) + "\n"
     print(text)
     a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -162,3 +162,76 @@ def test_outputs_to_an_unwritable_place_are_a_user_error(tmp_path):
     found = IssuesFound([], "t.csv", 0, ["a"], {"a": 0}, 5, "m", "mean", 1.0, 0.5)
     with pytest.raises(UserError, match="writable --output-dir"):
         write_outputs(found, blocker / "sub")
+
+
+def test_best_out_of_fold_takes_the_penalty_with_the_lowest_log_loss():
+    """15% of the labels flipped and 100 dimensions of noise beside the 16 that matter: the weakest penalty fits
+    the noise, is sure of every answer and its log loss is worse than a stronger one's; the chosen probabilities
+    are exactly that penalty's."""
+    from textxfer.tools.out_of_fold import best_out_of_fold
+
+    rng = np.random.default_rng(3)
+    x, y = blobs(150, 3, seed=2)
+    x = np.hstack([x, rng.normal(0, 1, size=(len(y), 100))])
+    noisy = y.copy()
+    flip = rng.choice(len(y), 70, replace=False)
+    noisy[flip] = (y[flip] + 1) % 3
+    grid = (1e-2, 1.0, 100.0)
+    probs, l2, loss = best_out_of_fold(x, noisy, 3, folds=5, seed=0, grid=grid)
+    losses = {}
+    for g in grid:
+        p = out_of_fold_probabilities(x, noisy, 3, folds=5, seed=0, l2=g)
+        losses[g] = float(-np.log(np.clip(p[np.arange(len(noisy)), noisy], 1e-12, 1)).mean())
+    assert l2 == min(losses, key=losses.get) and loss == pytest.approx(losses[l2])
+    assert l2 != 1e-2 and losses[1e-2] > loss + 0.05, losses
+    assert np.allclose(probs, out_of_fold_probabilities(x, noisy, 3, folds=5, seed=0, l2=l2))
+
+
+def contrastive_recipe(tmp_path: Path, model: Path, train: Path) -> Path:
+    path = tmp_path / "contrastive.yaml"
+    path.write_text(yaml.safe_dump({
+        "model": {"name": str(model), "max_length": 16, "pooling": "mean"},
+        "data": {"train": str(train), "text_column": "text", "label_column": "label"},
+        "strategy": {"name": "freeze", "freeze_layers": 1},
+        "training": {"head_l2": 1.0, "epochs": 2, "batch_size": 8, "seed": 0,
+                     "contrastive": {"epochs": 6, "batch_size": 8, "learning_rate": 1e-3}},
+        "output_dir": str(tmp_path / "out")}))
+    return path
+
+
+def test_tune_passes_move_the_embeddings_and_are_reported(tmp_path, tiny_models):
+    """`tune_passes` 0 is the pretrained body (the recipe's embeddings); 1 runs the recipe's contrastive stage once
+    over the rows first: the embeddings differ, same-class rows come closer together than other-class rows, and the
+    report says the body was tuned. A recipe without the stage ignores the option."""
+    from textxfer.config.reading import load_recipe
+    from textxfer.tools.label_issues import report_section
+    from textxfer.tools.out_of_fold import recipe_embeddings, tuned_embeddings
+
+    words = {"pos": ["good", "great", "happy", "fine"], "neg": ["bad", "awful", "poor", "sad"]}
+    filler = ["the", "a", "movie", "film", "was", "is", "very", "plot", "actor"]
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(48):
+        label = "pos" if i % 2 else "neg"
+        rows.append((" ".join([*rng.choice(filler, 3), rng.choice(words[label])]), label))
+    train = write_rows(tmp_path / "train.csv", rows)
+    r = load_recipe(str(contrastive_recipe(tmp_path, tiny_models["bert"], train)))
+    data = read_training_rows(r.data)
+    plain = tuned_embeddings(r, data, 0, device="cpu")
+    assert np.allclose(plain, recipe_embeddings(r, data.texts, None, data.labels, device="cpu"), atol=1e-5)
+    tuned = tuned_embeddings(r, data, 1, device="cpu")
+    assert tuned.shape == plain.shape and not np.allclose(tuned, plain, atol=1e-3)
+
+    def separation(z):
+        z = z / np.linalg.norm(z, axis=1, keepdims=True)
+        sim = z @ z.T
+        same = data.targets[:, None] == data.targets[None, :]
+        off = ~np.eye(len(z), dtype=bool)
+        return sim[same & off].mean() - sim[~same].mean()
+    assert separation(tuned) > separation(plain)
+
+    found = find_issues(r, folds=4, tune_passes=1)
+    assert found.tune_passes == 1 and "tuned by 1 pass(es)" in report_section(found)
+    plain_recipe = load_recipe(str(recipe_file(tmp_path, tiny_models["bert"], train)))
+    found = find_issues(plain_recipe, folds=4, tune_passes=1)
+    assert found.tune_passes == 0 and "pretrained, not tuned" in report_section(found)

@@ -26,12 +26,16 @@ def _progress_on_stderr() -> None:
               help="Where to write label_issues.csv and label_issues.md (default: the recipe's output_dir).")
 @click.option("--folds", type=int, default=5, show_default=True,
               help="Stratified folds: each row is scored by a head trained on the other folds.")
-def issues_command(recipe, overrides, output_dir, folds):
+@click.option("--tune-passes", type=int, default=1, show_default=True,
+              help="Passes of the recipe's contrastive stage over the rows before they are embedded (0: the "
+                   "pretrained body, fastest; recipes without the stage always use it).")
+def issues_command(recipe, overrides, output_dir, folds, tune_passes):
     """Rank the rows of RECIPE's training file whose label is probably wrong.
 
-    The recipe's backbone embeds every row once; its head is trained on all folds but one and scores the one
-    left out, so every row gets probabilities from a model that never saw its label; cleanlab flags the rows
-    whose given label those probabilities make unlikely. Writes label_issues.csv (row, text, given_label,
+    The recipe's backbone, tuned by --tune-passes passes of its contrastive stage over the rows, embeds every row
+    once; its head is trained on all folds but one and scores the one left out, so every row gets probabilities
+    from a head that never saw its label; cleanlab flags the rows whose given label those probabilities make
+    unlikely. Writes label_issues.csv (row, text, given_label,
     suggested_label, confidence, given_label_probability; `row` is the 0-based data row of the file, header not
     counted), the most suspect first, and label_issues.md (the report's section). The data is not changed.
 
@@ -45,7 +49,7 @@ def issues_command(recipe, overrides, output_dir, folds):
 
     _progress_on_stderr()
     r = load_recipe(recipe, list(overrides))
-    found = find_issues(r, folds=folds)
+    found = find_issues(r, folds=folds, tune_passes=tune_passes)
     csv_path, md_path = write_outputs(found, output_dir or r.output_dir)
     n = len(found.issues)
     click.echo(f"{n:,} of {found.rows:,} rows ({100 * n / max(found.rows, 1):.1f}%) are suspected label errors "

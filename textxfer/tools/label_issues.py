@@ -25,6 +25,8 @@ from textxfer.core.errors import UserError
 log = logging.getLogger("textxfer")
 
 DEFAULT_FOLDS = 5
+DEFAULT_TUNE_PASSES = 1
+"""Passes of the recipe's contrastive stage over the labelled rows before they are embedded (docs/labelling.md)."""
 FILTER_BY = "confident_learning"
 """cleanlab's rule for which rows to flag (docs/labelling.md compares the rules on the benchmark)."""
 CSV_NAME = "label_issues.csv"
@@ -62,7 +64,13 @@ class IssuesFound:
     pooling: str
     head_l2: float
     oof_accuracy: float
+    tune_passes: int = 0
+    """Passes of the contrastive stage that tuned the body before embedding (0: the pretrained body)."""
     notes: list[str] = field(default_factory=list)
+    probabilities: np.ndarray | None = None
+    """[rows, classes] out-of-fold probabilities the ranking read (not written out: benchmarks compare rules on them)."""
+    targets: np.ndarray | None = None
+    """Each row's given class id, in `labels`' order."""
 
 
 def _cleanlab_filter():
@@ -74,31 +82,33 @@ def _cleanlab_filter():
     return find_label_issues
 
 
-def rank_issues(targets: np.ndarray, probs: np.ndarray, n_jobs: int = 1) -> np.ndarray:
-    """Positions of the rows cleanlab flags, the least likely under their given label first. Classes without a
-    row are left out of what cleanlab sees (it needs every class it is shown to occur)."""
+def rank_issues(targets: np.ndarray, probs: np.ndarray, n_jobs: int = 1, filter_by: str = FILTER_BY) -> np.ndarray:
+    """Positions of the rows cleanlab flags (`filter_by`: one of cleanlab's rules), the least likely under their
+    given label first. Classes without a row are left out of what cleanlab sees (it needs every class it is shown
+    to occur)."""
     find_label_issues = _cleanlab_filter()
     present = np.flatnonzero(np.bincount(targets, minlength=probs.shape[1]))
     compact = np.searchsorted(present, targets)
     sub = probs[:, present]
     sub = sub / np.maximum(sub.sum(1, keepdims=True), 1e-12)
-    return np.asarray(find_label_issues(compact, sub, filter_by=FILTER_BY, return_indices_ranked_by="self_confidence",
+    return np.asarray(find_label_issues(compact, sub, filter_by=filter_by, return_indices_ranked_by="self_confidence",
                                         n_jobs=n_jobs), dtype=np.int64)
 
 
 def find_issues(recipe, overrides: list[str] | None = None, folds: int = DEFAULT_FOLDS,
-                embeddings: np.ndarray | None = None) -> IssuesFound:
+                tune_passes: int = DEFAULT_TUNE_PASSES, embeddings: np.ndarray | None = None) -> IssuesFound:
     """Suspected label errors of the recipe's `data.train` (every usable row as read: no de-duplication, no
-    few-shot draw). `embeddings`: the rows' features if already computed (benchmarks), else the recipe's backbone
-    computes them."""
+    few-shot draw). `tune_passes`: passes of the recipe's contrastive stage over the rows before they are embedded
+    (`out_of_fold.tuned_embeddings`; 0 = the pretrained body). `embeddings`: the rows' features if already
+    computed (benchmarks), else the recipe's backbone computes them."""
     from textxfer.config.reading import load_recipe
     from textxfer.config.schema import Recipe
     from textxfer.modalities.detect import task_of
     from textxfer.tools.out_of_fold import (
+        best_out_of_fold,
         check_folds,
-        out_of_fold_probabilities,
         read_training_rows,
-        recipe_embeddings,
+        tuned_embeddings,
     )
 
     r = recipe if isinstance(recipe, Recipe) and not overrides else load_recipe(recipe, overrides)
@@ -111,11 +121,13 @@ def find_issues(recipe, overrides: list[str] | None = None, folds: int = DEFAULT
     if embeddings is None:
         log.info(f"data issues: embedding {len(rows.texts):,} rows of {rows.source} with {r.model.name} "
                  f"({r.model.pooling} pooling)")
-        embeddings = recipe_embeddings(r, rows.texts, rows.pairs, rows.labels)
-    elif len(embeddings) != len(rows.texts):
-        raise ValueError(f"{len(embeddings)} embeddings given for {len(rows.texts)} rows")
-    probs = out_of_fold_probabilities(embeddings, rows.targets, len(rows.labels), folds, r.training.seed,
-                                      r.training.head_l2)
+        embeddings = tuned_embeddings(r, rows, tune_passes)
+        tuned = tune_passes if r.training.contrastive is not None else 0
+    else:
+        tuned = 0
+        if len(embeddings) != len(rows.texts):
+            raise ValueError(f"{len(embeddings)} embeddings given for {len(rows.texts)} rows")
+    probs, head_l2, _ = best_out_of_fold(embeddings, rows.targets, len(rows.labels), folds, r.training.seed)
     order = rank_issues(rows.targets, probs)
     issues = []
     for i in order.tolist():
@@ -128,8 +140,8 @@ def find_issues(recipe, overrides: list[str] | None = None, folds: int = DEFAULT
                             float(probs[i, given])))
     counts = Counter(rows.labels[int(t)] for t in rows.targets)
     return IssuesFound(issues, rows.source, len(rows.texts), rows.labels, {n: counts.get(n, 0) for n in rows.labels},
-                       folds, r.model.name, r.model.pooling, float(r.training.head_l2),
-                       float((probs.argmax(1) == rows.targets).mean()), rows.notes)
+                       folds, r.model.name, r.model.pooling, head_l2,
+                       float((probs.argmax(1) == rows.targets).mean()), tuned, rows.notes, probs, rows.targets)
 
 
 # ------------------------------------------------------------------------------------------ files
@@ -167,13 +179,16 @@ def report_section(found: IssuesFound) -> str:
     n = len(found.issues)
     by_class = Counter(x.given for x in found.issues)
     moves = Counter((x.given, x.suggested) for x in found.issues)
+    tuned = (f"tuned by {found.tune_passes} pass(es) of the recipe's contrastive stage over the given labels"
+             if found.tune_passes else "pretrained, not tuned")
     lines = [
         "## Suspected label errors",
         "",
         f"{n:,} of {found.rows:,} rows of `{found.source}` ({100 * n / max(found.rows, 1):.1f}%) are probably "
-        "mislabelled. Each row was scored by a classifier that never saw its label: the recipe's backbone "
-        f"(`{found.model}`, {found.pooling} pooling, not tuned) embeds every row once, and its head (logistic "
-        f"regression, L2 {found.head_l2:g}) is trained on {found.folds - 1} of {found.folds} stratified folds "
+        f"mislabelled. Each row was scored by a classifier that never saw its label: the recipe's backbone "
+        f"(`{found.model}`, {found.pooling} pooling, {tuned}) embeds every row once, and its head (logistic "
+        f"regression, L2 {found.head_l2:g}: of the penalties tried, the one whose out-of-fold probabilities fit "
+        f"the given labels best) is trained on {found.folds - 1} of {found.folds} stratified folds "
         f"and scores the fold left out. Out-of-fold accuracy against the given labels: {found.oof_accuracy:.3f}. "
         "cleanlab's confident learning then flags the rows whose given label is unlikely, as many per class as "
         "it estimates are wrong.",

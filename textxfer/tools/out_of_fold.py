@@ -1,7 +1,7 @@
 """Out-of-fold class probabilities for every training row, through a recipe's fast path: the backbone's pooled
 embeddings (what the recipe's classifier reads) computed once, then the head alone (an L2-penalised logistic
-regression, `training.head_l2` in scikit-learn's units as the recipe's head trains) fitted on k-1 folds and
-applied to the k-th, for each of k stratified, seeded folds.
+regression, in scikit-learn's units as the recipe's `training.head_l2`) fitted on k-1 folds and applied to the
+k-th, for each of k stratified, seeded folds.
 
 A row's probabilities then come from a head that never saw that row's label, which is what ranking suspected
 label errors needs (`label_issues`). The contrastive stage of a recipe is not run: it would have to be run once per
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -106,6 +107,51 @@ def recipe_embeddings(recipe: Recipe, texts: list[str], pairs: list[str] | None,
     return features
 
 
+TUNE_MAX_ROWS = 4000
+"""Rows the contrastive pass of `tuned_embeddings` reads at most (a stratified, seeded draw): its cost grows with
+the rows, its gain does not beyond a few thousand."""
+
+
+def tuned_embeddings(recipe: Recipe, rows: TrainingRows, passes: int, device: str | None = None) -> np.ndarray:
+    """The embeddings of every row after `passes` passes of the recipe's contrastive stage over the rows (at most
+    `TUNE_MAX_ROWS` of them) with their given labels; the recipe's pretrained embeddings when it has no
+    contrastive stage or `passes` is 0.
+
+    The body sees every label once per pass, wrong ones included, before the out-of-fold heads score them. One
+    pass is what early learning allows: a network first fits the pattern the majority of labels share and only
+    later the exceptions, so one pass moves the embeddings towards each class without pulling a mislabelled row
+    into its wrong class (docs/labelling.md has the measurements)."""
+    import tempfile
+
+    import pandas as pd
+
+    from textxfer.modalities.text.embeddings import embed_texts
+    from textxfer.modalities.text.predict import load
+    from textxfer.tools.train import train
+
+    if passes <= 0 or recipe.training.contrastive is None:
+        return recipe_embeddings(recipe, rows.texts, rows.pairs, rows.labels, device)
+    frame = {"text": rows.texts, "label": [rows.labels[int(t)] for t in rows.targets]}
+    overrides = ["data.text_column=text", "data.label_column=label", "data.labels=null", "data.validation=null",
+                 "data.test=null", "data.validation_split=0", "data.test_split=0", "data.examples_per_class=null",
+                 f"data.max_train_examples={TUNE_MAX_ROWS}", "data.skip_bad_rows=false",
+                 f"training.contrastive.epochs={passes}", "training.contrastive.min_examples=0",
+                 "training.epochs=1", "training.checkpoint_every=null"]
+    if rows.pairs is not None:
+        frame["text_pair"] = rows.pairs
+        overrides.append("data.text_pair_column=text_pair")
+    if getattr(recipe.data, "unlabelled", None) is not None:
+        overrides.append("data.unlabelled=null")
+    log.info(f"data issues: {passes} pass(es) of the contrastive stage over {min(len(rows.texts), TUNE_MAX_ROWS):,} "
+             "rows tune the body before the out-of-fold heads")
+    with tempfile.TemporaryDirectory(prefix="textxfer-issues-") as tmp:
+        result = train(recipe, overrides, output_dir=Path(tmp) / "tuned", train=pd.DataFrame(frame))
+        clf = load(result.output_dir, device=device)
+        features, _ = embed_texts(clf.model, clf.tokenizer, rows.texts, rows.pairs, clf.max_length,
+                                  device=clf.device)
+    return features
+
+
 def fit_head(features: np.ndarray, targets: np.ndarray, l2: float, seed: int):
     """The recipe's head on fixed embeddings: multinomial logistic regression with scikit-learn's C = 1/l2
     (`training.head_l2`; 0 = no penalty). Returns the fitted scikit-learn estimator."""
@@ -133,3 +179,25 @@ def out_of_fold_probabilities(features: np.ndarray, targets: np.ndarray, n_class
         head = fit_head(features[fit_idx], targets[fit_idx], l2, seed + k)
         probs[held_idx] = head_probabilities(head, features[held_idx], n_classes)
     return probs
+
+
+HEAD_L2_GRID = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
+"""Penalties `best_out_of_fold` tries. A recipe's `training.head_l2` is set for training on a few examples; ranking
+label errors needs probabilities that are honest on thousands, where a weak penalty makes the head sure of every
+answer (on SST-2, head_l2 10 flagged 376 rows for 200 flipped, 300 flagged 253: docs/labelling.md)."""
+
+
+def best_out_of_fold(features: np.ndarray, targets: np.ndarray, n_classes: int, folds: int, seed: int,
+                     grid: tuple[float, ...] = HEAD_L2_GRID) -> tuple[np.ndarray, float, float]:
+    """(probabilities, head_l2, log loss): the out-of-fold probabilities of the penalty in `grid` whose
+    probabilities have the lowest log loss against the given labels (the same folds for every penalty). One
+    number chosen on thousands of rows: the probabilities stay out-of-fold in all but that choice."""
+    best: tuple[np.ndarray, float, float] | None = None
+    rows = np.arange(len(targets))
+    for l2 in grid:
+        probs = out_of_fold_probabilities(features, targets, n_classes, folds, seed, l2)
+        loss = float(-np.log(np.clip(probs[rows, targets], 1e-12, 1.0)).mean())
+        if best is None or loss < best[2]:
+            best = (probs, l2, loss)
+    assert best is not None
+    return best
