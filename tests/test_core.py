@@ -211,7 +211,7 @@ def test_full_disk_while_writing_the_cache_falls_back_to_memory(tiny_models, tin
 
 def test_mapped_safetensors_round_trip(tmp_path):
     """Bit-exact storage round trip of fp32, bf16 and integer tensors; no computation, so no precision setting."""
-    from textxfer.backbones.prefix_cache import map_safetensors, write_safetensors
+    from textxfer.core.tensor_files import map_safetensors, write_safetensors
 
     tensors = {"w": torch.randn(3, 5), "h": torch.randn(7).to(torch.bfloat16), "i": torch.arange(4),
                "empty": torch.zeros(0)}

@@ -26,7 +26,7 @@ def best_file(loop) -> Path:
 
 def keep_best(loop) -> None:
     """Set `loop.best_state` to the trainable weights as they are now (the best evaluation)."""
-    from textxfer.backbones.prefix_cache import map_safetensors, write_safetensors
+    from textxfer.core.tensor_files import map_safetensors, write_safetensors
 
     model = loop.acc.unwrap_model(loop.model)
     reshard(model)
