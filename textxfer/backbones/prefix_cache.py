@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +25,12 @@ import torch
 import xxhash
 from torch import nn
 
+from textxfer.backbones.flat_features import FlatFeatures
 from textxfer.backbones.load import Parts
 from textxfer.core.environment import feature_cache_dir
 from textxfer.core.precision import autocast_dtype
 from textxfer.core.progress import ProgressReport
-from textxfer.core.tensor_files import write_safetensors
+from textxfer.core.tensor_files import map_safetensors, write_safetensors
 
 log = logging.getLogger("textxfer")
 
@@ -339,23 +341,25 @@ class FrozenPrefixCache:
         return feature_cache_dir()
 
     @staticmethod
-    def _read(path: Path, key: str) -> list[torch.Tensor] | None:
-        """The per-example outputs stored at `path` under `key`; None (with a warning) if unreadable or foreign."""
-        from safetensors.torch import load_file
-
+    def _read(path: Path, key: str, said: bool = True) -> FlatFeatures | None:
+        """The per-example outputs stored at `path` under `key`, memory-mapped (pages are read as batches touch
+        them: page cache, not process memory); None (with a warning) if unreadable or foreign. `said`: log it."""
         try:
-            data = load_file(path)
-            flat, offsets = data["flat"], data["offsets"].tolist()
+            data = map_safetensors(path)
+            flat, offsets = data["flat"], data["offsets"].numpy()
             if data["key"].numpy().tobytes().decode() != key:
                 raise ValueError("key mismatch")
+            if len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != flat.shape[0] or (np.diff(offsets) < 0).any():
+                raise ValueError("offsets do not fit the stored features")
         except Exception as e:  # corrupt or foreign file: rebuild, never reuse
             log.warning(f"frozen-prefix cache: {path} unreadable ({e}); rebuilding it")
             return None
-        log.info(f"frozen-prefix cache: loaded {len(offsets) - 1} examples from {path}")
-        return [flat[offsets[j]:offsets[j + 1]] for j in range(len(offsets) - 1)]
+        if said:
+            log.info(f"frozen-prefix cache: loaded {len(offsets) - 1} examples from {path} (memory-mapped)")
+        return FlatFeatures(flat, offsets)
 
     def load_or_compute(self, key: str, batches_fn, device: torch.device, use_disk: bool,
-                        lengths: np.ndarray | None = None, share: Share | None = None) -> list[torch.Tensor]:
+                        lengths: np.ndarray | None = None, share: Share | None = None) -> Sequence[torch.Tensor]:
         """The cache of one split: read from disk under `key` where a readable copy is there (on every process of
         a `share`), else computed (split between the processes of a `share`) and, by the main process, written."""
         path = self.cache_dir() / f"{key}.safetensors"
@@ -381,6 +385,9 @@ class FrozenPrefixCache:
                                         "offsets": torch.as_tensor(offsets, dtype=torch.int64),
                                         "key": torch.frombuffer(bytearray(key.encode()), dtype=torch.uint8)})
                 os.replace(tmp, path)
+                mapped = self._read(path, key, said=False)  # served from the file: the computed copy is freed
+                if mapped is not None:
+                    return mapped
             except OSError as e:  # full disk or read-only home: carry on in memory
                 log.warning(f"frozen-prefix cache: could not write {path} ({e}); keeping it in memory only")
                 try:

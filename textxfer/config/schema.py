@@ -285,6 +285,10 @@ class TrainingConfig:
     not; `off` recomputes them every step, like other trainers."""
     cache_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Storage type of cached activations: 16-bit halves the memory, at a small cost in exactness."""
+    cache_budget: int | str | None = "auto"
+    """Largest frozen-prefix cache to build: bytes, or a size such as `2GB` or `500MB`; `auto` is a quarter of
+    this machine's memory; null: no limit. A cache that would be larger is switched off (the frozen layers run at
+    every step instead), and one line says so; one within it is served memory-mapped from its disk copy."""
     threads: int | None = None
     """CPU threads for torch (null: the number of physical cores)."""
     num_workers: int = 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from textxfer.config.schema import Recipe
 from textxfer.core.errors import UserError
 
@@ -47,9 +49,36 @@ def validate(recipe: Recipe) -> None:
         raise UserError(f"Recipe key `training.early_stopping.patience` must be >= 1, not {t.early_stopping.patience}.")
     if t.early_stopping is not None and t.early_stopping.min_delta < 0:
         raise UserError("Recipe key `training.early_stopping.min_delta` must be >= 0.")
+    cache_budget_bytes(t.cache_budget)
     validate_small_data(recipe)
     validate_self_training(recipe)
     validate_sharding(recipe)
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
+          "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
+
+
+def cache_budget_bytes(value: int | str | None) -> int | None:
+    """`training.cache_budget` in bytes: a number of bytes, a size (`2GB`, `500MB`, `1.5GiB`), `auto` (a quarter
+    of this machine's memory) or None (no limit). Anything else: UserError naming the key."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        value = str(value)
+    if isinstance(value, (int, float)) and value > 0:
+        return int(value)
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        import os
+
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    m = _SIZE.match(value) if isinstance(value, str) else None
+    unit = (m.group(2) or "").lower() if m else ""
+    if m is None or unit not in _UNITS or float(m.group(1)) <= 0:
+        raise UserError(f"Recipe key `training.cache_budget` is {value!r}: give a size such as `2GB` or `500MB`, a "
+                        "number of bytes above 0, `auto` (a quarter of this machine's memory) or null (no limit).")
+    return int(float(m.group(1)) * _UNITS[unit])
 
 
 def validate_self_training(recipe: Recipe) -> None:

@@ -141,6 +141,10 @@ def load_splits(cfg: DataConfig, seed: int, memory: dict[str, InMemory] | None =
         note(notes, f"train has no example of {len(missing)} label(s) after subsetting: "
                      f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}.")
     sets = {n: _dataset(s, len(names), multi) for n, s in data.items()}
+    if any(isinstance(r, StoredRows) for r in rows.values()):
+        import pyarrow as pa
+
+        pa.default_memory_pool().release_unused()  # Arrow's allocator keeps what the array work freed
     return Splits(train=sets["train"], validation=sets.get("validation"), test=sets.get("test"), labels=names,
                   multi_label=multi, sources={n: _source(rows[n]) for n in given}, notes=notes, info=info,
                   in_memory={n: m.record() for n, m in memory.items() if n in given})

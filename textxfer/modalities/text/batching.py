@@ -115,9 +115,10 @@ def encode(tokenizer, texts: list[str], pairs: list[str] | None, targets, max_le
                    TokenIds.from_lists(tt, np.int8) if tt is not None else None, np.asarray(targets), sum(cut))
 
 
-PARALLEL_ROWS = 200_000
-"""From this many rows a split is tokenised by several processes (`datasets.map(num_proc=...)`); below, a pool
-costs more than it saves."""
+PARALLEL_ROWS = 50_000
+"""From this many rows a memory-mapped split is tokenised by worker processes (`datasets.map(num_proc=...)`, at
+least 2): below, a pool costs more than it saves; above, the workers also keep what tokenising leaves allocated
+(about 700 bytes a row in the process that does it) out of the training process."""
 
 
 def tokenizer_identity(tokenizer) -> str:
@@ -137,16 +138,17 @@ def encode_dataset(tokenizer, ds, target: str, max_length: int, desc: str = "tok
 
     pairs = "text_pair" in ds.column_names
     stored = bool(ds.cache_files)
-    num_proc = min(os.cpu_count() or 1, 4) if stored and len(ds) >= PARALLEL_ROWS else None
+    num_proc = max(2, min(os.cpu_count() or 1, 4)) if stored and len(ds) >= PARALLEL_ROWS else None
 
     def tokenise(batch: dict) -> dict:
         enc, cut = _tokenise(tokenizer, batch["text"], batch["text_pair"] if pairs else None, max_length)
-        out = {"input_ids": enc["input_ids"], "cut": cut}
+        out = {"input_ids": enc["input_ids"], "cut": cut, "target": batch[target]}
         if "token_type_ids" in enc:
             out["token_type_ids"] = enc["token_type_ids"]
         return out
 
-    key = hashlib.sha256(f"{ds._fingerprint}|{tokenizer_identity(tokenizer)}|{max_length}|v1".encode()).hexdigest()
+    key = f"{ds._fingerprint}|{tokenizer_identity(tokenizer)}|{max_length}|{target}|v2"
+    key = hashlib.sha256(key.encode()).hexdigest()
     quiet = len(ds) < PARALLEL_ROWS and hf_logging.is_progress_bar_enabled()
     if quiet:
         hf_logging.disable_progress_bar()
@@ -158,7 +160,9 @@ def encode_dataset(tokenizer, ds, target: str, max_length: int, desc: str = "tok
             hf_logging.enable_progress_bar()
     table = tokens.data
     tt = table.column("token_type_ids") if "token_type_ids" in table.column_names else None
-    targets = ds.with_format("arrow")[target]
+    # the targets come out of the map with the ids: indexing a split that selects rows of a larger file would
+    # gather its rows one slice each (datasets' fast_gather: ~500 bytes a row that stay allocated)
+    targets = table.column("target")
     targets = np.asarray(targets.to_pylist() if pa_types.is_list(targets.type) else targets.to_numpy())
     import pyarrow.compute as pc
 

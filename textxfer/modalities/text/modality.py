@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from textxfer.backbones.flat_features import FlatFeatures
 from textxfer.backbones.load import (
     check_classifiable,
     input_names,
@@ -25,6 +26,7 @@ from textxfer.backbones.load import (
 from textxfer.backbones.pooling import with_pooling_layer
 from textxfer.backbones.prefix_cache import FrozenPrefixCache, Share, cache_dtypes, splits_to_cache, why_not
 from textxfer.config.schema import Recipe
+from textxfer.config.validate import cache_budget_bytes
 from textxfer.core.errors import UserError
 from textxfer.data.fingerprint import fingerprint
 from textxfer.data.splits import Splits, load_splits
@@ -100,6 +102,12 @@ class TextModality:
         cache = self.new_cache(loop, loop.parts, loop.applied.frozen_prefix)
         if cache is None:
             return None
+        size, budget = self.cache_bytes(loop, cache), cache_budget_bytes(r.training.cache_budget)
+        n = sum(len(enc) for enc in splits_to_cache(loop.encoded).values())
+        if budget is not None and size > budget:
+            log.info(f"frozen-prefix cache: off: {n:,} examples would take {size / 1e9:.2f} GB, above "
+                     f"training.cache_budget ({budget / 1e9:.2f} GB); the frozen layers run at every step")
+            return None
         device = loop.acc.device
         weights_key = cache.frozen_hash()  # a resumed run must find the same frozen part (checkpoint.restore)
         share = Share(loop.acc.process_index, loop.acc.num_processes) if loop.acc.num_processes > 1 else None
@@ -114,10 +122,21 @@ class TextModality:
                  if cache.cut_last else "the head alone, on position 0 (all it reads)" if cache.first_only
                  else "only the layers above")
         shared = f", shared by {share.world} processes" if share else ""
+        held = (f"memory-mapped from its disk copy in {cache.cache_dir()}"
+                if all(isinstance(f, FlatFeatures) for f in features.values()) else "held in memory")
         log.info(f"frozen-prefix cache: embeddings + {cache.k} layers computed once for "
                  f"{sum(len(f) for f in features.values())} examples in {time.time() - started:.1f}s{shared}; "
-                 f"training runs {above}")
+                 f"training runs {above}; {size / 1e9:.2f} GB, {held}")
         return Cached(cache, features, weights_key)
+
+    @staticmethod
+    def cache_bytes(loop, cache: FrozenPrefixCache) -> int:
+        """What the cache of the training splits would take: every kept position's hidden vector (position 0
+        alone where that is all the head reads) at the storage type."""
+        hidden = getattr(getattr(unwrap_peft(loop.model), "config", None), "hidden_size", 0) or 0
+        kept = sum(len(enc) if cache.first_only else int(enc.lengths.sum())
+                   for enc in splits_to_cache(loop.encoded).values())
+        return kept * int(hidden) * cache.store_dtype.itemsize
 
     def prefix_cache(self, loop, parts, k: int, splits: list[str]) -> Cached | None:
         """The output of the embeddings + lower k layers of `parts` for these splits, in memory only (weights a
