@@ -85,7 +85,8 @@ def test_rounds_are_recorded_and_duplicates_of_labelled_texts_removed(tiny_model
     rows = UNLABELLED + train_texts[:3] + val_texts[:2] + UNLABELLED[:4]
     unlabelled = write_unlabelled(tmp_path / "u.csv", rows)
     out = tmp_path / "run"
-    result = train(self_training_recipe(tiny_models, tiny_data, out, unlabelled, rounds=2))
+    result = train(self_training_recipe(tiny_models, tiny_data, out, unlabelled, rounds=2,
+                                        self_training__retrain="head"))
     history = json.loads((out / "history.json").read_text())["self_training"]
     counts = history["unlabelled_counts"]
     assert counts["repeated"] == len(rows) - len(set(rows))
@@ -103,9 +104,27 @@ def test_rounds_are_recorded_and_duplicates_of_labelled_texts_removed(tiny_model
     run = json.loads((out / "run.json").read_text())
     assert run["train_seconds"] > run["last_round_seconds"] and run["self_training"]["rounds"] == 2
     assert sorted(p.name for p in (out / "self_training").iterdir()) == ["round-0.log", "round-1.log"]
+    # retrain: head: the later rounds train the classifier alone, on round 0's saved model, for
+    # about round 0's optimizer steps (same_steps: 2 epochs x labelled / (labelled + kept), at least 1)
+    assert "strategy head" in (out / "self_training" / "round-1.log").read_text()
+    assert "strategy full" in (out / "self_training" / "round-0.log").read_text()
+    for r in rounds[1:]:
+        assert r["trained"] == "head"
+        assert r["epochs"] == max(1.0, round(2 * rounds[0]["training_examples"] / r["training_examples"], 2))
     assert not list(tmp_path.glob(".self-training-*"))  # the earlier rounds' folders are gone
     assert "unlabelled: " + str(unlabelled) in (out / "recipe.yaml").read_text()  # the user's recipe, not the rounds'
     assert "Self-training" in (out / "report.html").read_text()
+
+
+def test_retrain_all_the_default_trains_the_recipe_again_for_its_epochs(tiny_models, tiny_data, tmp_path):
+    from textxfer.tools.train import train
+
+    unlabelled = write_unlabelled(tmp_path / "u.csv", UNLABELLED)
+    out = tmp_path / "run"
+    train(self_training_recipe(tiny_models, tiny_data, out, unlabelled, rounds=2, self_training__same_steps=False))
+    rounds = json.loads((out / "history.json").read_text())["self_training"]["rounds"]
+    assert [(r["trained"], r["epochs"]) for r in rounds[1:]] == [("all", 2), ("all", 2)]
+    assert "strategy full" in (out / "self_training" / "round-1.log").read_text()
 
 
 def test_label_column_of_unlabelled_file_is_ignored_and_said_once(tiny_models, tiny_data, tmp_path, caplog):
@@ -191,6 +210,7 @@ def test_plain_text_file_is_one_text_per_line(tiny_models, tiny_data, tmp_path):
 @pytest.mark.parametrize("over, message", [
     ({"self_training__rounds": 0}, r"self_training\.rounds` must be >= 1"),
     ({"self_training__per_class": 0}, r"self_training\.per_class` must be >= 1"),
+    ({"self_training__retrain": "body"}, r"self_training\.retrain"),
     ({"data__multi_label": True}, r"data\.unlabelled` with `data\.multi_label: true"),
 ])
 def test_recipe_checks(tiny_models, tiny_data, tmp_path, over, message):

@@ -350,9 +350,9 @@ class SelfTrainingConfig:
     rounds: int = 1
     """Trainings on labelled + pseudo-labelled texts after the first (each relabels the texts with the model of
     the one before). Each costs about one training on that many more examples."""
-    per_class: int = 500
+    per_class: int = 250
     """Pseudo-labels kept per class each round, at most: the most confident of the texts predicted as that class.
-    A class predicted for fewer texts keeps fewer."""
+    A class predicted for fewer texts keeps fewer. Few and sure pay more than many (docs/self-training.md)."""
     min_confidence: float = 0.0
     """Never keep a pseudo-label less probable than this (0: the count alone decides)."""
     balance_lengths: bool = True
@@ -363,6 +363,15 @@ class SelfTrainingConfig:
     contrastive_epochs: float | None = 2
     """Passes of the contrastive stage (when the recipe has one) in the rounds with pseudo-labels; null: the
     recipe's `training.contrastive.epochs`. With many more examples, fewer passes make as many steps."""
+    retrain: Literal["all", "head"] = "all"
+    """What the rounds with pseudo-labels train. `all`: the recipe again from the pretrained checkpoint on labelled
+    plus pseudo-labelled texts, its contrastive stage included (`contrastive_epochs`): the body learns from them
+    (what pays, docs/self-training.md), at the cost of a training on that many examples. `head`: the classifier
+    alone, on the body of the round on the labelled examples (cheap; it gained less)."""
+    same_steps: bool = True
+    """The rounds with pseudo-labels train (`training.epochs`: the classifier after a contrastive stage, else the
+    model) for about as many optimizer steps as the round on the labelled examples alone: fewer epochs over more
+    examples, at least one. false: the recipe's `training.epochs` over them all (time grows with the kept count)."""
 
 
 @dataclass

@@ -40,9 +40,11 @@ def self_training_section(run: RunFiles) -> str:
                     f"<td class='n'>{int(r.get('training_examples', 0)):,}</td><td class='n'>{kept}</td>{cells}"
                     f"<td class='n'>{e(format_seconds(r.get('train_seconds')))}</td><td class='n'>{e(labelling)}</td>"
                     "</tr>")
-    note = ("<p class=\"sub\">Round 0 trains on the labelled examples alone; each later round on those plus the "
-            "texts the model before it labelled most confidently, the same number per class. Per class: texts "
-            "kept (lowest confidence kept). Only the last round reads the test split.</p>")
+    trained = {r.get("trained") for r in record["rounds"][1:]}
+    what = ("the classifier alone, on round 0's model, " if trained == {"head"} else "")
+    note = ("<p class=\"sub\">Round 0 trains on the labelled examples alone; each later round trains " + what
+            + "on those plus the texts the model before it labelled most confidently, the same number per class. "
+            "Per class: texts kept (lowest confidence kept). Only the last round reads the test split.</p>")
     body = intro + f"<table>{head}{''.join(rows)}</table>" + note
     return f'<section id="self-training"><h2>Self-training</h2>{body}</section>'
 

@@ -3,9 +3,11 @@
 Rounds of the recipe's own training (`textxfer.tools.train.train`, with the splits given in memory):
   round 0   the recipe on the labelled examples alone (validation as the recipe has it, no test);
   round r   the unlabelled texts labelled by the model of round r-1, the confident ones kept (`pseudo_labels.select`:
-            the same number per class, most confident first, spread over lengths), then the recipe again, from the
-            pretrained checkpoint, on the labelled plus those pseudo-labelled texts. Its contrastive stage (if the
-            recipe has one) pairs them too, in `self_training.contrastive_epochs` passes.
+            the same number per class, most confident first, spread over lengths), then a training on the labelled
+            plus those pseudo-labelled texts: with `self_training.retrain: head` the classifier alone, on round 0's
+            saved model (its body as the labelled examples tuned it); with `all` the recipe again from the
+            pretrained checkpoint, its contrastive stage (if the recipe has one) pairing them too, in
+            `self_training.contrastive_epochs` passes. With `same_steps`, for about round 0's optimizer steps.
 `textxfer.tools.train.train` dispatches here and is passed in as the function that trains one round. The last
 round is the run: it alone reads the test split, and it is written to the output directory like any run,
 with the self-training record added (history.json `self_training`, metrics.json `self_training`, a report
@@ -69,10 +71,11 @@ def self_train(recipe: Recipe, train: Callable, overwrite: bool = False, command
                          train=frames["train"], **_eval_frames(frames, test=False))
         rounds.append(_round_record(0, previous, None, len(frames["train"])))
         _keep_log(previous.output_dir, out, 0)
+        first = previous
         for r in range(1, st.rounds + 1):
             last = r == st.rounds
             scored = time.time()
-            probs = _probabilities(previous.output_dir, pool)
+            probs = _probabilities(previous.output_dir, pool, recipe.training.threads)
             chosen = select(probs, labels, st.per_class, _lengths(pool) if st.balance_lengths else None,
                             st.min_confidence)
             if not len(chosen.index):
@@ -83,9 +86,12 @@ def self_train(recipe: Recipe, train: Callable, overwrite: bool = False, command
                         f"texts ({class_mix(chosen)}), labelled in {labelled_in:.1f}s")
             data = _with_pseudo_labels(frames["train"], pool, chosen)
             target = out if last else work / f"round-{r}"
-            previous = train(_round_recipe(recipe, target, labels, st.contrastive_epochs), overwrite=True, command=command,
-                             train=data, **_eval_frames(frames, test=last))
-            rounds.append(_round_record(r, previous, chosen, len(data), len(pool.texts), labelled_in))
+            epochs = _round_epochs(recipe, len(frames["train"]), len(data))
+            body = first.output_dir if st.retrain == "head" else None
+            previous = train(_round_recipe(recipe, target, labels, st.contrastive_epochs, epochs, body), overwrite=True,
+                             command=command, train=data, **_eval_frames(frames, test=last))
+            rounds.append(_round_record(r, previous, chosen, len(data), len(pool.texts), labelled_in)
+                          | {"trained": st.retrain, "epochs": epochs})
             if not last:
                 _keep_log(previous.output_dir, out, r)
     finally:
@@ -166,9 +172,20 @@ def _lengths(pool: UnlabelledTexts) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------ rounds
 
-def _round_recipe(recipe: Recipe, out: Path, labels: list[str], contrastive_epochs: float | None) -> dict:
+def _round_epochs(recipe: Recipe, labelled: int, examples: int) -> float:
+    """`training.epochs` of a round on `examples` texts: with `self_training.same_steps`, as many optimizer steps
+    as the recipe's epochs over the `labelled` examples make (at least one epoch)."""
+    epochs = recipe.training.epochs
+    if not recipe.self_training.same_steps or examples <= labelled:
+        return epochs
+    return max(1.0, round(epochs * labelled / examples, 2))
+
+
+def _round_recipe(recipe: Recipe, out: Path, labels: list[str], contrastive_epochs: float | None,
+                  epochs: float | None = None, body: Path | None = None) -> dict:
     """The recipe of one round: its data given in memory, already drawn and cleaned (so nothing is drawn, carved
-    or de-duplicated again), labels as class ids into `labels` (the recipe's label order)."""
+    or de-duplicated again), labels as class ids into `labels` (the recipe's label order). With `body` (a run
+    directory), the round trains the classifier alone on that run's saved model (`self_training.retrain: head`)."""
     r = to_dict(recipe)
     r["data"].update({"train": None, "validation": None, "test": None, "unlabelled": None, "format": "auto",
                       "text_column": "text", "label_column": "label", "labels": list(labels),
@@ -177,16 +194,35 @@ def _round_recipe(recipe: Recipe, out: Path, labels: list[str], contrastive_epoc
                       "skip_bad_rows": False, "header": None, "delimiter": None, "quoting": "auto",
                       "text_pair_column": "text_pair" if recipe.data.text_pair_column is not None else None})
     r["output_dir"] = str(out)
+    if epochs is not None:
+        r["training"]["epochs"] = epochs
+    if body is not None:
+        from textxfer.core.layout import find_model_dir
+
+        r["model"]["name"] = str(find_model_dir(body))
+        r["strategy"].update({"name": "head", "freeze_layers": 0, "reinit_layers": 0})
+        r["training"]["contrastive"] = None
+        return r
     if contrastive_epochs is not None and r["training"].get("contrastive"):
         r["training"]["contrastive"]["epochs"] = contrastive_epochs
     return r
 
 
-def _probabilities(run_dir: Path, pool: UnlabelledTexts) -> np.ndarray:
-    """The class probabilities the run's saved model gives every unlabelled text."""
+def _probabilities(run_dir: Path, pool: UnlabelledTexts, threads: int | None) -> np.ndarray:
+    """The class probabilities the run's saved model gives every unlabelled text, on the recipe's CPU threads
+    (`training.threads`) as its training ran."""
+    import torch
+
+    from textxfer.core.hardware import default_threads
     from textxfer.modalities.text.predict import Classifier
 
-    return Classifier(run_dir).probabilities(pool.texts, pool.pairs)
+    before = torch.get_num_threads()
+    if not torch.cuda.is_available():
+        torch.set_num_threads(threads or default_threads())
+    try:
+        return Classifier(run_dir).probabilities(pool.texts, pool.pairs)
+    finally:
+        torch.set_num_threads(before)
 
 
 def _round_record(r: int, result, chosen: Selection | None, examples: int, scored: int = 0,
