@@ -230,8 +230,10 @@ def one(name: str, data: dict, pool: dict, seed: int, rows: int, folds: int, pas
 def summarise_variants(results: list[dict]) -> list[str]:
     names = list(results[0]["variants"])
     sets = list(dict.fromkeys(r["set"] for r in results))
+    from textxfer.tools.label_issues import FILTER_BY
+
     lines = ["", "variants, mean F1 (flagged) over the seeds; `data issues` takes the head_l2 of the lowest log loss "
-             "and confident_learning", f"{'variant':<32}" + "".join(f"{name:>16}" for name in sets)]
+             f"and the rule {FILTER_BY}", f"{'variant':<32}" + "".join(f"{name:>16}" for name in sets)]
     for v in names:
         cells = []
         for name in sets:

@@ -117,10 +117,10 @@ def tuned_embeddings(recipe: Recipe, rows: TrainingRows, passes: int, device: st
     `TUNE_MAX_ROWS` of them) with their given labels; the recipe's pretrained embeddings when it has no
     contrastive stage or `passes` is 0.
 
-    The body sees every label once per pass, wrong ones included, before the out-of-fold heads score them. One
-    pass is what early learning allows: a network first fits the pattern the majority of labels share and only
-    later the exceptions, so one pass moves the embeddings towards each class without pulling a mislabelled row
-    into its wrong class (docs/labelling.md has the measurements)."""
+    The body sees every label once per pass, wrong ones included, before the out-of-fold heads score them: a
+    network first fits the pattern the majority of labels share and only later the exceptions, so few passes move
+    the embeddings towards each class before they pull a mislabelled row into its wrong class. 0 against 1 pass is
+    measured in docs/labelling.md; more passes are not."""
     import tempfile
 
     import pandas as pd
@@ -184,7 +184,7 @@ def out_of_fold_probabilities(features: np.ndarray, targets: np.ndarray, n_class
 HEAD_L2_GRID = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
 """Penalties `best_out_of_fold` tries. A recipe's `training.head_l2` is set for training on a few examples; ranking
 label errors needs probabilities that are honest on thousands, where a weak penalty makes the head sure of every
-answer (on SST-2, head_l2 10 flagged 376 rows for 200 flipped, 300 flagged 253: docs/labelling.md)."""
+answer (2,000 SST-2 rows with 200 flipped: head_l2 10 flagged 381 rows, 300 flagged 253; docs/labelling.md)."""
 
 
 def best_out_of_fold(features: np.ndarray, targets: np.ndarray, n_classes: int, folds: int, seed: int,
