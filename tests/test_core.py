@@ -238,12 +238,12 @@ def test_best_weights_stay_in_memory_when_the_run_directory_is_full(precision, t
     closest are ~0.01 apart in probability; the two losses differ by ~3e-6)."""
     import errno
 
-    from textxfer.backbones import prefix_cache as features
+    from textxfer.core import tensor_files
 
     def full_disk(path, tensors):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(features, "write_safetensors", full_disk)
+    monkeypatch.setattr(tensor_files, "write_safetensors", full_disk)  # best_weights imports it when it writes
     out = tmp_path / "run"
     result = textxfer.train(tiny_recipe(tiny_models["bert"], tiny_data, out, strategy__name="freeze",
                                         strategy__freeze_layers=1, training__cache="memory",

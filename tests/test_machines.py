@@ -32,7 +32,7 @@ if os.environ.get("PAUSE_AT"):
     import textxfer.engine.loop as tr
     step = tr.Loop.train_step
     def train_step(self, indices):
-        if self.progress.step == int(os.environ["PAUSE_AT"]):
+        if self.state.progress.step == int(os.environ["PAUSE_AT"]):
             open(os.environ["READY"] + str(self.acc.process_index), "w").close()
             time.sleep(300)
         return step(self, indices)

@@ -37,7 +37,7 @@ import os, sys, time
 import textxfer.engine.loop as tr
 step = tr.Loop.train_step
 def train_step(self, indices):
-    if self.progress.step == int(os.environ["PAUSE_AT"]):
+    if self.state.progress.step == int(os.environ["PAUSE_AT"]):
         open(os.environ["READY"], "w").close()
         time.sleep(120)
     return step(self, indices)
@@ -141,7 +141,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_matches(setup, reference, tmp_pat
     step = Loop.train_step
 
     def train_step(self, indices):
-        if self.progress.step == 2:  # during the 3rd step: it finishes, is saved, then the run stops
+        if self.state.progress.step == 2:  # during the 3rd step: it finishes, is saved, then the run stops
             os.kill(os.getpid(), signal.SIGTERM)
         return step(self, indices)
 

@@ -58,7 +58,7 @@ import textxfer.engine.loop as tr
 step = tr.Loop.train_step
 def train_step(self, indices):
     target = self.total_steps - 1 if (self.total_steps - 1) % 2 else self.total_steps - 2
-    if self.progress.step == target:
+    if self.state.progress.step == target:
         with open(os.environ["READY"], "w") as f:
             f.write(f"{target} {self.total_steps}")
         time.sleep(600)
@@ -415,8 +415,8 @@ def test_resume_refuses_a_changed_contrastive_stage(models, tmp_path, monkeypatc
     step = tr.Loop.train_step
 
     def train_step(self, indices):
-        if self.progress.step == 3:  # after the checkpoint of step 2
-            raise Interrupted(f"step {self.progress.step} of {self.total_steps}")
+        if self.state.progress.step == 3:  # after the checkpoint of step 2
+            raise Interrupted(f"step {self.state.progress.step} of {self.total_steps}")
         return step(self, indices)
 
     with monkeypatch.context() as m:

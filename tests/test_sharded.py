@@ -27,6 +27,7 @@ from textxfer.config.reading import load_recipe
 from textxfer.core.errors import UserError
 from textxfer.engine import checkpoint, resuming, sharding
 from textxfer.engine import distributed as launch
+from textxfer.engine.run_state import Progress, RunState
 from textxfer.engine.setup import make_accelerator
 from textxfer.tools.train import train
 
@@ -209,9 +210,8 @@ def test_the_manifest_lists_files_in_subfolders_and_a_missing_shard_makes_a_chec
     (ckpt / "pytorch_model_fsdp_0").mkdir(parents=True)
     (ckpt / "pytorch_model_fsdp_0" / "__1_0.distcp").write_bytes(b"x" * 10)
     (ckpt / "scheduler.bin").write_bytes(b"y")
-    loop = SimpleNamespace(progress=checkpoint.Progress(step=4), recipe=load_recipe(data={
-        "model": {"name": "m"}, "data": {"train": "t.csv"}}), history={"train": [], "eval": []}, best=None,
-        total_steps=8, acc=fake_acc("FSDP"), fingerprints={}, started=0.0)
+    loop = SimpleNamespace(state=RunState(progress=Progress(step=4), fingerprints={}), recipe=load_recipe(data={
+        "model": {"name": "m"}, "data": {"train": "t.csv"}}), total_steps=8, acc=fake_acc("FSDP"), started=0.0)
     record = checkpoint.state_record(loop, "test", None, ckpt)
     assert record["files"] == {"pytorch_model_fsdp_0/__1_0.distcp": 10, "scheduler.bin": 1}
     assert record["sharding"] == "FSDP"

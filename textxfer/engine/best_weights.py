@@ -25,7 +25,7 @@ def best_file(loop) -> Path:
 
 
 def keep_best(loop) -> None:
-    """Set `loop.best_state` to the trainable weights as they are now (the best evaluation)."""
+    """Set `loop.state.best_state` to the trainable weights as they are now (the best evaluation)."""
     from textxfer.core.tensor_files import map_safetensors, write_safetensors
 
     model = loop.acc.unwrap_model(loop.model)
@@ -36,22 +36,22 @@ def keep_best(loop) -> None:
     try:
         write_safetensors(tmp, params)
         os.replace(tmp, path)
-        loop.best_state = map_safetensors(path)
+        loop.state.best_state = map_safetensors(path)
     except OSError as e:
         log.warning(f"could not write the best weights to {path} ({e}); keeping them in memory")
         tmp.unlink(missing_ok=True)
-        loop.best_state = {k: v.clone() for k, v in params.items()}
+        loop.state.best_state = {k: v.clone() for k, v in params.items()}
 
 
 def restore_best(loop) -> None:
     """Copy the kept best weights back into the model (nothing when none were kept) and remove their file."""
-    if loop.best_state is None:
+    if loop.state.best_state is None:
         return
     model = loop.acc.unwrap_model(loop.model)
     reshard(model)
     params = dict(model.named_parameters())
     with torch.no_grad():
-        for k, v in loop.best_state.items():
+        for k, v in loop.state.best_state.items():
             local(params[k]).copy_(v)
-    loop.best_state = None
+    loop.state.best_state = None
     best_file(loop).unlink(missing_ok=True)

@@ -39,7 +39,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -58,28 +58,6 @@ def _io_errors() -> tuple[type[BaseException], ...]:
     from torch.distributed.checkpoint.api import CheckpointException  # a failed sharded write (every process)
 
     return (OSError, RuntimeError, SafetensorError, CheckpointException)
-
-
-@dataclass
-class Progress:
-    """Where training stands; saved in every checkpoint so that resume continues at the same batch."""
-
-    step: int = 0
-    """Optimizer steps done."""
-    epoch: int = 0
-    """The epoch in progress (0-based)."""
-    batch: int = 0
-    """Global batches of `epoch` already trained on."""
-    running: float = 0.0
-    """Summed training loss since the last logged value (this process)."""
-    seen: int = 0
-    """Steps summed into `running`."""
-    watch_best: float | None = None
-    """Early stopping: the best value of its metric so far."""
-    bad_evals: int = 0
-    """Early stopping: evaluations in a row without an improvement of more than `min_delta`."""
-    stopped_early: dict | None = None
-    """Set when early stopping ended training: {"step", "epoch", "metric", "best"}."""
 
 
 def root_of(run_dir: Path) -> Path:
@@ -174,7 +152,7 @@ def _all_ok(acc, ok: bool) -> bool:
 
 def save(loop, reason: str = "scheduled") -> Path | None:
     """Write a checkpoint of `loop` (every process calls this); the path, or None when the save failed."""
-    acc, p = loop.acc, loop.progress
+    acc, p = loop.acc, loop.state.progress
     root = root_of(loop.out)
     final = root / f"step-{p.step:07d}"
     tmp = root / f".tmp-{final.name}"
@@ -200,10 +178,10 @@ def save(loop, reason: str = "scheduled") -> Path | None:
         if acc.is_main_process and not sharded:
             model = acc.unwrap_model(loop.model)
             _save_tensors(model_tensors(model), tmp / "model.safetensors")
-            if loop.best_state is not None:
+            if loop.state.best_state is not None:
                 best_in = "model.safetensors"
-                if loop.best is None or loop.best.get("step") != p.step:
-                    _save_tensors(_cpu_copy(loop.best_state.items()), tmp / "best.safetensors")
+                if loop.state.best is None or loop.state.best.get("step") != p.step:
+                    _save_tensors(_cpu_copy(loop.state.best_state.items()), tmp / "best.safetensors")
                     best_in = "best.safetensors"
             _save_torch(loop.optimizer.state_dict(), tmp / "optimizer.pt")
             _save_torch(loop.scheduler.state_dict(), tmp / "scheduler.pt")
@@ -235,16 +213,16 @@ def _save_sharded(loop, tmp: Path) -> str | None:
     schedule, random states), and the best weights where they are not the current ones (under FSDP each process
     its shard, `best-{process}.safetensors`; under DeepSpeed process 0, as the weights are whole). Returns the
     name of the best weights' file(s) for state.json ("best-{process}.safetensors" under FSDP), or None."""
-    acc, p = loop.acc, loop.progress
+    acc, p = loop.acc, loop.state.progress
     sharding.reshard(acc.unwrap_model(loop.model))
     acc.save_state(str(tmp))
     name = None
-    if loop.best_state is not None and loop.best is not None and loop.best.get("step") == p.step:
+    if loop.state.best_state is not None and loop.state.best is not None and loop.state.best.get("step") == p.step:
         name = "current"  # the weights just saved are the best
-    elif loop.best_state is not None:
+    elif loop.state.best_state is not None:
         name = "best-{process}.safetensors" if sharding.is_fsdp(acc) else "best.safetensors"
         if sharding.is_fsdp(acc) or acc.is_main_process:
-            _save_tensors(_cpu_copy(loop.best_state.items()), tmp / name.format(process=acc.process_index))
+            _save_tensors(_cpu_copy(loop.state.best_state.items()), tmp / name.format(process=acc.process_index))
     for f in tmp.rglob("*"):  # Accelerate's files too, flushed before state.json says they are complete
         if f.is_file():
             _fsync(f)
@@ -277,16 +255,16 @@ def state_record(loop, reason: str, best_in: str | None, folder: Path) -> dict:
     from textxfer.config.schema import to_dict
     from textxfer.core.environment import versions
 
-    p = loop.progress
+    p = loop.state.progress
     metric = loop.recipe.training.metric
-    last = loop.history["eval"][-1] if loop.history["eval"] else None
+    last = loop.state.history["eval"][-1] if loop.state.history["eval"] else None
     value = last.get(metric) if last and last.get("step") == p.step else None
     files = {f.relative_to(folder).as_posix(): f.stat().st_size for f in sorted(folder.rglob("*"))
              if f.is_file() and f.name != "state.json"}
     return {
         "format": FORMAT, "complete": True, "reason": reason, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "step": p.step, "epoch": p.epoch, "batch_in_epoch": p.batch, "total_steps": loop.total_steps,
-        "progress": asdict(p), "history": loop.history, "best": loop.best, "best_in": best_in,
+        "progress": asdict(p), "history": loop.state.history, "best": loop.state.best, "best_in": best_in,
         "metric": metric, "metric_value": value, "num_processes": loop.acc.num_processes,
         "sharding": loop.acc.distributed_type.value if sharding.is_sharded(loop.acc) else None,
         "cache_key": getattr(loop, "cache_key", None), "data": data_fingerprints(loop),
@@ -298,9 +276,9 @@ def state_record(loop, reason: str, best_in: str | None, folder: Path) -> dict:
 def data_fingerprints(loop) -> dict[str, str]:
     """Fingerprints of the loaded splits, as the modality takes them (texts and labels; image bytes and labels),
     computed once per run: run.json records them and a resume refuses changed data."""
-    if getattr(loop, "fingerprints", None) is None:
-        loop.fingerprints = loop.modality.fingerprints(loop)
-    return loop.fingerprints
+    if loop.state.fingerprints is None:
+        loop.state.fingerprints = loop.modality.fingerprints(loop)
+    return loop.state.fingerprints
 
 
 def rotate(root: Path, keep: int, lower_better: bool) -> None:
@@ -351,21 +329,25 @@ def complete_checkpoints(root: Path) -> list[Path]:
 
 # ------------------------------------------------------------------------------------------------ when to save
 
+_WARNED: set[str] = set()
+"""Distributed types already warned about in this process."""
+
+
 def checkpoints_supported(loop) -> bool:
     """False (with a warning, once) for Megatron-LM runs, which textxfer's checkpoints do not cover."""
     kind = loop.acc.distributed_type.value
     if kind == "MEGATRON_LM":
-        if not getattr(loop, "_warned_sharded", False):
+        if kind not in _WARNED:
             log.warning(f"warning: textxfer checkpoints cover single-process, DDP, FSDP and DeepSpeed runs; with "
                         f"{kind} they are not written (the final model still is)")
-            loop._warned_sharded = True
+            _WARNED.add(kind)
         return False
     return True
 
 
 def checkpoint_due(loop) -> bool:
     """Whether `training.checkpoint_every` asks for a checkpoint now (after a step, every N steps or each epoch)."""
-    every, p = loop.recipe.training.checkpoint_every, loop.progress
+    every, p = loop.recipe.training.checkpoint_every, loop.state.progress
     if every is None or not checkpoints_supported(loop):
         return False
     if every == "epoch":

@@ -71,13 +71,13 @@ def multilabel_scores(loop, split: str, logits: np.ndarray, targets: np.ndarray)
     probs = sigmoid(logits)
     mode = loop.recipe.training.threshold
     if isinstance(mode, (int, float)) and not isinstance(mode, bool):
-        loop.thresholds = np.full(len(loop.labels), float(mode), dtype=np.float32)
+        loop.state.thresholds = np.full(len(loop.labels), float(mode), dtype=np.float32)
     elif mode in ("global", "per_label"):
         if split == "validation":  # never on the test set: without validation `finish` sets them beforehand
-            loop.thresholds = tune_thresholds(probs, targets.astype(np.float32), mode)
+            loop.state.thresholds = tune_thresholds(probs, targets.astype(np.float32), mode)
     else:
         raise UserError(f"`training.threshold` is {mode!r}; use global, per_label or a number in (0, 1).")
-    return multilabel_metrics(probs, targets, loop.labels, loop.thresholds)
+    return multilabel_metrics(probs, targets, loop.labels, loop.state.thresholds)
 
 
 def thresholds_without_validation(loop) -> np.ndarray:
@@ -101,17 +101,17 @@ def evaluate_and_track(loop, step: int, epoch: float) -> None:
     if "validation" not in loop.eval_dls:
         return
     metrics, per_class, logits = loop.score("validation")
-    loop.last_validation = (step, metrics, per_class, logits)
+    loop.state.last_validation = (step, metrics, per_class, logits)
     entry = {"step": step, "epoch": round(epoch, 4), "split": "validation", **metrics}
-    loop.history["eval"].append(entry)
+    loop.state.history["eval"].append(entry)
     name = loop.recipe.training.metric
     if name not in metrics:
         raise UserError(f"`training.metric` is {name!r}; available: {', '.join(sorted(metrics))}.")
     lower_better = name == "loss"
-    better = loop.best is None or (metrics[name] < loop.best[name] if lower_better
-                                   else metrics[name] > loop.best[name])
+    better = loop.state.best is None or (metrics[name] < loop.state.best[name] if lower_better
+                                   else metrics[name] > loop.state.best[name])
     if better:
-        loop.best = dict(entry)
+        loop.state.best = dict(entry)
         keep_best(loop)
     log.info(f"epoch {epoch:.2f} step {step}: " + ", ".join(
         f"{k} {metrics[k]:.4f}" for k in ("loss", "accuracy", "macro_f1") if k in metrics)
@@ -120,8 +120,8 @@ def evaluate_and_track(loop, step: int, epoch: float) -> None:
 
 def after_evaluation(loop) -> None:
     """Send the evaluation to the trackers; count evaluations without improvement for early stopping."""
-    p, t = loop.progress, loop.recipe.training
-    entry = loop.history["eval"][-1] if loop.history["eval"] else None
+    p, t = loop.state.progress, loop.recipe.training
+    entry = loop.state.history["eval"][-1] if loop.state.history["eval"] else None
     if entry is None or entry["step"] != p.step:
         return
     loop.acc.log({f"validation/{k}": v for k, v in entry.items()
@@ -149,13 +149,8 @@ def score_in_full_precision(loop) -> None:
     """Score the final model as it is saved: the whole model in fp32, no frozen-prefix cache (whose features
     were computed under autocast). A run that trained in bf16 then reports the metrics, and writes the
     predictions, that loading its model folder reproduces (`textxfer evaluate`, `pipeline()`)."""
-    if loop.cache is not None:
-        loop.cache.uninstall()
-        loop.cache = None
-    loop.features = None
-    for split in list(loop.eval_dls):
-        _, dl = loop.loader(split, False, loop.eval_batch_size())
-        loop.eval_dls[split] = loop.acc.prepare(dl)
+    loop.drop_cache()
+    loop.reload_eval_loaders()
 
 
 def final_scores(loop, last) -> tuple[dict, dict]:
@@ -164,13 +159,12 @@ def final_scores(loop, last) -> tuple[dict, dict]:
     scores, predictions, per_class_all = {}, {}, {}
     if loop.splits.multi_label and "validation" not in loop.eval_dls and \
             loop.recipe.training.threshold in ("global", "per_label"):  # the saved model needs its thresholds
-        loop.thresholds = thresholds_without_validation(loop)
+        loop.state.thresholds = thresholds_without_validation(loop)
     for split in loop.eval_dls:
         if loop.cache is not None and split not in (loop.features or {}):
-            loop.cache.uninstall()  # the test split, not cached: scored by the whole model
-            loop.cache = None
-        if split == "validation" and last is not None and last[0] == loop.progress.step and \
-                loop.best is not None and loop.best["step"] == last[0]:
+            loop.drop_cache()  # the test split, not cached: scored by the whole model
+        if split == "validation" and last is not None and last[0] == loop.state.progress.step and \
+                loop.state.best is not None and loop.state.best["step"] == last[0]:
             _, metrics, per_class, logits = last  # the last evaluation was the best: that is the saved model
         else:
             metrics, per_class, logits = loop.score(split)
@@ -180,11 +174,11 @@ def final_scores(loop, last) -> tuple[dict, dict]:
     # the held-out test score first: it is the figure a reader (or a script taking the first `accuracy`) wants
     results: dict = {"best_metric": loop.recipe.training.metric, "num_processes": loop.acc.num_processes}
     results.update({split: scores[split] for split in sorted(scores, key=lambda s: s != "test")})
-    if loop.best is not None:
-        results["best"] = {k: v for k, v in loop.best.items() if k != "split"}
-    if loop.progress.stopped_early is not None:
-        results["stopped_early"] = loop.progress.stopped_early
+    if loop.state.best is not None:
+        results["best"] = {k: v for k, v in loop.state.best.items() if k != "split"}
+    if loop.state.progress.stopped_early is not None:
+        results["stopped_early"] = loop.state.progress.stopped_early
     results["per_class"] = per_class_all
-    if loop.splits.multi_label and getattr(loop, "thresholds", None) is not None:
-        results["thresholds"] = [round(float(t), 4) for t in loop.thresholds]
+    if loop.splits.multi_label and loop.state.thresholds is not None:
+        results["thresholds"] = [round(float(t), 4) for t in loop.state.thresholds]
     return results, predictions

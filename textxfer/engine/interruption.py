@@ -84,6 +84,6 @@ def interrupt(loop, signum: int, saved: Path | None = None) -> None:
     if saved is not None:
         again = (loop.command or "textxfer train RECIPE").replace(" --overwrite", "")
         again += "" if "--resume" in again else " --resume"
-        log.info(f"stopped at step {loop.progress.step} of {loop.total_steps}; checkpoint {saved}. Continue "
+        log.info(f"stopped at step {loop.state.progress.step} of {loop.total_steps}; checkpoint {saved}. Continue "
                  f"with: {again}")
     raise SystemExit(128 + signum)

@@ -34,7 +34,6 @@ from textxfer.engine.batches import (
     shard,
 )
 from textxfer.engine.best_weights import restore_best
-from textxfer.engine.checkpoint import Progress
 from textxfer.engine.distributed import check_same_run
 from textxfer.engine.evaluation import (
     after_evaluation,
@@ -50,6 +49,7 @@ from textxfer.engine.optim import (
     linear_schedule,
     optimizer_groups,
 )
+from textxfer.engine.run_state import RunState
 from textxfer.engine.schedule import new_schedule
 from textxfer.engine.setup import make_accelerator, setup_logging
 from textxfer.engine.tracking import end_tracking, log_train, start_tracking
@@ -62,17 +62,19 @@ log = logging.getLogger("textxfer")
 class Loop:
     """State of one training run; methods in the order they run."""
 
-    def __init__(self, recipe: Recipe, output_dir: Path, command: str | None = None):
+    def __init__(self, recipe: Recipe, output_dir: Path, command: str | None = None,
+                 resume_from: Path | None = None, memory: dict | None = None):
         self.recipe = recipe
         self.out = output_dir
         self.command = command
-        self.history: dict[str, list] = {"train": [], "eval": []}
+        self.state = RunState()
+        """What the run has recorded so far (progress, history, best evaluation and weights, thresholds)."""
         self.started = time.time()
-        self.resume_from: Path | None = None
+        self.resume_from = resume_from
         """The checkpoint this run continues from (`train(resume=...)`)."""
         self.cache_key: str | None = None
         """Hash of the frozen part's weights when the frozen-prefix cache is used (checked on resume)."""
-        self.memory: dict = {}
+        self.memory: dict = memory or {}
         """Splits given from Python (`train(train=df)`): {split: textxfer.data.memory.InMemory}, read instead of files."""
         self.cache = None
         """The installed frozen-prefix cache (`use_cache`), if any, and its features per split."""
@@ -116,7 +118,7 @@ class Loop:
 
             result = run_stage(self.stage_context())
             self.applied = result.applied
-            self.history.update(result.history)
+            self.state.history.update(result.history)
             self.use_cache(self.cache_after_stage(result))
         else:
             self.use_cache(self.modality.build_cache(self))
@@ -208,18 +210,26 @@ class Loop:
             self.head_l2 = functools.partial(add_head_l2, matrices, t.head_l2 / len(self.encoded["train"]))
             log.info(f"training.head_l2 {t.head_l2:g}: L2 penalty on {len(matrices)} head weight matrices "
                      f"({sum(m.numel() for m in matrices):,} weights)")
-        self.progress = Progress()
-        self.best: dict | None = None
-        self.best_state: dict | None = None
         self.eval_dls = {}
-        for split in ("validation", "test"):
-            if split in self.encoded:
-                _, dl = self.loader(split, False, self.eval_batch_size())
-                self.eval_dls[split] = self.acc.prepare(dl)
+        self.reload_eval_loaders()
         weights = class_weight_tensor(t.class_weights, self.labels, self.encoded["train"].targets) \
             if not self.splits.multi_label else None
         self.class_weights = weights.to(self.acc.device) if weights is not None else None
         log_batch_plan(self, micro)
+
+    def reload_eval_loaders(self) -> None:
+        """Evaluation loaders of the validation and test splits as the model now reads them (through the cache
+        where one is installed, else from the examples)."""
+        for split in ("validation", "test"):
+            if split in self.encoded:
+                _, dl = self.loader(split, False, self.eval_batch_size())
+                self.eval_dls[split] = self.acc.prepare(dl)
+
+    def drop_cache(self) -> None:
+        """Put the cached frozen modules back: from now on the whole model computes every split."""
+        if self.cache is not None:
+            self.cache.uninstall()
+        self.cache, self.features = None, None
 
     def eval_batch_size(self) -> int:
         """Global batch size of the evaluation loaders: the training micro-batch, at least 64 per process."""
@@ -246,7 +256,7 @@ class Loop:
         """Train until the planned steps are done or early stopping says stop, from where `progress` stands
         (zero, or a restored checkpoint). SIGINT/SIGTERM save a checkpoint at the end of the step, then exit."""
         t = self.recipe.training
-        p = self.progress
+        p = self.state.progress
         if t.early_stopping is not None and "validation" not in self.eval_dls:
             raise UserError("`training.early_stopping` watches the validation metrics, but this run has no validation "
                             "split: give `data.validation` or a `data.validation_split` above 0, or drop early stopping.")
@@ -337,10 +347,13 @@ class Loop:
     def finish(self) -> tuple[dict, dict]:
         """(results for metrics.json, logits per split) of the best model as it is saved, scored in fp32."""
         restore_best(self)
-        sharding.unshard(self)  # FSDP: scored and saved as a whole model
+        whole = sharding.unshard(self)  # FSDP: scored and saved as a whole model
+        if whole is not None:
+            self.optimizer = self.scheduler = None
+            self.model, self.parts, self.applied = whole
         self.train_seconds = time.time() - self.started
         end_tracking(self)
-        last = getattr(self, "last_validation", None)
+        last = self.state.last_validation
         if effective_mixed_precision(self.recipe.training.mixed_precision) != "no":
             score_in_full_precision(self)
             last = None

@@ -16,7 +16,6 @@ from textxfer.core.errors import UserError
 from textxfer.engine.best_weights import keep_best
 from textxfer.engine.checkpoint import (
     DIRNAME,
-    Progress,
     data_fingerprints,
     problem_with,
     read_state,
@@ -24,6 +23,7 @@ from textxfer.engine.checkpoint import (
     set_rng_state,
     step_of,
 )
+from textxfer.engine.run_state import Progress
 from textxfer.engine.sharding import is_sharded
 
 log = logging.getLogger("textxfer")
@@ -109,16 +109,16 @@ def restore(loop, ckpt: Path) -> dict:
         _load_into(model, load_file(str(ckpt / "model.safetensors")), ckpt)
         loop.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu"))
         loop.scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True, map_location="cpu"))
-    loop.progress = Progress(**state["progress"])
-    loop.history = state["history"]
-    loop.best = state["best"]
-    loop.best_state = None
+    loop.state.progress = Progress(**state["progress"])
+    loop.state.history = state["history"]
+    loop.state.best = state["best"]
+    loop.state.best_state = None
     if state.get("best_in") == "current":  # a sharded checkpoint saved at the best evaluation
         keep_best(loop)
     elif state.get("best_in"):
         best = load_file(str(ckpt / state["best_in"].format(process=acc.process_index)))
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        loop.best_state = {k: v.to(acc.device) for k, v in best.items() if k in trainable}
+        loop.state.best_state = {k: v.to(acc.device) for k, v in best.items() if k in trainable}
     if not sharded:  # (a sharded run's random states came back with load_state)
         restore_rng(ckpt, acc.process_index, loop.recipe.training.seed)
     if state.get("num_processes") != acc.num_processes:

@@ -200,19 +200,18 @@ def local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
-def unshard(loop) -> None:
-    """Replace the sharded model by a whole one on every process, with the trained weights, and free the sharded
-    training state: the final scores and the saved model are then those of a plain model, as without sharding.
+def unshard(loop):
+    """A whole model on every process with the trained weights, as (model, parts, applied), for the loop to use in
+    place of the sharded one (None where the run is not sharded); the sharded training state is freed. The final
+    scores and the saved model are then those of a plain model, as without sharding.
 
     Every process must call it (the weights are gathered from all). The whole model is rebuilt as the run built
     it (modality, strategy) and loaded with the gathered weights, so a LoRA run saves as one does without."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     if not is_fsdp(loop.acc):
-        return
-    if loop.cache is not None:  # installed on the sharded model's modules
-        loop.cache.uninstall()
-        loop.cache, loop.features = None, None
+        return None
+    loop.drop_cache()  # installed on the sharded model's modules
     # every process gathers every parameter whole (cpu_offload would gather on process 0 alone)
     full = get_model_state_dict(loop.model, options=StateDictOptions(full_state_dict=True, cpu_offload=False))
     model, parts = loop.modality.load_model(loop.recipe, loop.model_path, loop.splits)
@@ -222,8 +221,6 @@ def unshard(loop) -> None:
         raise RuntimeError(f"rebuilding the whole model after sharded training: missing {missing[:3]}, unexpected "
                            f"{unexpected[:3]}")
     loop.acc.free_memory()  # the sharded model, optimizer and schedule Accelerate holds
-    loop.optimizer = loop.scheduler = None
-    loop.model = applied.model.to(loop.acc.device)
-    loop.parts, loop.applied = parts, applied
     log.info("sharding: gathered the whole model on every process for the final scores and the saved model")
+    return applied.model.to(loop.acc.device), parts, applied
 

@@ -28,13 +28,13 @@ def end_tracking(loop) -> None:
 def log_train(loop, epoch: float, bar) -> None:
     """Record the mean training loss since the last record (summed over processes: the global batch loss); `bar`
     (a `ProgressReport`) shows it."""
-    p = loop.progress
+    p = loop.state.progress
     total = torch.tensor([p.running], dtype=torch.float64, device=loop.acc.device)
     if loop.acc.num_processes > 1:
         total = loop.acc.reduce(total, reduction="sum")
     mean = float(total.item()) / max(p.seen, 1)
     lr = loop.scheduler.get_last_lr()[0]
-    loop.history["train"].append({"step": p.step, "epoch": round(epoch, 4), "loss": mean, "learning_rate": lr})
+    loop.state.history["train"].append({"step": p.step, "epoch": round(epoch, 4), "loss": mean, "learning_rate": lr})
     loop.acc.log({"train/loss": mean, "train/learning_rate": lr}, step=p.step)
     bar.note(loss=f"{mean:.4f}")
     p.running, p.seen = 0.0, 0

@@ -47,7 +47,7 @@ def hardware() -> dict:
 def save_model(loop, out: Path) -> None:
     """The merged model folder (plain transformers), and for LoRA with `save_adapter` the adapter too."""
     model = loop.acc.unwrap_model(loop.model)
-    thresholds = getattr(loop, "thresholds", None)
+    thresholds = loop.state.thresholds
     if loop.splits.multi_label and thresholds is not None:  # predict/pipeline users get the tuned thresholds
         model.config.textxfer_thresholds = [float(t) for t in thresholds]
     if loop.modality.name == "text":
@@ -100,7 +100,7 @@ def write_predictions(loop, split: str, logits: np.ndarray, path: Path) -> None:
         for i, (item, target) in enumerate(zip(items, targets, strict=True)):
             p = probs[i]
             if multi:
-                chosen = np.flatnonzero(p >= np.asarray(loop.thresholds))
+                chosen = np.flatnonzero(p >= np.asarray(loop.state.thresholds))
                 label = [loop.labels[j] for j in np.flatnonzero(np.asarray(target) > 0.5)]
                 pred = [loop.labels[j] for j in chosen]
                 confidence = float(p[chosen].min()) if len(chosen) else float(1 - p.max())
@@ -118,7 +118,7 @@ def write_run(loop, results: dict, predictions: dict[str, np.ndarray]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     save_model(loop, out)
     write_json(out / "metrics.json", results)
-    write_json(out / "history.json", loop.history)
+    write_json(out / "history.json", loop.state.history)
     (out / "predictions").mkdir(exist_ok=True)
     for split, logits in predictions.items():
         write_predictions(loop, split, logits, out / "predictions" / f"{split}.jsonl")
