@@ -147,7 +147,8 @@ class TextModality:
             return None
         share = Share(loop.acc.process_index, loop.acc.num_processes) if loop.acc.num_processes > 1 else None
         features = {split: cache.compute(prefix_batches(loop.encoded[split], self.tokenizer.pad_token_id,
-                                                        self.input_names), loop.acc.device, share=share)
+                                                        self.input_names), loop.acc.device, share=share,
+                                  total=len(loop.encoded[split]))
                     for split in splits}
         n = sum(len(f) for f in features.values())
         log.info(f"frozen-prefix cache: embeddings + {cache.k} layers computed once for {n} examples "
