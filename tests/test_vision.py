@@ -287,6 +287,21 @@ def test_missing_file_in_the_path_column_is_named_with_its_row(folders):
         splits_of(train=str(csv), image_column="path")
 
 
+def test_image_lists_are_read_by_the_text_tables_readers(folders):
+    """One reader layer: an image list is read as a text table is (a `;` delimiter sniffed, a Latin-1 file read,
+    empty cells named by file and row)."""
+    semi = folders / "semi.csv"
+    semi.write_bytes(("image;label\n" + "".join(f"train/{c}/{c}{i}.png;{c}\n" for c in COLOURS for i in range(8))
+                      + "train/red/red0.png;r\xe9d\n").encode("latin-1"))
+    splits, images = splits_of(train=str(semi), validation=str(folders / "val"),
+                               labels={"red": "red", "blue": "blue", "r\xe9d": "red"})
+    assert len(images["train"]) == 17 and splits.labels == ["red", "blue"]
+    empty = folders / "empty_label.csv"
+    empty.write_text("image,label\ntrain/red/red0.png,red\ntrain/blue/blue0.png,\n")
+    with pytest.raises(UserError, match=r"empty_label.csv, row 2: the label \(column `label`\) is empty"):
+        splits_of(train=str(empty), validation=str(folders / "val"))
+
+
 def test_hub_image_dataset(monkeypatch, folders):
     """`hub:<id>` reads an Image column and ClassLabel names (load_dataset itself is datasets' business)."""
     import datasets

@@ -198,7 +198,8 @@ def _float_error(rows: SplitRows, i: int, col: str, value: Any) -> None:
     )
 
 
-def _sort_key(s: str):
+def label_sort_key(s: str):
+    """Label names in the order classes get their ids: whole numbers by value first, then names A-Z."""
     return (0, int(s), "") if INTEGER_TEXT.match(s) else (1, 0, s)
 
 
@@ -216,7 +217,7 @@ def build_label_space(cfg: DataConfig, train: list[list[str]], class_names: list
     elif class_names:
         names, declared = list(class_names), True
     else:
-        names = sorted({k for keys in train for k in keys}, key=_sort_key)
+        names = sorted({k for keys in train for k in keys}, key=label_sort_key)
         declared = False
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

@@ -43,7 +43,7 @@ def _by_class(keys) -> dict[int, np.ndarray]:
     return {int(y): order[a:b] for y, a, b in zip(classes, starts, ends, strict=True)}
 
 
-def _subset_stratified(keys: list[int], n: int, seed: int) -> list[int]:
+def subset_stratified(keys: list[int], n: int, seed: int) -> list[int]:
     """`n` indices with the class proportions of `keys` (largest remainder; every class kept while n allows)."""
     groups = _by_class(keys)
     total = len(keys)
@@ -234,7 +234,7 @@ def few_shot_subset(train: EncodedSplit, cfg: DataConfig, seed: int, names: list
         note(notes, f"train: {cfg.examples_per_class} examples per class, {len(idx):,} in all "
                      f"(drawn with training.seed {seed}).")
     if cfg.max_train_examples is not None and cfg.max_train_examples < len(train):
-        idx = _subset_stratified(strata(train.ids, multi, freq), cfg.max_train_examples, seed + 4)
+        idx = subset_stratified(strata(train.ids, multi, freq), cfg.max_train_examples, seed + 4)
         note(notes, f"train: limited to {len(idx):,} of {len(train):,} examples (data.max_train_examples, "
                      f"stratified, seed {seed + 4}).")
         train = train.take(idx)

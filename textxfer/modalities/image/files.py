@@ -182,40 +182,35 @@ def _read_folder(root: Path, split: str, patterns: list[str], hits: set[str]) ->
 
 
 def _read_table(path: Path, cfg: DataConfig, split: str, patterns: list[str], hits: set[str]) -> ImageListing:
-    """A CSV/TSV/JSONL/JSON/Parquet file with an image-path column and a label column."""
-    import pandas as pd
+    """A CSV/TSV/JSONL/JSON/Parquet file with an image-path column and a label column, read by the same readers
+    as text tables (`textxfer.data.tables`: encodings, delimiters, header, the same errors naming file and row)."""
+    from textxfer.data.rows import pick_column
+    from textxfer.data.tables import decode_file, format_of, read_delimited, read_json, read_parquet
 
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".csv", ".tsv"):
-            sep = cfg.delimiter or ("\t" if suffix == ".tsv" else ",")
-            frame = pd.read_csv(path, sep="\t" if sep in ("tab", "\\t") else sep, dtype=str, keep_default_na=False,
-                                encoding=cfg.encoding)
-        elif suffix in (".jsonl", ".ndjson"):
-            frame = pd.read_json(path, lines=True, dtype=False)
-        elif suffix == ".json":
-            frame = pd.read_json(path, dtype=False)
+    notes: list[str] = []
+    fmt = format_of(path, cfg)
+    if fmt == "parquet":
+        table = read_parquet(path)
+    else:
+        content = decode_file(path, cfg, notes)
+        if not content.strip():
+            raise UserError(f"Image list {path} (recipe key `data.{split}`) is empty. Add one row per image.")
+        if fmt in ("csv", "tsv"):
+            table = read_delimited(path, content, cfg, fmt, notes)
+        elif fmt in ("json", "jsonl"):
+            table = read_json(path, content, fmt == "jsonl")
         else:
-            frame = pd.read_parquet(path)
-    except Exception as e:  # pandas raises many types: name the file and the cause
-        raise UserError(f"Could not read image list {path} (recipe key `data.{split}`): {e}") from None
-    if len(frame) == 0:
+            raise UserError(f"`data.{split}` is {path}, read as `{fmt}`: an image list is a CSV/TSV/JSON Lines/JSON/"
+                            "Parquet table with an image-path column. Set `data.format` to one of those.")
+    for line in notes:
+        log.info(line)
+    if len(table) == 0:
         raise UserError(f"Image list {path} (recipe key `data.{split}`) has no rows. Add one row per image.")
-
-    def pick(key: int | str, what: str) -> list:
-        if isinstance(key, int) and key not in frame.columns:
-            if key >= len(frame.columns):
-                raise UserError(f"{path}: `data.{what}` is column {key}, but the file has {len(frame.columns)}.")
-            return list(frame.iloc[:, key])
-        if key not in frame.columns:
-            raise UserError(f"{path} has no column `{key}` (recipe key `data.{what}`). Columns: "
-                            f"{', '.join(map(str, frame.columns))}. Set `data.{what}` to the right one.")
-        return list(frame[key])
-
-    cells, labels = pick(cfg.image_column, "image_column"), pick(cfg.label_column, "label_column")
+    cells = pick_column(table, cfg.image_column, "image_column")
+    labels = pick_column(table, cfg.label_column, "label_column")
     items, raw, names, where = [], [], [], []
     for i, (cell, label) in enumerate(zip(cells, labels, strict=True)):
-        row = f"{path}, row {i + 1}"
+        row = table.where(i)
         if cell is None or (isinstance(cell, float) and math.isnan(cell)) or str(cell).strip() == "":
             raise UserError(f"{row}: the image path (column `{cfg.image_column}`) is empty. Fill it in or "
                             "delete the row.")

@@ -10,6 +10,7 @@ import numpy as np
 
 from textxfer.config.schema import DataConfig
 from textxfer.core.errors import UserError
+from textxfer.data.labels import label_sort_key
 from textxfer.modalities.image.files import (
     ImageListing,
     ImageSplit,
@@ -25,10 +26,6 @@ SPLITS = ("train", "validation", "test")
 TEXT_ONLY = ("text_pair_column", "label_pattern", "label_level", "dedupe", "label_separator")
 
 
-def _sort_key(s: str):
-    return (0, int(s), "") if s.lstrip("-").isdigit() else (1, 0, s)
-
-
 def _label_names(cfg: DataConfig, train: ImageListing) -> tuple[list[str], dict[str, str]]:
     if isinstance(cfg.labels, dict):
         mapping = {str(k): str(v) for k, v in cfg.labels.items()}
@@ -40,7 +37,7 @@ def _label_names(cfg: DataConfig, train: ImageListing) -> tuple[list[str], dict[
         raise UserError("For images, `data.labels` must be a list of class names or a {raw: name} mapping.")
     if train.class_names:
         return list(train.class_names), {n: n for n in train.class_names}
-    names = sorted(set(train.raw), key=_sort_key)
+    names = sorted(set(train.raw), key=label_sort_key)
     return names, {n: n for n in names}
 
 
@@ -65,25 +62,11 @@ def _encode(read: ImageListing, mapping: dict[str, str], names: list[str], split
     return out
 
 
-def _subset(targets: np.ndarray, n: int, seed: int) -> list[int]:
-    """`n` indices with the class proportions of `targets` (largest remainder), seeded."""
-    rng = np.random.default_rng(seed)
-    classes = [int(y) for y in np.unique(targets)]
-    quota = {y: n * int(np.sum(targets == y)) / len(targets) for y in classes}
-    take = {y: int(q) for y, q in quota.items()}
-    for y in sorted(classes, key=lambda c: quota[c] - take[c], reverse=True)[: n - sum(take.values())]:
-        take[y] += 1
-    idx: list[int] = []
-    for y in classes:
-        idx += rng.permutation(np.flatnonzero(targets == y))[: take[y]].tolist()
-    return sorted(idx)
-
-
 def load_image_splits(cfg: DataConfig, seed: int) -> tuple[Splits, dict[str, ImageSplit]]:
     """Read the splits as the recipe says, check every file, fix the labels, carve missing splits."""
     from datasets import Dataset
 
-    from textxfer.data.sampling import per_class_subset, stratified_split
+    from textxfer.data.sampling import per_class_subset, stratified_split, subset_stratified
     from textxfer.data.splits import Splits
 
     if cfg.multi_label:
@@ -132,7 +115,7 @@ def load_image_splits(cfg: DataConfig, seed: int) -> tuple[Splits, dict[str, Ima
         notes.append(f"train: {cfg.examples_per_class} images per class, {len(idx)} in all "
                      f"(drawn with training.seed {seed}).")
     if cfg.max_train_examples is not None and cfg.max_train_examples < len(train):
-        train = train.take(_subset(train.targets, cfg.max_train_examples, seed + 4))
+        train = train.take(subset_stratified(train.targets.tolist(), cfg.max_train_examples, seed + 4))
         notes.append(f"train: limited to {len(train)} images (data.max_train_examples, stratified).")
     data["train"] = train
     missing = [names[j] for j in range(len(names)) if not np.any(train.targets == j)]
