@@ -15,6 +15,7 @@ variant name, its overrides, seed, base and self-training dev accuracy, their tr
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import random
@@ -70,18 +71,49 @@ def run(folder: Path, out: Path, seed: int, extra: list[str], threads: int | Non
             "self_training": metrics.get("self_training")}
 
 
+def diagnose(run_dir: Path, folder: Path, seed: int) -> None:
+    """How right the pseudo-labels of a run's model are on unlabelled{seed}.csv, against the labels the runs never
+    see (unlabelled_truth{seed}.csv): overall, and of the k kept per class by `pseudo_labels.select`, with and
+    without length balancing (accuracy per class and the kept texts' mean length in words)."""
+    import numpy as np
+
+    from textxfer.modalities.text.predict import Classifier
+    from textxfer.tools.pseudo_labels import select
+
+    with open(folder / f"unlabelled_truth{seed}.csv", encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    texts = [r["text"] for r in rows]
+    model = Classifier(run_dir)
+    truth = np.asarray([model.labels.index(r["label"]) for r in rows])
+    probs = model.probabilities(texts)
+    lengths = np.asarray([len(t.split()) for t in texts])
+    print(f"{run_dir}: {len(texts):,} unlabelled texts, {100 * (probs.argmax(1) == truth).mean():.1f}% labelled right")
+    for k in (100, 250, 500, 1000):
+        for balance in (True, False):
+            chosen = select(probs, model.labels, k, lengths if balance else None)
+            right = chosen.labels == truth[chosen.index]
+            per = ", ".join(f"{name} {100 * right[chosen.labels == c].mean():.1f}% right, "
+                            f"{lengths[chosen.index[chosen.labels == c]].mean():.1f} words"
+                            for c, name in enumerate(model.labels))
+            print(f"  {k} per class, length-balanced {balance}: {100 * right.mean():.1f}% right ({per})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--name", required=True, help="variant name (also its run folders' name)")
+    ap.add_argument("--name", default="variant", help="variant name (also its run folders' name)")
     ap.add_argument("--set", action="append", default=[], help="recipe override of the self-training run")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--threads", type=int, default=None, help="training.threads of both runs (1 on a busy machine)")
     ap.add_argument("--work", default="/tmp/self-training-sst2", help="data files and runs")
     ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "bench_accuracy-self-training-sst2-variants.jsonl"))
+    ap.add_argument("--diagnose", default=None, help="a run folder: print how right its pseudo-labels are instead")
     a = ap.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
     work = Path(a.work)
     make_files(work / "data", seeds)
+    if a.diagnose:
+        diagnose(Path(a.diagnose), work / "data", seeds[0])
+        return
     gains = []
     for seed in seeds:
         base = run(work / "data", work / f"base{seed}", seed, [], a.threads)
