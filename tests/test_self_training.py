@@ -12,6 +12,7 @@ import pytest
 from conftest import tiny_recipe
 
 from textxfer.core.errors import UserError
+from textxfer.tools import class_mix
 from textxfer.tools.pseudo_labels import select
 from textxfer.tools.unlabelled_texts import clean_unlabelled
 
@@ -76,6 +77,56 @@ def test_select_balance_lengths_spreads_each_class_over_length_quartiles():
                        minlength=4).tolist() == [10, 10, 10, 10]
 
 
+def biased_logits(n: int = 600, k: int = 3, lean: float = 1.5, seed: int = 0) -> np.ndarray:
+    """Logits of a model that leans to class 0: equal true classes, class 0's logit raised by `lean`."""
+    rng = np.random.default_rng(seed)
+    truth = np.arange(n) % k
+    z = rng.normal(0, 1, (n, k))
+    z[np.arange(n), truth] += 2.0
+    z[:, 0] += lean
+    return z
+
+
+def test_align_moves_a_biased_class_mix_to_the_target():
+    probs = class_mix._softmax(biased_logits())
+    target = np.full(3, 1 / 3)
+    aligned = class_mix.align(probs, target)
+    assert np.allclose(aligned.sum(1), 1)
+    assert probs.mean(0)[0] > 0.5  # the lean
+    assert np.abs(aligned.mean(0) - target).max() < 0.5 * np.abs(probs.mean(0) - target).max()  # one step
+    # the argmax mix moves too: class 0 stops taking most texts
+    assert class_mix.predicted_mix(aligned)[0] < class_mix.predicted_mix(probs)[0] - 0.1
+
+
+@pytest.mark.parametrize("target", [[1 / 3, 1 / 3, 1 / 3], [0.6, 0.3, 0.1]])
+def test_mix_offsets_make_the_predicted_mix_the_target(target):
+    z = biased_logits()
+    target = np.asarray(target)
+    hard = class_mix.mix_offsets(z, target)
+    assert abs(hard.mean()) < 1e-9
+    assert np.abs(class_mix.predicted_mix(z + hard) - target).max() <= 0.01
+    soft = class_mix.mix_offsets(z, target, hard=False)
+    assert np.abs(class_mix._softmax(z + soft).mean(0) - target).max() < 1e-4
+    assert np.abs(class_mix.predicted_mix(z) - target).max() > 0.1  # there was something to correct
+
+
+def test_align_keeps_a_two_class_selection_and_fills_the_quota_of_a_rare_prediction():
+    z = biased_logits(n=400, k=2, lean=1.0)
+    probs = class_mix._softmax(z)
+    aligned = class_mix.align(probs, np.array([0.5, 0.5]))
+    plain, with_align = select(probs, ["a", "b"], 40), select(aligned, ["a", "b"], 40)
+    assert plain.index.tolist() == with_align.index.tolist()  # two classes: the most confident stay so
+    # three classes, a teacher that predicts class 2 for few texts: aligned, every class fills its quota
+    z = biased_logits(n=300, k=3, lean=0.0)
+    z[:, 2] -= 3.0
+    probs = class_mix._softmax(z)
+    per_class = 60
+    plain = select(probs, ["a", "b", "c"], per_class)
+    assert plain.kept["c"] < per_class
+    aligned = select(class_mix.align(probs, np.full(3, 1 / 3)), ["a", "b", "c"], per_class)
+    assert aligned.kept == {"a": per_class, "b": per_class, "c": per_class}
+
+
 # ------------------------------------------------------------------------------------------ runs
 
 def test_rounds_are_recorded_and_duplicates_of_labelled_texts_removed(tiny_models, tiny_data, tmp_path):
@@ -114,6 +165,55 @@ def test_rounds_are_recorded_and_duplicates_of_labelled_texts_removed(tiny_model
     assert not list(tmp_path.glob(".self-training-*"))  # the earlier rounds' folders are gone
     assert "unlabelled: " + str(unlabelled) in (out / "recipe.yaml").read_text()  # the user's recipe, not the rounds'
     assert "Self-training" in (out / "report.html").read_text()
+
+
+def test_final_class_mix_shift_rewrites_model_metrics_and_predictions_that_agree(tiny_models, tiny_data, tmp_path):
+    from textxfer.modalities.text.predict import Classifier
+    from textxfer.tools.train import train
+
+    unlabelled = write_unlabelled(tmp_path / "u.csv", UNLABELLED)
+    out = tmp_path / "run"
+    result = train(self_training_recipe(tiny_models, tiny_data, out, unlabelled, data__test=str(tiny_data["validation"]),
+                                        self_training__final_class_mix="labelled"))
+    rounds = json.loads((out / "history.json").read_text())["self_training"]["rounds"]
+    shift = rounds[-1]["class_mix_shift"]
+    assert shift["target"] == "labelled" and shift["rescored"] == ["test", "validation"]
+    assert set(rounds[-1]["teacher_mix"]) == {"neg", "pos", "sport"}
+    target = np.asarray(list(shift["target_mix"].values()))
+    after = np.asarray(list(shift["unlabelled_mix_after"].values()))
+    assert np.abs(after - target).max() <= 1.5 / len(UNLABELLED) + 1e-9  # as near as whole texts allow
+    # the saved model, the prediction files and metrics.json agree
+    clf = Classifier(out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert result.metrics["test"] == metrics["test"]
+    assert metrics["self_training"]["rounds"][-1]["class_mix_shift"]["offsets"] == shift["offsets"]
+    for split in ("test", "validation"):
+        rows = [json.loads(line) for line in (out / "predictions" / f"{split}.jsonl").read_text().splitlines()]
+        probs = clf.probabilities([r["text"] for r in rows])
+        assert np.allclose(probs, [r["probs"] for r in rows], atol=1e-5)
+        assert [r["pred"] for r in rows] == [clf.labels[i] for i in probs.argmax(1)]
+        right = np.mean([r["pred"] == r["label"] for r in rows])
+        assert metrics[split]["accuracy"] == pytest.approx(right)
+        assert sum(v["support"] for v in metrics["per_class"][split].values()) == len(rows)
+    assert rounds[-1]["validation"] == metrics["validation"]
+    # the offsets are in the saved bias: the same run without the shift differs from it by exactly them
+    plain = tmp_path / "plain"
+    train(self_training_recipe(tiny_models, tiny_data, plain, unlabelled, data__test=str(tiny_data["validation"])))
+    texts = UNLABELLED[:8]
+    assert np.allclose(clf.logits(texts) - Classifier(plain).logits(texts), shift["offsets"], atol=1e-4)
+
+
+def test_final_class_mix_round0_targets_the_first_teachers_mix(tiny_models, tiny_data, tmp_path):
+    from textxfer.tools.train import train
+
+    unlabelled = write_unlabelled(tmp_path / "u.csv", UNLABELLED)
+    out = tmp_path / "run"
+    train(self_training_recipe(tiny_models, tiny_data, out, unlabelled, rounds=2, self_training__retrain="head",
+                               self_training__final_class_mix="round0", self_training__align_pseudo_labels=True))
+    rounds = json.loads((out / "history.json").read_text())["self_training"]["rounds"]
+    shift = rounds[-1]["class_mix_shift"]
+    assert shift["target"] == "round0" and shift["target_mix"] == rounds[1]["teacher_mix"]
+    assert "class_mix_shift" not in rounds[1]
 
 
 def test_retrain_all_the_default_trains_the_recipe_again_for_its_epochs(tiny_models, tiny_data, tmp_path):

@@ -7,6 +7,11 @@ reused (it does not depend on them).
 
     .venv/bin/python scripts/experiments/self_training_sst2.py --name rounds2 --set self_training.rounds=2
 
+`--shift NAME` tries the final class-mix shift (`self_training.final_class_mix`) after the fact on the saved
+self-training runs of variant NAME: each run is copied and `class_mix.shift_saved_run` (the code the option
+runs) shifts and rescores the copy, for the `labelled` and `round0` targets (the latter from the run's record),
+so one training per seed gives the variant with and without the shift.
+
 One JSON line per seed is appended to `--out` (default docs/results/bench_accuracy-self-training-sst2-variants.jsonl):
 variant name, its overrides, seed, base and self-training dev accuracy, their training times (run.json
 `train_seconds`, every round of the self-training run counted), and per round the pseudo-labels kept.
@@ -98,6 +103,39 @@ def diagnose(run_dir: Path, folder: Path, seed: int) -> None:
             print(f"  {k} per class, length-balanced {balance}: {100 * right.mean():.1f}% right ({per})")
 
 
+def shift_after(folder: Path, work: Path, name: str, seed: int, target: str, hard: bool, threads: int | None) -> dict:
+    """A copy of run `{name}-{seed}` shifted by `class_mix.shift_saved_run` to the `target` mix (`labelled`: the
+    labelled examples' class mix; `round0`: round 0's predicted mix on the unlabelled texts, from the run's
+    record) on the run's unlabelled texts, cleaned as the run cleaned them; its dev accuracy and shift record."""
+    import shutil
+
+    import numpy as np
+    import torch
+
+    from textxfer.tools.class_mix import class_shares, shift_saved_run
+    from textxfer.tools.unlabelled_texts import clean_unlabelled
+
+    src = work / f"{name}-{seed}"
+    dst = work / f"{name}-{seed}-shift-{target}{'' if hard else '-soft'}"
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst)
+    history = json.loads((src / "history.json").read_text(encoding="utf-8"))["self_training"]
+    labels = json.loads((src / "run.json").read_text(encoding="utf-8"))["labels"]
+    with open(folder / f"train{seed}.csv", encoding="utf-8", newline="") as f:
+        train = [labels.index(r["label"]) for r in csv.DictReader(f)]
+    with open(folder / f"unlabelled{seed}.csv", encoding="utf-8", newline="") as f:
+        texts = [r["text"] for r in csv.DictReader(f)]
+    pool = clean_unlabelled(texts, None, "unlabelled", {})
+    assert len(pool.texts) == history["unlabelled_counts"]["kept"], "not the run's unlabelled texts"
+    mix = class_shares(np.asarray(train), len(labels)) if target == "labelled" else \
+        np.asarray([history["rounds"][1]["teacher_mix"][lab] for lab in labels])
+    if threads:
+        torch.set_num_threads(threads)
+    record = shift_saved_run(dst, mix, pool.texts, None, hard=hard)
+    metrics = json.loads((dst / "metrics.json").read_text(encoding="utf-8"))
+    return {"accuracy": metrics["test"]["accuracy"], "shift": record}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--name", default="variant", help="variant name (also its run folders' name)")
@@ -106,6 +144,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="training.threads of both runs (1 on a busy machine)")
     ap.add_argument("--work", default="/tmp/self-training-sst2", help="data files and runs")
     ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "bench_accuracy-self-training-sst2-variants.jsonl"))
+    ap.add_argument("--shift", default=None, metavar="NAME",
+                    help="shift the saved runs of variant NAME after the fact (see above) instead of training")
     ap.add_argument("--diagnose", default=None, help="a run folder: print how right its pseudo-labels are instead")
     a = ap.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
@@ -113,6 +153,23 @@ def main() -> None:
     make_files(work / "data", seeds)
     if a.diagnose:
         diagnose(Path(a.diagnose), work / "data", seeds[0])
+        return
+    if a.shift:
+        for target, hard in (("labelled", True), ("round0", True), ("labelled", False)):
+            gains = []
+            for seed in seeds:
+                base = run(work / "data", work / f"base{seed}", seed, [], a.threads)
+                shifted = shift_after(work / "data", work, a.shift, seed, target, hard, a.threads)
+                gain = shifted["accuracy"] - base["accuracy"]
+                gains.append(gain)
+                variant = f"{a.shift}+shift-{target}{'' if hard else '-soft'}"
+                line = {"variant": variant, "post_hoc_on": a.shift, "seed": seed, "base_accuracy": base["accuracy"],
+                        "self_accuracy": shifted["accuracy"], "gain": gain, "class_mix_shift": shifted["shift"]}
+                with open(a.out, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(line) + "\n")
+                print(f"{variant} seed {seed}: base {base['accuracy']:.4f} shifted {shifted['accuracy']:.4f} gain "
+                      f"{100 * gain:+.2f} points (offsets {shifted['shift']['offsets']})", flush=True)
+            print(f"{variant}: mean gain {100 * sum(gains) / len(gains):+.2f} points over seeds {a.seeds}")
         return
     gains = []
     for seed in seeds:

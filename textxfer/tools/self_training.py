@@ -8,6 +8,9 @@ Rounds of the recipe's own training (`textxfer.tools.train.train`, with the spli
             saved model (its body as the labelled examples tuned it); with `all` the recipe again from the
             pretrained checkpoint, its contrastive stage (if the recipe has one) pairing them too, in
             `self_training.contrastive_epochs` passes. With `same_steps`, for about round 0's optimizer steps.
+            With `align_pseudo_labels` the teacher's probabilities are first aligned to the labelled class mix.
+  after     with `final_class_mix`, the last round's classifier bias is shifted so that the class mix it predicts
+            on the unlabelled texts is the target one, and the run is scored again as saved (`class_mix`).
 `textxfer.tools.train.train` dispatches here and is passed in as the function that trains one round. The last
 round is the run: it alone reads the test split, and it is written to the output directory like any run,
 with the self-training record added (history.json `self_training`, metrics.json `self_training`, a report
@@ -26,12 +29,14 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from textxfer.config.schema import Recipe, to_dict
 from textxfer.core.errors import UserError
+from textxfer.tools import class_mix as mix
 from textxfer.tools.pseudo_labels import Selection, class_mix, select
 from textxfer.tools.unlabelled_texts import (
     UnlabelledTexts,
@@ -65,6 +70,8 @@ def self_train(recipe: Recipe, train: Callable, overwrite: bool = False, command
     st = recipe.self_training
     frames = {name: _frame(split, labels) for name, split in splits.items()}
     rounds: list[dict] = []
+    labelled_mix = mix.class_shares(frames["train"]["label"].to_numpy(), len(labels))
+    round0_mix = None
     work = Path(tempfile.mkdtemp(prefix=".self-training-", dir=out.parent if out.parent.is_dir() else None))
     try:
         previous = train(_round_recipe(recipe, work / "round-0", labels, None), overwrite=True, command=command,
@@ -76,6 +83,10 @@ def self_train(recipe: Recipe, train: Callable, overwrite: bool = False, command
             last = r == st.rounds
             scored = time.time()
             probs = _probabilities(previous.output_dir, pool, recipe.training.threads)
+            teacher_mix = mix.predicted_mix(probs)
+            round0_mix = teacher_mix if round0_mix is None else round0_mix
+            if st.align_pseudo_labels:
+                probs = mix.align(probs, labelled_mix)
             chosen = select(probs, labels, st.per_class, _lengths(pool) if st.balance_lengths else None,
                             st.min_confidence)
             if not len(chosen.index):
@@ -91,9 +102,15 @@ def self_train(recipe: Recipe, train: Callable, overwrite: bool = False, command
             previous = train(_round_recipe(recipe, target, labels, st.contrastive_epochs, epochs, body), overwrite=True,
                              command=command, train=data, **_eval_frames(frames, test=last))
             rounds.append(_round_record(r, previous, chosen, len(data), len(pool.texts), labelled_in)
-                          | {"trained": st.retrain, "epochs": epochs})
+                          | {"trained": st.retrain, "epochs": epochs, "teacher_mix": _named(teacher_mix, labels)})
             if not last:
                 _keep_log(previous.output_dir, out, r)
+        if st.final_class_mix != "none":
+            target = labelled_mix if st.final_class_mix == "labelled" else round0_mix
+            rounds[-1]["class_mix_shift"] = _shift(recipe, out, pool, target, labels, data)
+            metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+            if "validation" in metrics:
+                rounds[-1]["validation"] = metrics["validation"]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     record = {"unlabelled": pool.source, "unlabelled_counts": pool.counts, "notes": pool.notes,
@@ -211,18 +228,52 @@ def _round_recipe(recipe: Recipe, out: Path, labels: list[str], contrastive_epoc
 def _probabilities(run_dir: Path, pool: UnlabelledTexts, threads: int | None) -> np.ndarray:
     """The class probabilities the run's saved model gives every unlabelled text, on the recipe's CPU threads
     (`training.threads`) as its training ran."""
+    from textxfer.modalities.text.predict import Classifier
+
+    with _threads(threads):
+        return Classifier(run_dir).probabilities(pool.texts, pool.pairs)
+
+
+@contextmanager
+def _threads(threads: int | None):
+    """torch's CPU threads set to the recipe's `training.threads` for a labelling pass, restored after."""
     import torch
 
     from textxfer.core.hardware import default_threads
-    from textxfer.modalities.text.predict import Classifier
 
     before = torch.get_num_threads()
     if not torch.cuda.is_available():
         torch.set_num_threads(threads or default_threads())
     try:
-        return Classifier(run_dir).probabilities(pool.texts, pool.pairs)
+        yield
     finally:
         torch.set_num_threads(before)
+
+
+def _shift(recipe: Recipe, out: Path, pool: UnlabelledTexts, target: np.ndarray, labels: list[str], data) -> dict:
+    """The final class-mix shift of the saved run `out` (`class_mix.shift_saved_run`: the model, its metrics and
+    predictions rewritten); its record (target, offsets, the mix predicted on the unlabelled texts before and
+    after)."""
+    weights = _class_weights(recipe, labels, data["label"].to_numpy())
+    record = {"target": recipe.self_training.final_class_mix, "target_mix": _named(target, labels)}
+    with _threads(recipe.training.threads):
+        record |= mix.shift_saved_run(out, target, pool.texts, pool.pairs, weights)
+    log.warning(f"self-training: classifier bias shifted by {', '.join(f'{x:+.3f}' for x in record['offsets'])} "
+                f"so the class mix it predicts on the unlabelled texts is the {record['target']} one "
+                f"({record['unlabelled_mix_before']} -> {record['unlabelled_mix_after']})")
+    return record
+
+
+def _class_weights(recipe: Recipe, labels: list[str], targets: np.ndarray) -> np.ndarray | None:
+    """The class weights of the last round's loss (`training.class_weights` over its training labels), or None."""
+    from textxfer.engine.batches import class_weight_tensor
+
+    weights = class_weight_tensor(recipe.training.class_weights, labels, targets)
+    return weights.numpy() if weights is not None else None
+
+
+def _named(shares: np.ndarray, labels: list[str]) -> dict[str, float]:
+    return {lab: round(float(s), 4) for lab, s in zip(labels, shares, strict=True)}
 
 
 def _round_record(r: int, result, chosen: Selection | None, examples: int, scored: int = 0,
@@ -278,5 +329,5 @@ def _summary(record: dict) -> dict:
     return {"unlabelled_kept": record["unlabelled_counts"].get("kept"),
             "unlabelled_removed": {k: v for k, v in record["unlabelled_counts"].items()
                                    if k.startswith("in_") or k in ("empty", "repeated")},
-            "rounds": [{k: r[k] for k in ("round", "kept", "per_class", "min_confidence") if k in r}
-                       for r in record["rounds"][1:]]}
+            "rounds": [{k: r[k] for k in ("round", "kept", "per_class", "min_confidence", "class_mix_shift")
+                        if k in r} for r in record["rounds"][1:]]}
