@@ -235,3 +235,81 @@ def test_tune_passes_move_the_embeddings_and_are_reported(tmp_path, tiny_models)
     plain_recipe = load_recipe(str(recipe_file(tmp_path, tiny_models["bert"], train)))
     found = find_issues(plain_recipe, folds=4, tune_passes=1)
     assert found.tune_passes == 0 and "pretrained, not tuned" in report_section(found)
+
+
+def test_cross_fit_never_embeds_a_row_with_a_body_tuned_on_it():
+    """A fake tuner marks each row it embeds with 1 when that row was among the rows it tuned on: every cross-fitted
+    embedding is 0 there. The two halves are disjoint, cover every row, keep the class mix, are tuned on once
+    each (together: every row once, the cost of one tuning over all rows), and `groups` names the body."""
+    from textxfer.tools.cross_fit import cross_fitted_embeddings
+
+    y = np.array([0] * 31 + [1] * 50 + [2] * 19)
+    calls: list[np.ndarray] = []
+
+    def tune(fit, embed):
+        calls.append(np.asarray(fit))
+        seen = set(np.asarray(fit).tolist())
+        return [np.array([[float(i in seen), len(calls) - 1, i] for i in positions]) for positions in embed]
+
+    fitted = cross_fitted_embeddings(y, tune, seed=0)
+    assert len(calls) == 2 and np.all(fitted.features[:, 0] == 0)
+    assert np.array_equal(fitted.features[:, 2], np.arange(len(y))), "each row's own embedding, in row order"
+    assert np.array_equal(fitted.features[:, 1], fitted.groups)
+    a, b = fitted.parts
+    assert not set(a.tolist()) & set(b.tolist()) and sorted([*a, *b]) == list(range(len(y)))
+    assert sorted([*calls[0], *calls[1]]) == list(range(len(y)))
+    assert np.all(np.abs(np.bincount(y[a], minlength=3) - np.bincount(y[b], minlength=3)) <= 1)
+    for h in (0, 1):
+        assert np.all(fitted.groups[fitted.parts[1 - h]] == h)
+    again = cross_fitted_embeddings(y, lambda fit, embed: [np.zeros((len(p), 1)) for p in embed], seed=0)
+    assert all(np.array_equal(p, q) for p, q in zip(again.parts, fitted.parts, strict=True)), "seeded: the same halves"
+
+
+def test_heads_never_mix_the_groups_of_cross_fitted_rows():
+    """Two groups whose embedding spaces disagree (the feature that means class 1 in one means class 0 in the
+    other): heads kept within each group score nearly every row right; one head over both could not."""
+    rng = np.random.default_rng(0)
+    y = np.tile([0, 1], 100)
+    groups = np.repeat([0, 1], 100)
+    sign = np.where(groups == 0, 1.0, -1.0)
+    x = (sign * (2 * y - 1))[:, None] * 3 + rng.normal(0, 0.5, size=(200, 1))
+    within = out_of_fold_probabilities(x, y, 2, folds=5, seed=0, l2=1.0, groups=groups)
+    mixed = out_of_fold_probabilities(x, y, 2, folds=5, seed=0, l2=1.0)
+    assert (within.argmax(1) == y).mean() > 0.95 and (mixed.argmax(1) == y).mean() < 0.7
+
+
+def test_cross_fit_needs_two_folds_of_rows_per_class_in_each_half():
+    from textxfer.tools.cross_fit import can_cross_fit
+
+    assert can_cross_fit(np.array([0] * 10 + [1] * 12), folds=5)
+    assert not can_cross_fit(np.array([0] * 9 + [1] * 12), folds=5)
+    assert can_cross_fit(np.array([0] * 8 + [2] * 8), folds=4), "an empty class id is no class"
+
+
+def test_command_cross_fits_and_writes_its_files(tmp_path, tiny_models):
+    """`data issues --tune-passes 1` on a recipe with a contrastive stage: --cross-fit (the report says so) and
+    --no-cross-fit (one body tuned on every row) both write label_issues.csv with the file's rows; the default is
+    the library's."""
+    from textxfer.tools.label_issues import DEFAULT_CROSS_FIT
+
+    words = {"pos": ["good", "great", "happy", "fine"], "neg": ["bad", "awful", "poor", "sad"]}
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(48):
+        label = "pos" if i % 2 else "neg"
+        rows.append((" ".join(["the", "film", rng.choice(words[label])]), label))
+    rows[5] = (rows[5][0], "neg")  # pos words labelled neg
+    recipe = contrastive_recipe(tmp_path, tiny_models["bert"], write_rows(tmp_path / "train.csv", rows))
+    for flag, crossed in (([], DEFAULT_CROSS_FIT), (["--cross-fit"], True), (["--no-cross-fit"], False)):
+        out = tmp_path / f"issues{flag}"
+        result = CliRunner().invoke(cli, ["data", "issues", str(recipe), "--output-dir", str(out), "--folds", "4",
+                                          "--tune-passes", "1", *flag])
+        assert result.exit_code == 0, result.output
+        with open(out / "label_issues.csv", encoding="utf-8") as f:
+            table = list(csv.DictReader(f))
+        for line in table:
+            assert line["text"] == rows[int(line["row"])][0] and line["given_label"] == rows[int(line["row"])][1]
+        section = (out / "label_issues.md").read_text()
+        assert "tuned by 1 pass(es)" in section
+        assert ("one body per half of the rows" in section) == crossed
+        assert ("folds of the same half" in section) == crossed

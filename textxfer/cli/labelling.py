@@ -29,11 +29,14 @@ def _progress_on_stderr() -> None:
 @click.option("--tune-passes", type=int, default=1, show_default=True,
               help="Passes of the recipe's contrastive stage over the rows before they are embedded (0: the "
                    "pretrained body, fastest; recipes without the stage always use it).")
-def issues_command(recipe, overrides, output_dir, folds, tune_passes):
+@click.option("--cross-fit/--no-cross-fit", default=False, show_default=True,
+              help="Tune one body on each half of the rows and embed the other half with it, so no row is embedded "
+                   "by a body that saw its label (same cost); --no-cross-fit tunes one body on every row.")
+def issues_command(recipe, overrides, output_dir, folds, tune_passes, cross_fit):
     """Rank the rows of RECIPE's training file whose label is probably wrong.
 
-    The recipe's backbone, tuned by --tune-passes passes of its contrastive stage over the rows, embeds every row
-    once; its head is trained on all folds but one and scores the one left out, so every row gets probabilities
+    The recipe's backbone, tuned by --tune-passes passes of its contrastive stage (with --cross-fit: one body per
+    half of the rows, each embedding the other half), embeds every row once; its head is trained on all folds but one and scores the one left out, so every row gets probabilities
     from a head that never saw its label; cleanlab flags the rows whose given label those probabilities make
     unlikely. Writes label_issues.csv (row, text, given_label,
     suggested_label, confidence, given_label_probability; `row` is the 0-based data row of the file, header not
@@ -49,7 +52,7 @@ def issues_command(recipe, overrides, output_dir, folds, tune_passes):
 
     _progress_on_stderr()
     r = load_recipe(recipe, list(overrides))
-    found = find_issues(r, folds=folds, tune_passes=tune_passes)
+    found = find_issues(r, folds=folds, tune_passes=tune_passes, cross_fit=cross_fit)
     csv_path, md_path = write_outputs(found, output_dir or r.output_dir)
     n = len(found.issues)
     click.echo(f"{n:,} of {found.rows:,} rows ({100 * n / max(found.rows, 1):.1f}%) are suspected label errors "

@@ -27,6 +27,8 @@ log = logging.getLogger("textxfer")
 DEFAULT_FOLDS = 5
 DEFAULT_TUNE_PASSES = 1
 """Passes of the recipe's contrastive stage over the labelled rows before they are embedded (docs/labelling.md)."""
+DEFAULT_CROSS_FIT = False
+"""Tune one body on each half of the rows and embed the other half with it (`cross_fit`; docs/labelling.md)."""
 FILTER_BY = "both"
 """cleanlab's rule for which rows to flag: `both` flags a row when it is among the least likely under its given
 label both for its given class and for the class suggested, as many as confident learning estimates are wrong
@@ -69,6 +71,8 @@ class IssuesFound:
     oof_accuracy: float
     tune_passes: int = 0
     """Passes of the contrastive stage that tuned the body before embedding (0: the pretrained body)."""
+    cross_fit: bool = False
+    """Whether each half of the rows was embedded by a body tuned on the other half (heads kept within halves)."""
     notes: list[str] = field(default_factory=list)
     probabilities: np.ndarray | None = None
     """[rows, classes] out-of-fold probabilities the ranking read (not written out: benchmarks compare rules on them)."""
@@ -99,14 +103,19 @@ def rank_issues(targets: np.ndarray, probs: np.ndarray, n_jobs: int = 1, filter_
 
 
 def find_issues(recipe, overrides: list[str] | None = None, folds: int = DEFAULT_FOLDS,
-                tune_passes: int = DEFAULT_TUNE_PASSES, embeddings: np.ndarray | None = None) -> IssuesFound:
+                tune_passes: int = DEFAULT_TUNE_PASSES, embeddings: np.ndarray | None = None,
+                cross_fit: bool = DEFAULT_CROSS_FIT, groups: np.ndarray | None = None) -> IssuesFound:
     """Suspected label errors of the recipe's `data.train` (every usable row as read: no de-duplication, no
-    few-shot draw). `tune_passes`: passes of the recipe's contrastive stage over the rows before they are embedded
-    (`out_of_fold.tuned_embeddings`; 0 = the pretrained body). `embeddings`: the rows' features if already
-    computed (benchmarks), else the recipe's backbone computes them."""
+    few-shot draw). `tune_passes`: passes of the recipe's contrastive stage before the rows are embedded (0 = the
+    pretrained body). `cross_fit`: the passes tune one body per half of the rows, each embedding the other half
+    (`cross_fit.cross_fitted_embeddings`), when every class has 2 x `folds` rows; else one body is tuned on every
+    row (`out_of_fold.tuned_embeddings`). `embeddings`: the rows' features if already computed (benchmarks), with
+    `groups` (one id per row) when rows of different groups come from different bodies; else the recipe's
+    backbone computes them."""
     from textxfer.config.reading import load_recipe
     from textxfer.config.schema import Recipe
     from textxfer.modalities.detect import task_of
+    from textxfer.tools.cross_fit import can_cross_fit, cross_fitted_embeddings, recipe_tuner
     from textxfer.tools.out_of_fold import (
         best_out_of_fold,
         check_folds,
@@ -121,16 +130,26 @@ def find_issues(recipe, overrides: list[str] | None = None, folds: int = DEFAULT
     for note in rows.notes:
         log.info(note)
     check_folds(rows.targets, rows.labels, folds, rows.source)
+    crossed = False
     if embeddings is None:
         log.info(f"data issues: embedding {len(rows.texts):,} rows of {rows.source} with {r.model.name} "
                  f"({r.model.pooling} pooling)")
-        embeddings = tuned_embeddings(r, rows, tune_passes)
-        tuned = tune_passes if r.training.contrastive is not None else 0
+        tuned = tune_passes if r.training.contrastive is not None and tune_passes > 0 else 0
+        if tuned and cross_fit and can_cross_fit(rows.targets, folds):
+            log.info("data issues: cross-fitted tuning: a body tuned on each half of the rows embeds the other half")
+            fitted = cross_fitted_embeddings(rows.targets, recipe_tuner(r, rows, tune_passes), r.training.seed)
+            embeddings, groups, crossed = fitted.features, fitted.groups, True
+        else:
+            if tuned and cross_fit:
+                log.info(f"data issues: a class has fewer than {2 * folds} rows, too few to cross-fit "
+                         f"{folds} folds in each half: one body is tuned on every row")
+            embeddings = tuned_embeddings(r, rows, tune_passes)
     else:
         tuned = 0
         if len(embeddings) != len(rows.texts):
             raise ValueError(f"{len(embeddings)} embeddings given for {len(rows.texts)} rows")
-    probs, head_l2, _ = best_out_of_fold(embeddings, rows.targets, len(rows.labels), folds, r.training.seed)
+    probs, head_l2, _ = best_out_of_fold(embeddings, rows.targets, len(rows.labels), folds, r.training.seed,
+                                         groups=groups)
     order = rank_issues(rows.targets, probs)
     issues = []
     for i in order.tolist():
@@ -144,7 +163,8 @@ def find_issues(recipe, overrides: list[str] | None = None, folds: int = DEFAULT
     counts = Counter(rows.labels[int(t)] for t in rows.targets)
     return IssuesFound(issues, rows.source, len(rows.texts), rows.labels, {n: counts.get(n, 0) for n in rows.labels},
                        folds, r.model.name, r.model.pooling, head_l2,
-                       float((probs.argmax(1) == rows.targets).mean()), tuned, rows.notes, probs, rows.targets)
+                       float((probs.argmax(1) == rows.targets).mean()), tuned, crossed, rows.notes, probs,
+                       rows.targets)
 
 
 # ------------------------------------------------------------------------------------------ files
@@ -184,6 +204,10 @@ def report_section(found: IssuesFound) -> str:
     moves = Counter((x.given, x.suggested) for x in found.issues)
     tuned = (f"tuned by {found.tune_passes} pass(es) of the recipe's contrastive stage over the given labels"
              if found.tune_passes else "pretrained, not tuned")
+    if found.cross_fit:
+        tuned += (": one body per half of the rows, each embedding the other half, so no row is embedded by a "
+                  "body that saw its label")
+    where = "of the same half " if found.cross_fit else ""
     lines = [
         "## Suspected label errors",
         "",
@@ -192,7 +216,7 @@ def report_section(found: IssuesFound) -> str:
         f"(`{found.model}`, {found.pooling} pooling, {tuned}) embeds every row once, and its head (logistic "
         f"regression, L2 {found.head_l2:g}: of the penalties tried, the one whose out-of-fold probabilities fit "
         f"the given labels best) is trained on {found.folds - 1} of {found.folds} stratified folds "
-        f"and scores the fold left out. Out-of-fold accuracy against the given labels: {found.oof_accuracy:.3f}. "
+        f"{where}and scores the fold left out. Out-of-fold accuracy against the given labels: {found.oof_accuracy:.3f}. "
         f"cleanlab's confident learning (rule `{FILTER_BY}`) then estimates how many rows of each class carry each "
         "other label and flags the rows whose given label is least likely, that many.",
         "",

@@ -4,8 +4,9 @@ regression, in scikit-learn's units as the recipe's `training.head_l2`) fitted o
 k-th, for each of k stratified, seeded folds.
 
 A row's probabilities then come from a head that never saw that row's label, which is what ranking suspected
-label errors needs (`label_issues`). The contrastive stage of a recipe is not run: it would have to be run once per
-fold (it tunes the body on the labels it is given) and costs far more than everything here.
+label errors needs (`label_issues`). The recipe's contrastive stage, which tunes the body on the labels it is
+given, is not run once per fold (it costs far more than everything else here): `tuned_embeddings` runs it once
+over every row, `cross_fit` once on each half of the rows for the other half.
 """
 
 from __future__ import annotations
@@ -119,8 +120,20 @@ def tuned_embeddings(recipe: Recipe, rows: TrainingRows, passes: int, device: st
 
     The body sees every label once per pass, wrong ones included, before the out-of-fold heads score them: a
     network first fits the pattern the majority of labels share and only later the exceptions, so few passes move
-    the embeddings towards each class before they pull a mislabelled row into its wrong class. 0 against 1 pass is
-    measured in docs/labelling.md; more passes are not."""
+    the embeddings towards each class before they pull a mislabelled row into its wrong class. `cross_fit` avoids
+    even that: no row is embedded by a body that saw its label (docs/labelling.md compares them)."""
+    if passes <= 0 or recipe.training.contrastive is None:
+        return recipe_embeddings(recipe, rows.texts, rows.pairs, rows.labels, device)
+    every = np.arange(len(rows.texts))
+    return tune_and_embed(recipe, rows, every, [every], passes, device)[0]
+
+
+def tune_and_embed(recipe: Recipe, rows: TrainingRows, fit: np.ndarray, embed: list[np.ndarray], passes: int,
+                   device: str | None = None) -> list[np.ndarray]:
+    """Tune the recipe's body by `passes` passes of its contrastive stage over the rows at positions `fit` (at most
+    `TUNE_MAX_ROWS` of them, a stratified seeded draw) with their given labels, then embed the rows at each array
+    of positions in `embed` with it: one [len(positions), hidden] array each. The recipe must have a contrastive
+    stage and `passes` must be at least 1."""
     import tempfile
 
     import pandas as pd
@@ -129,27 +142,30 @@ def tuned_embeddings(recipe: Recipe, rows: TrainingRows, passes: int, device: st
     from textxfer.modalities.text.predict import load
     from textxfer.tools.train import train
 
-    if passes <= 0 or recipe.training.contrastive is None:
-        return recipe_embeddings(recipe, rows.texts, rows.pairs, rows.labels, device)
-    frame = {"text": rows.texts, "label": [rows.labels[int(t)] for t in rows.targets]}
+    fit = np.asarray(fit, dtype=np.int64)
+    frame = {"text": [rows.texts[i] for i in fit], "label": [rows.labels[int(rows.targets[i])] for i in fit]}
     overrides = ["data.text_column=text", "data.label_column=label", "data.labels=null", "data.validation=null",
                  "data.test=null", "data.validation_split=0", "data.test_split=0", "data.examples_per_class=null",
                  f"data.max_train_examples={TUNE_MAX_ROWS}", "data.skip_bad_rows=false",
                  f"training.contrastive.epochs={passes}", "training.contrastive.min_examples=0",
                  "training.epochs=1", "training.checkpoint_every=null"]
     if rows.pairs is not None:
-        frame["text_pair"] = rows.pairs
+        frame["text_pair"] = [rows.pairs[i] for i in fit]
         overrides.append("data.text_pair_column=text_pair")
     if getattr(recipe.data, "unlabelled", None) is not None:
         overrides.append("data.unlabelled=null")
-    log.info(f"data issues: {passes} pass(es) of the contrastive stage over {min(len(rows.texts), TUNE_MAX_ROWS):,} "
+    log.info(f"data issues: {passes} pass(es) of the contrastive stage over {min(len(fit), TUNE_MAX_ROWS):,} "
              "rows tune the body before the out-of-fold heads")
     with tempfile.TemporaryDirectory(prefix="textxfer-issues-") as tmp:
         result = train(recipe, overrides, output_dir=Path(tmp) / "tuned", train=pd.DataFrame(frame))
         clf = load(result.output_dir, device=device)
-        features, _ = embed_texts(clf.model, clf.tokenizer, rows.texts, rows.pairs, clf.max_length,
-                                  device=clf.device)
-    return features
+        out = []
+        for positions in embed:
+            texts = [rows.texts[i] for i in positions]
+            pairs = None if rows.pairs is None else [rows.pairs[i] for i in positions]
+            features, _ = embed_texts(clf.model, clf.tokenizer, texts, pairs, clf.max_length, device=clf.device)
+            out.append(features)
+    return out
 
 
 def fit_head(features: np.ndarray, targets: np.ndarray, l2: float, seed: int):
@@ -169,15 +185,22 @@ def head_probabilities(head, features: np.ndarray, n_classes: int) -> np.ndarray
 
 
 def out_of_fold_probabilities(features: np.ndarray, targets: np.ndarray, n_classes: int, folds: int, seed: int,
-                              l2: float) -> np.ndarray:
-    """[n, n_classes] probabilities, each row's from the head fitted on the other folds (stratified, seeded)."""
+                              l2: float, groups: np.ndarray | None = None) -> np.ndarray:
+    """[n, n_classes] probabilities, each row's from the head fitted on the other folds (stratified, seeded).
+
+    `groups` (one id per row): rows whose embeddings come from different bodies (`cross_fit`) live in different
+    spaces, so each group gets its own folds and heads, and no head reads two groups' rows."""
     from sklearn.model_selection import StratifiedKFold
 
     probs = np.zeros((len(targets), n_classes), dtype=np.float64)
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for k, (fit_idx, held_idx) in enumerate(splitter.split(features, targets)):
-        head = fit_head(features[fit_idx], targets[fit_idx], l2, seed + k)
-        probs[held_idx] = head_probabilities(head, features[held_idx], n_classes)
+    ids = np.zeros(len(targets), dtype=np.int64) if groups is None else np.asarray(groups)
+    for group in np.unique(ids):
+        members = np.flatnonzero(ids == group)
+        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+        for k, (fit_idx, held_idx) in enumerate(splitter.split(features[members], targets[members])):
+            fit_rows, held_rows = members[fit_idx], members[held_idx]
+            head = fit_head(features[fit_rows], targets[fit_rows], l2, seed + k)
+            probs[held_rows] = head_probabilities(head, features[held_rows], n_classes)
     return probs
 
 
@@ -187,16 +210,22 @@ label errors needs probabilities that are honest on thousands, where a weak pena
 answer (2,000 SST-2 rows with 200 flipped: head_l2 10 flagged 381 rows, 300 flagged 253; docs/labelling.md)."""
 
 
+def log_loss(probs: np.ndarray, targets: np.ndarray) -> float:
+    """Mean negative log probability of the given labels: how well probabilities fit them (lower is better)."""
+    return float(-np.log(np.clip(probs[np.arange(len(targets)), targets], 1e-12, 1.0)).mean())
+
+
 def best_out_of_fold(features: np.ndarray, targets: np.ndarray, n_classes: int, folds: int, seed: int,
-                     grid: tuple[float, ...] = HEAD_L2_GRID) -> tuple[np.ndarray, float, float]:
+                     grid: tuple[float, ...] = HEAD_L2_GRID,
+                     groups: np.ndarray | None = None) -> tuple[np.ndarray, float, float]:
     """(probabilities, head_l2, log loss): the out-of-fold probabilities of the penalty in `grid` whose
-    probabilities have the lowest log loss against the given labels (the same folds for every penalty). One
-    number chosen on thousands of rows: the probabilities stay out-of-fold in all but that choice."""
+    probabilities have the lowest log loss against the given labels (the same folds for every penalty; `groups`
+    as `out_of_fold_probabilities`, one penalty for all of them). One number chosen on thousands of rows: the
+    probabilities stay out-of-fold in all but that choice."""
     best: tuple[np.ndarray, float, float] | None = None
-    rows = np.arange(len(targets))
     for l2 in grid:
-        probs = out_of_fold_probabilities(features, targets, n_classes, folds, seed, l2)
-        loss = float(-np.log(np.clip(probs[rows, targets], 1e-12, 1.0)).mean())
+        probs = out_of_fold_probabilities(features, targets, n_classes, folds, seed, l2, groups)
+        loss = log_loss(probs, targets)
         if best is None or loss < best[2]:
             best = (probs, l2, loss)
     assert best is not None
