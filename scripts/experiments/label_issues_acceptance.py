@@ -160,6 +160,8 @@ def variants(t: Path, passes: int, seed: int = 42, folds: int = 5) -> None:
     line("cross-fit, heads across halves", best_across[0], f"l2 {best_across[1]:g}")
     line("within + across", (within + best_across[0]) / 2)
     seeds = [best_out_of_fold(crossed, y, 2, folds, seed + s, groups=groups)[0] for s in range(5)]
+    for s, p in enumerate(seeds[1:], 1):
+        line(f"  within, fold seed {seed + s}", p)
     line("within, mean of 5 fold seeds", np.mean(seeds, 0))
     pre, l2p, _ = best_out_of_fold(np.load(t / "embeddings-0.npy"), y, 2, folds, seed)
     line("pretrained body", pre, f"l2 {l2p:g}")
@@ -167,6 +169,12 @@ def variants(t: Path, passes: int, seed: int = 42, folds: int = 5) -> None:
     if (t / f"embeddings-{passes}.npy").exists():
         plain, l2t, _ = best_out_of_fold(np.load(t / f"embeddings-{passes}.npy"), y, 2, folds, seed)
         line("tuned on every row (no cross-fit)", plain, f"l2 {l2t:g}")
+        seeds = [best_out_of_fold(np.load(t / f"embeddings-{passes}.npy"), y, 2, folds, seed + s)[0]
+                 for s in range(1, 5)]
+        for s, p in enumerate(seeds, 1):
+            line(f"  no cross-fit, fold seed {seed + s}", p)
+        line("no cross-fit, mean of 5 fold seeds", np.mean([plain, *seeds], 0))
+        line("within + pretrained + tuned on every row", (within + pre + plain) / 3)
         line("within + tuned on every row", (within + plain) / 2)
 
 
