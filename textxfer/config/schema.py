@@ -377,12 +377,13 @@ class SelfTrainingConfig:
     texts times (the labelled examples' class mix / their mean), renormalised, so a teacher leaning to one class
     labels fewer unsure texts as it. With two classes it changes no kept text (the most confident per class stay
     the most confident); with more it changes which class an unsure text counts for."""
-    final_class_mix: Literal["none", "labelled", "round0"] = "none"
+    final_class_mix: Literal["none", "labelled", "round0"] = "round0"
     """After the last round, add one offset per class to the classifier's bias so the class mix it predicts on
     the unlabelled texts is: `labelled`, the labelled examples' mix (right when they were drawn as the texts
     come; a per-class draw of a skewed data set makes it wrong); `round0`, the mix round 0's model predicted on
-    them (self-training then moves the boundary, not the mix); `none`. The run's metrics and predictions are
-    those of the shifted model, as saved. Never looks at validation or test labels."""
+    them (self-training then moves the boundary, not the mix: the default, since a model retrained on its own
+    pseudo-labels tends to amplify its teacher's lean, docs/self-training.md); `none`. The run's metrics and
+    predictions are those of the shifted model, as saved. Never looks at validation or test labels."""
 
 
 @dataclass
