@@ -40,6 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 from bench_accuracy import DATA, data_config  # noqa: E402
 
+from textxfer.tools.label_issues import DEFAULT_TUNE_PASSES  # noqa: E402
+
 SETS = ("trec", "agnews", "sst2")
 RECIPE = ROOT / "recipes" / "fewshot.yaml"
 EVAL_CAP = 2000
@@ -167,29 +169,40 @@ def variants(features: np.ndarray, noisy: np.ndarray, n_classes: int, folds: int
 
 
 def slice_features(recipe_overrides: list[str], texts: list[str], noisy: np.ndarray, passes: int,
-                   pretrained: np.ndarray, cache_dir: Path) -> np.ndarray:
+                   pretrained: np.ndarray, cache_dir: Path, held_out: np.ndarray | None = None) -> np.ndarray:
     """The embeddings `data issues --tune-passes passes` reads: the pretrained ones for 0, else the body tuned on
-    the noisy rows (cached by texts, labels and passes: tuning is the slow part)."""
+    the noisy rows; with `held_out` (positions the first ranking flagged), the second body of `--retune`, tuned on
+    the other rows (`filtered_tuning`). Cached by texts, labels, passes and rows held out: tuning is the slow part."""
     import hashlib
 
     if passes == 0:
         return pretrained
-    key = hashlib.sha256("\0".join([f"tuned{passes}", *map(str, noisy.tolist()), *texts]).encode()).hexdigest()[:24]
-    path = cache_dir / f"{key}.npy"
+    held = [] if held_out is None else [f"held{i}" for i in np.sort(held_out).tolist()]
+    key = hashlib.sha256("\0".join([f"tuned{passes}", *held, *map(str, noisy.tolist()), *texts]).encode())
+    path = cache_dir / f"{key.hexdigest()[:24]}.npy"
     if path.is_file():
         return np.load(path)
     from textxfer.config.reading import load_recipe
+    from textxfer.tools.cross_fit import recipe_tuner
+    from textxfer.tools.filtered_tuning import retuned_embeddings
     from textxfer.tools.out_of_fold import read_training_rows, tuned_embeddings
 
     r = load_recipe(str(RECIPE), recipe_overrides)
-    z = tuned_embeddings(r, read_training_rows(r.data), passes)
+    rows = read_training_rows(r.data)
+    if held_out is None:
+        z = tuned_embeddings(r, rows, passes)
+    else:
+        again = retuned_embeddings(rows.targets, held_out, recipe_tuner(r, rows, passes))
+        if again is None:
+            raise SystemExit("the first ranking flagged nearly a whole class; `data issues` would not tune again")
+        z = again.features
     cache_dir.mkdir(parents=True, exist_ok=True)
     np.save(path, z)
     return z
 
 
 def one(name: str, data: dict, pool: dict, seed: int, rows: int, folds: int, passes: int, training: str,
-        cache_dir: Path, work: Path) -> dict:
+        cache_dir: Path, work: Path, retune: bool) -> dict:
     from textxfer.tools.label_issues import find_issues
 
     rng = np.random.default_rng([seed, 7])
@@ -204,6 +217,12 @@ def one(name: str, data: dict, pool: dict, seed: int, rows: int, folds: int, pas
                  "data.examples_per_class=null", "data.test=null", f"data.train={noisy_csv}"]
     features = slice_features(overrides, texts, noisy, passes, pool["features"][pick], cache_dir)
     found = find_issues(str(RECIPE), overrides, folds=folds, embeddings=features)
+    first = None
+    if passes and retune:  # `data issues --retune`: rank again on a body tuned without the rows flagged
+        first = scores(np.asarray(sorted(i.row for i in found.issues), dtype=np.int64), flipped)
+        held = np.asarray([i.row for i in found.issues], dtype=np.int64)
+        features = slice_features(overrides, texts, noisy, passes, pool["features"][pick], cache_dir, held)
+        found = find_issues(str(RECIPE), overrides, folds=folds, embeddings=features)
     assert found.targets is not None and found.probabilities is not None
     assert np.array_equal(found.targets, noisy), "the file read back carries the noisy labels in the same order"
     flagged = np.asarray(sorted(i.row for i in found.issues), dtype=np.int64)
@@ -223,7 +242,7 @@ def one(name: str, data: dict, pool: dict, seed: int, rows: int, folds: int, pas
             "head_l2": found.head_l2, "oof_accuracy": found.oof_accuracy,
             "acc_clean": a_clean, "acc_noisy": a_noisy, "acc_without_flagged": a_kept,
             "recovered": (a_kept - a_noisy) / lost if lost > 0 else None, "training": training,
-            "tune_passes": passes,
+            "tune_passes": passes, "retune": bool(passes and retune), "first_ranking": first,
             "variants": variants(features, noisy, len(names), folds, seed, found.probabilities, flipped)}
 
 
@@ -258,6 +277,14 @@ def summarise(results: list[dict]) -> list[str]:
         lines.append(f"{name:<8} {len(rs):>5} {m('flagged'):8.0f} {m('precision'):9.3f} {m('recall'):7.3f} "
                      f"{m('f1'):6.3f} {m('acc_clean'):9.4f} {m('acc_noisy'):7.4f} {m('acc_without_flagged'):11.4f} "
                      f"{recovered}")
+    firsts = [r for r in results if r.get("first_ranking")]
+    if firsts:
+        lines += ["", "the first ranking (before tuning again without its flags), mean over the seeds:"]
+        for name in dict.fromkeys(r["set"] for r in firsts):
+            rs = [r["first_ranking"] for r in firsts if r["set"] == name]
+            lines.append(f"{name:<8} flagged {np.mean([r['flagged'] for r in rs]):5.0f} precision "
+                         f"{np.mean([r['precision'] for r in rs]):.3f} recall {np.mean([r['recall'] for r in rs]):.3f} "
+                         f"F1 {np.mean([r['f1'] for r in rs]):.3f}")
     return lines
 
 
@@ -267,8 +294,11 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--rows", type=int, default=2000)
     p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--tune-passes", type=int, default=0,
+    p.add_argument("--tune-passes", type=int, default=DEFAULT_TUNE_PASSES,
                    help="`data issues --tune-passes` (0: the pretrained body; each pass costs a contrastive stage)")
+    p.add_argument("--retune", action=argparse.BooleanOptionalAction, default=True,
+                   help="`data issues --retune` (the default): with tuning passes, rank again on a body tuned "
+                        "without the rows the first ranking flagged")
     p.add_argument("--training", choices=("head", "recipe"), default="head")
     p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "textxfer" / "bench-embeddings")
     p.add_argument("--out", type=Path, default=RESULTS / "bench_label_issues")
@@ -286,13 +316,15 @@ def main() -> None:
             pool = {"texts": pool_texts, "labels": data["train_labels"][draw], "features": embed(pool_texts),
                     "eval_features": embed(data["eval_texts"])}
             for seed in range(a.seeds):
-                r = one(name, data, pool, seed, a.rows, a.folds, a.tune_passes, a.training, a.cache_dir, Path(tmp))
+                r = one(name, data, pool, seed, a.rows, a.folds, a.tune_passes, a.training, a.cache_dir, Path(tmp),
+                        a.retune)
                 results.append(r)
                 print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()
                                   if k != "variants"}), flush=True)
     lines = summarise(results) + summarise_variants(results)
+    retuned = ", then tuned again without the rows flagged (--retune)" if a.tune_passes and a.retune else ""
     header = (f"label issues: {a.rows} rows per set, {NOISE:.0%} flipped, {a.folds} folds, {a.tune_passes} tuning "
-              f"pass(es), seeds 0-{a.seeds - 1}, accuracy of `{a.training}` training (data: {DATA})")
+              f"pass(es){retuned}, seeds 0-{a.seeds - 1}, accuracy of `{a.training}` training (data: {DATA})")
     text = "\n".join([header, *lines]) + "\n"
     print(text)
     a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -230,8 +230,9 @@ def test_tune_passes_move_the_embeddings_and_are_reported(tmp_path, tiny_models)
         return sim[same & off].mean() - sim[~same].mean()
     assert separation(tuned) > separation(plain)
 
-    found = find_issues(r, folds=4, tune_passes=1)
+    found = find_issues(r, folds=4, tune_passes=1, retune=False)
     assert found.tune_passes == 1 and "tuned by 1 pass(es)" in report_section(found)
+    assert found.retuned_without is None and "tuned without" not in report_section(found)
     plain_recipe = load_recipe(str(recipe_file(tmp_path, tiny_models["bert"], train)))
     found = find_issues(plain_recipe, folds=4, tune_passes=1)
     assert found.tune_passes == 0 and "pretrained, not tuned" in report_section(found)
@@ -313,3 +314,55 @@ def test_command_cross_fits_and_writes_its_files(tmp_path, tiny_models):
         assert "tuned by 1 pass(es)" in section
         assert ("one body per half of the rows" in section) == crossed
         assert ("folds of the same half" in section) == crossed
+
+
+def test_second_tuning_leaves_out_exactly_the_rows_the_first_ranking_flagged(tmp_path, monkeypatch):
+    """The body is tuned twice (fake tuner, no model): first on every row, then on every row but those the first
+    ranking flagged; the second body embeds every row, in row order, and the final ranking reads its embeddings.
+    The first body's embeddings let the wrong labels pull their rows (half of them look right); the second's do
+    not, so the second ranking finds the flipped rows the first missed. The report names the rows held out."""
+    from textxfer.config.reading import load_recipe
+    from textxfer.tools import out_of_fold
+    from textxfer.tools.label_issues import report_section
+
+    rng = np.random.default_rng(0)
+    truth = np.repeat([0, 1], 60)
+    flipped = np.sort(rng.choice(len(truth), 16, replace=False))
+    given = truth.copy()
+    given[flipped] = 1 - truth[flipped]
+    train = write_rows(tmp_path / "train.csv", [(f"text {i}", "ab"[g]) for i, g in enumerate(given)])
+    noise = rng.normal(0, 0.4, size=(len(truth), 4))
+    calls: list[np.ndarray] = []
+
+    def fake_tune(recipe, rows, fit, embed, passes, device=None):
+        fit = np.asarray(fit)
+        calls.append(fit)
+        centre = truth.astype(float) * 4
+        if len(calls) == 1:  # a body tuned on every label: half the wrong ones pulled their rows to their label
+            pulled = flipped[::2]
+            centre[pulled] = given[pulled] * 4
+        return [np.column_stack([centre[p], noise[p]]) for p in embed]
+
+    monkeypatch.setattr(out_of_fold, "tune_and_embed", fake_tune)
+    r = load_recipe(str(contrastive_recipe(tmp_path, tmp_path / "unused-model", train)))
+    once = find_issues(r, folds=5, tune_passes=1, retune=False)
+    calls.clear()
+    found = find_issues(r, folds=5, tune_passes=1)
+    first_flags = {x.row for x in once.issues}
+    assert len(calls) == 2 and np.array_equal(calls[0], np.arange(len(truth)))
+    assert np.array_equal(calls[1], np.setdiff1d(np.arange(len(truth)), sorted(first_flags)))
+    assert found.retuned_without == len(first_flags)
+    assert f"tuned without the {len(first_flags)} rows a first ranking flagged" in report_section(found)
+    assert first_flags < set(flipped.tolist()), "the first ranking misses the pulled rows"
+    assert {x.row for x in found.issues} == set(flipped.tolist()), "the second finds every flipped row"
+
+
+def test_second_tuning_is_skipped_when_a_class_would_be_left_without_rows():
+    from textxfer.tools.filtered_tuning import kept_rows, retuned_embeddings
+
+    y = np.array([0] * 10 + [1] * 3)
+
+    def tune(fit, embed):
+        raise AssertionError("not tuned")
+    assert retuned_embeddings(y, np.array([10, 11]), tune) is None
+    assert np.array_equal(kept_rows(y, np.array([0, 10])), [*range(1, 10), 11, 12])

@@ -6,6 +6,7 @@ SST-2 training sentences with 200 labels flipped (the check's own draw: random.R
     .venv/bin/python scripts/experiments/label_issues_acceptance.py --keep DIR --embeddings-only 1
     .venv/bin/python scripts/experiments/label_issues_acceptance.py --keep DIR --cross-fit-only 1
     .venv/bin/python scripts/experiments/label_issues_acceptance.py --keep DIR --variants 1
+    .venv/bin/python scripts/experiments/label_issues_acceptance.py --keep DIR --retune-seeds 42,1,2 [--flags-from 0]
 
 The data-making and scoring code is the check's, copied; the command is run as the check runs it (the project's
 CLI from this virtual environment). Prints the command's summary line and `F1 <value>`; exits 1 below 0.6.
@@ -17,6 +18,10 @@ halves (DIR/halves-N.npz) and each half's body's embeddings of every row (DIR/bo
 tuned on half H), and the pretrained embeddings (DIR/embeddings-0.npy) if missing. `--variants N` then scores, on
 those files, the heads and combinations docs/labelling.md compares, each with its out-of-fold log loss against the
 given labels (what a choice may read) beside its F1 (what it may not).
+`--retune-seeds S,...` scores the second tuning of `data issues --retune` (`filtered_tuning`) per tuning seed
+(`training.seed`; 42 is the recipe's, what the command does) and per fold seed (42-46): rows flagged on
+DIR/embeddings-F.npy (F = --flags-from: 1, the body tuned on every row, as the command; 0, the pretrained body;
+computed and saved if missing), a body tuned one pass without them (DIR/retuned-F-S.npy), out-of-fold heads again.
 """
 
 from __future__ import annotations
@@ -178,12 +183,58 @@ def variants(t: Path, passes: int, seed: int = 42, folds: int = 5) -> None:
         line("within + tuned on every row", (within + plain) / 2)
 
 
+def retune_seeds(t: Path, flipped: set[int], seeds: list[int], flags_from: int, folds: int = 5) -> None:
+    import numpy as np
+
+    from textxfer.config.reading import load_recipe
+    from textxfer.tools.cross_fit import recipe_tuner
+    from textxfer.tools.filtered_tuning import retuned_embeddings
+    from textxfer.tools.label_issues import rank_issues
+    from textxfer.tools.out_of_fold import best_out_of_fold, out_of_fold_probabilities, read_training_rows
+
+    r = noisy_recipe(t)
+    rows = read_training_rows(r.data)
+    y = rows.targets
+    if not (t / f"embeddings-{flags_from}.npy").exists():
+        save_embeddings(t, flipped, flags_from)
+
+    def scored(probs) -> str:
+        out = []
+        for rule in ("both", "confident_learning"):
+            found = set(rank_issues(y, probs, filter_by=rule).tolist())
+            prec, rec = len(found & flipped) / max(len(found), 1), len(found & flipped) / len(flipped)
+            out.append(f"({len(found)}, {2 * prec * rec / max(prec + rec, 1e-9):.3f})")
+        return " ".join(out)
+    probs, l2, loss = best_out_of_fold(np.load(t / f"embeddings-{flags_from}.npy"), y, 2, folds, r.training.seed)
+    flags = rank_issues(y, probs)
+    print(f"first ranking on embeddings-{flags_from}: l2 {l2:g}, log loss {loss:.4f}, (flagged, F1) both | "
+          f"confident_learning {scored(probs)}; {len(set(flags.tolist()) & flipped)} of the {len(flags)} flagged "
+          "are flipped", flush=True)
+    for seed in seeds:
+        path = t / f"retuned-{flags_from}-{seed}.npy"
+        if not path.exists():
+            rs = load_recipe(str(ROOT / "recipes/fewshot.yaml"), [
+                "data.text_column=text", "data.label_column=label", "data.format=csv", "data.labels=null",
+                "data.examples_per_class=null", "data.test=null", f"data.train={t / 'noisy.csv'}",
+                f"training.seed={seed}"])
+            again = retuned_embeddings(y, flags, recipe_tuner(rs, rows, 1))
+            assert again is not None
+            np.save(path, again.features)
+        z = np.load(path)
+        probs, l2, loss = best_out_of_fold(z, y, 2, folds, r.training.seed)
+        cells = [f"fold seed {f}: {scored(out_of_fold_probabilities(z, y, 2, folds, f, l2))}" for f in range(42, 47)]
+        print(f"tuning seed {seed}: l2 {l2:g}, log loss {loss:.4f}, accuracy {(probs.argmax(1) == y).mean():.3f} | "
+              + " | ".join(cells), flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--keep", type=Path, help="folder to keep the data and outputs in (default: a temporary one)")
     p.add_argument("--embeddings-only", type=int, default=None, metavar="PASSES")
     p.add_argument("--cross-fit-only", type=int, default=None, metavar="PASSES")
     p.add_argument("--variants", type=int, default=None, metavar="PASSES")
+    p.add_argument("--retune-seeds", default=None, metavar="S,...")
+    p.add_argument("--flags-from", type=int, default=1, metavar="PASSES")
     p.add_argument("extra", nargs="*", help="extra `textxfer data issues` options, after --")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -198,6 +249,9 @@ def main() -> None:
             return
         if a.variants is not None:
             variants(t, a.variants)
+            return
+        if a.retune_seeds is not None:
+            retune_seeds(t, flipped, [int(x) for x in a.retune_seeds.split(",")], a.flags_from)
             return
         common = ["--set", "data.text_column=text", "--set", "data.label_column=label", "--set", "data.format=csv",
                   "--set", "data.labels=null", "--set", "data.examples_per_class=null", "--set",

@@ -32,15 +32,20 @@ def _progress_on_stderr() -> None:
 @click.option("--cross-fit/--no-cross-fit", default=False, show_default=True,
               help="Tune one body on each half of the rows and embed the other half with it, so no row is embedded "
                    "by a body that saw its label (same cost); --no-cross-fit tunes one body on every row.")
-def issues_command(recipe, overrides, output_dir, folds, tune_passes, cross_fit):
+@click.option("--retune/--no-retune", default=True, show_default=True,
+              help="Rank twice: tune the body again without the rows the first ranking flagged, then rank every row "
+                   "on its embeddings (about twice the tuning time); --no-retune ranks once.")
+def issues_command(recipe, overrides, output_dir, folds, tune_passes, cross_fit, retune):
     """Rank the rows of RECIPE's training file whose label is probably wrong.
 
     The recipe's backbone, tuned by --tune-passes passes of its contrastive stage (with --cross-fit: one body per
-    half of the rows, each embedding the other half), embeds every row once; its head is trained on all folds but one and scores the one left out, so every row gets probabilities
-    from a head that never saw its label; cleanlab flags the rows whose given label those probabilities make
-    unlikely. Writes label_issues.csv (row, text, given_label,
-    suggested_label, confidence, given_label_probability; `row` is the 0-based data row of the file, header not
-    counted), the most suspect first, and label_issues.md (the report's section). The data is not changed.
+    half of the rows, each embedding the other half), embeds every row once; its head is trained on all folds but
+    one and scores the one left out, so every row gets probabilities from a head that never saw its label;
+    cleanlab flags the rows whose given label those probabilities make unlikely. With --retune (the default) a
+    second body, tuned without the rows flagged, embeds the rows again and the ranking is done once more. Writes
+    label_issues.csv (row, text, given_label, suggested_label, confidence, given_label_probability; `row` is the
+    0-based data row of the file, header not counted), the most suspect first, and label_issues.md (the report's
+    section). The data is not changed.
 
     \b
     Examples:
@@ -52,7 +57,7 @@ def issues_command(recipe, overrides, output_dir, folds, tune_passes, cross_fit)
 
     _progress_on_stderr()
     r = load_recipe(recipe, list(overrides))
-    found = find_issues(r, folds=folds, tune_passes=tune_passes, cross_fit=cross_fit)
+    found = find_issues(r, folds=folds, tune_passes=tune_passes, cross_fit=cross_fit, retune=retune)
     csv_path, md_path = write_outputs(found, output_dir or r.output_dir)
     n = len(found.issues)
     click.echo(f"{n:,} of {found.rows:,} rows ({100 * n / max(found.rows, 1):.1f}%) are suspected label errors "

@@ -1,11 +1,14 @@
 """`textxfer data issues`: rank the training rows whose label is probably wrong.
 
-Out-of-fold probabilities (`out_of_fold`: the recipe's pretrained embeddings, the head fitted per fold) give, for
-every row, what a model that never saw that row's label thinks of it. cleanlab's confident learning
-(`cleanlab.filter.find_label_issues`) compares them with the given labels: it estimates from per-class
-thresholds how many rows of each class carry each other label and flags that many, the least likely under their
-given label first. The flagged rows go to `label_issues.csv` (worst first) and a summary to `label_issues.md`,
-the report's section on them. Nothing is changed in the data: the user reviews the rows and fixes the file.
+Out-of-fold probabilities (`out_of_fold`: the recipe's embeddings, the head fitted per fold) give, for every
+row, what a model that never saw that row's label thinks of it. The body that embeds the rows is tuned by the
+recipe's contrastive stage on the given labels, then tuned again without the rows a first ranking flagged
+(`filtered_tuning`), so that the wrong labels do not shape the embeddings that should expose them. cleanlab's
+confident learning (`cleanlab.filter.find_label_issues`) compares the probabilities with the given labels: it
+estimates from per-class thresholds how many rows of each class carry each other label and flags that many, the
+least likely under their given label first. The flagged rows go to `label_issues.csv` (worst first) and a summary
+to `label_issues.md`, the report's section on them. Nothing is changed in the data: the user reviews the rows and
+fixes the file.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ DEFAULT_TUNE_PASSES = 1
 DEFAULT_CROSS_FIT = False
 """Tune one body on each half of the rows and embed the other half with it (`cross_fit`). Off: a body tuned on
 half the rows separates the classes less well, which costs more than it gains (docs/labelling.md)."""
+DEFAULT_RETUNE = True
+"""Rank twice: tune the body again on the rows the first ranking did not flag, then rank every row on its
+embeddings (`filtered_tuning`; docs/labelling.md compares it with one tuning on every row)."""
 FILTER_BY = "both"
 """cleanlab's rule for which rows to flag: `both` flags a row when it is among the least likely under its given
 label both for its given class and for the class suggested, as many as confident learning estimates are wrong
@@ -74,6 +80,8 @@ class IssuesFound:
     """Passes of the contrastive stage that tuned the body before embedding (0: the pretrained body)."""
     cross_fit: bool = False
     """Whether each half of the rows was embedded by a body tuned on the other half (heads kept within halves)."""
+    retuned_without: int | None = None
+    """Rows the first ranking flagged, whose labels the second tuning left out (None: ranked once)."""
     notes: list[str] = field(default_factory=list)
     probabilities: np.ndarray | None = None
     """[rows, classes] out-of-fold probabilities the ranking read (not written out: benchmarks compare rules on them)."""
@@ -105,18 +113,21 @@ def rank_issues(targets: np.ndarray, probs: np.ndarray, n_jobs: int = 1, filter_
 
 def find_issues(recipe, overrides: list[str] | None = None, folds: int = DEFAULT_FOLDS,
                 tune_passes: int = DEFAULT_TUNE_PASSES, embeddings: np.ndarray | None = None,
-                cross_fit: bool = DEFAULT_CROSS_FIT, groups: np.ndarray | None = None) -> IssuesFound:
+                cross_fit: bool = DEFAULT_CROSS_FIT, groups: np.ndarray | None = None,
+                retune: bool = DEFAULT_RETUNE) -> IssuesFound:
     """Suspected label errors of the recipe's `data.train` (every usable row as read: no de-duplication, no
     few-shot draw). `tune_passes`: passes of the recipe's contrastive stage before the rows are embedded (0 = the
     pretrained body). `cross_fit`: the passes tune one body per half of the rows, each embedding the other half
     (`cross_fit.cross_fitted_embeddings`), when every class has 2 x `folds` rows; else one body is tuned on every
-    row (`out_of_fold.tuned_embeddings`). `embeddings`: the rows' features if already computed (benchmarks), with
-    `groups` (one id per row) when rows of different groups come from different bodies; else the recipe's
-    backbone computes them."""
+    row (`out_of_fold.tuned_embeddings`), and with `retune` a second body is tuned without the rows that body's
+    ranking flagged and embeds every row for the final ranking (`filtered_tuning`). `embeddings`: the rows'
+    features if already computed (benchmarks; no tuning then), with `groups` (one id per row) when rows of
+    different groups come from different bodies; else the recipe's backbone computes them."""
     from textxfer.config.reading import load_recipe
     from textxfer.config.schema import Recipe
     from textxfer.modalities.detect import task_of
     from textxfer.tools.cross_fit import can_cross_fit, cross_fitted_embeddings, recipe_tuner
+    from textxfer.tools.filtered_tuning import retuned_embeddings
     from textxfer.tools.out_of_fold import (
         best_out_of_fold,
         check_folds,
@@ -152,6 +163,19 @@ def find_issues(recipe, overrides: list[str] | None = None, folds: int = DEFAULT
     probs, head_l2, _ = best_out_of_fold(embeddings, rows.targets, len(rows.labels), folds, r.training.seed,
                                          groups=groups)
     order = rank_issues(rows.targets, probs)
+    retuned_without = None
+    if tuned and retune and not crossed:
+        again = retuned_embeddings(rows.targets, order, recipe_tuner(r, rows, tune_passes))
+        if again is None:
+            log.info("data issues: the first ranking flagged nearly every row of a class; it stands, the body is "
+                     "not tuned again")
+        else:
+            log.info(f"data issues: tuned again without the {len(again.held_out):,} rows flagged first; ranking "
+                     "every row on its embeddings")
+            probs, head_l2, _ = best_out_of_fold(again.features, rows.targets, len(rows.labels), folds,
+                                                 r.training.seed)
+            order = rank_issues(rows.targets, probs)
+            retuned_without = len(again.held_out)
     issues = []
     for i in order.tolist():
         given = int(rows.targets[i])
@@ -164,8 +188,8 @@ def find_issues(recipe, overrides: list[str] | None = None, folds: int = DEFAULT
     counts = Counter(rows.labels[int(t)] for t in rows.targets)
     return IssuesFound(issues, rows.source, len(rows.texts), rows.labels, {n: counts.get(n, 0) for n in rows.labels},
                        folds, r.model.name, r.model.pooling, head_l2,
-                       float((probs.argmax(1) == rows.targets).mean()), tuned, crossed, rows.notes, probs,
-                       rows.targets)
+                       float((probs.argmax(1) == rows.targets).mean()), tuned, crossed, retuned_without,
+                       rows.notes, probs, rows.targets)
 
 
 # ------------------------------------------------------------------------------------------ files
@@ -208,6 +232,9 @@ def report_section(found: IssuesFound) -> str:
     if found.cross_fit:
         tuned += (": one body per half of the rows, each embedding the other half, so no row is embedded by a "
                   "body that saw its label")
+    if found.retuned_without is not None:
+        tuned += (f", then, from the pretrained body again, tuned without the {found.retuned_without:,} rows a "
+                  "first ranking flagged, so that wrong labels do not shape the embeddings that should expose them")
     where = "of the same half " if found.cross_fit else ""
     lines = [
         "## Suspected label errors",
