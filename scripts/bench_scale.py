@@ -23,8 +23,10 @@ cache folder (nothing read or tokenised before), which:
 Printed and written per size: rows; seconds and rows/s of reading + tokenising; seconds and examples/s of the
 training steps; peak RSS of the process after the baseline (VmHWM, reset at the baseline: loading the model
 briefly holds its weights twice, a peak that is the same at every size) and that peak minus the baseline (the
-model excluded); the
-largest peak of a child process (the tokenising workers, from 200k rows; they start as forks of the measured
+model excluded); that peak's two parts, sampled after tokenising and after every step: anonymous memory
+(RssAnon, what the process owns) and file-backed pages (RssFile: pages of the memory-mapped data and token files
+that reading them mapped in, which the kernel drops under memory pressure; random batches touch most of the token
+file, so they grow with the rows); the largest peak of a child process (the tokenising workers, from 200k rows; they start as forks of the measured
 process and so count its model pages too). Targets (issue "Outgrow one machine", item 4): peak RSS minus the
 baseline at 1M rows within 1.5x of 10k; the rates flat within 20%. The machine's load average is recorded beside
 the figures: the machine may be shared. Writes docs/results/bench_scale.json and .txt.
@@ -105,6 +107,7 @@ def child(path: Path, steps: int, batch_size: int, strategy: str, threads: int) 
     load_peak = status_mb("VmHWM")
     reset_peak()
     baseline = status_mb("VmRSS")
+    anon_base, file_base = status_mb("RssAnon"), status_mb("RssFile")
 
     started = time.perf_counter()
     splits = load_splits(DataConfig(train=str(path), text_column="sentence"), seed=42)
@@ -112,6 +115,7 @@ def child(path: Path, steps: int, batch_size: int, strategy: str, threads: int) 
     encoded = {name: encode_dataset(tok, ds, "label", 128, desc=f"tokenising {name}") for name, ds in splits.items()}
     load_tokenise_s = time.perf_counter() - started
     after_tokenise, tokenise_peak = status_mb("VmRSS"), status_mb("VmHWM")
+    anon_peak, file_peak = status_mb("RssAnon"), status_mb("RssFile")
 
     precision = effective_mixed_precision("auto")
     dtype = autocast_dtype(precision)
@@ -125,10 +129,10 @@ def child(path: Path, steps: int, batch_size: int, strategy: str, threads: int) 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3 if strategy == "head"
                                   else 2e-5)
     started = time.perf_counter()
-    batches = [list(b) for b in plan]  # as the training loop draws an epoch (Loop.epoch_batches)
+    batches = plan.batch_arrays()  # as the training loop draws an epoch (Loop.epoch_batches)
     done = 0
     for idx in batches[:steps]:
-        batch = collate(idx)
+        batch = collate(idx.tolist())
         with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss = torch.nn.functional.cross_entropy(logits.float(), batch["targets"])
@@ -136,6 +140,7 @@ def child(path: Path, steps: int, batch_size: int, strategy: str, threads: int) 
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         done += len(idx)
+        anon_peak, file_peak = max(anon_peak, status_mb("RssAnon")), max(file_peak, status_mb("RssFile"))
     train_s = time.perf_counter() - started
     peak = status_mb("VmHWM")
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
@@ -149,7 +154,9 @@ def child(path: Path, steps: int, batch_size: int, strategy: str, threads: int) 
             "model_loading_peak_rss_mb": round(load_peak, 1), "baseline_rss_mb": round(baseline, 1), "rss_after_tokenise_mb": round(after_tokenise, 1),
             "peak_rss_read_tokenise_mb": round(tokenise_peak, 1),
             "peak_rss_mb": round(peak, 1), "peak_minus_baseline_mb": round(peak - baseline, 1),
-            "children_peak_rss_mb": round(children, 1), "final_loss": round(float(loss), 4),
+            "children_peak_rss_mb": round(children, 1),
+            "anon_peak_minus_baseline_mb": round(anon_peak - anon_base, 1),
+            "file_peak_minus_baseline_mb": round(file_peak - file_base, 1), "final_loss": round(float(loss), 4),
             "token_ids_owned_mb": round(sum(v.nbytes for v, _ in enc.input_ids.chunks if v.flags.owndata) / 2**20, 1)}
 
 
@@ -188,6 +195,11 @@ def report(results: list[dict], steps: int) -> str:
     lines.append(f"peak RSS minus baseline, {last['rows_in_file']:,} vs {first['rows_in_file']:,} rows: "
                  f"{last['peak_minus_baseline_mb'] / first['peak_minus_baseline_mb']:.2f}x (target <= 1.5x); "
                  f"peak RSS: {last['peak_rss_mb'] / first['peak_rss_mb']:.2f}x")
+    lines.append(f"of which anonymous memory (RssAnon, sampled after tokenising and after each step), peak minus "
+                 f"baseline: {first['anon_peak_minus_baseline_mb']:.0f} MB vs {last['anon_peak_minus_baseline_mb']:.0f}"
+                 f" MB, {last['anon_peak_minus_baseline_mb'] / first['anon_peak_minus_baseline_mb']:.2f}x; file-backed "
+                 f"pages (RssFile: the memory-mapped data and token files the kernel may drop), peak minus baseline: "
+                 f"{first['file_peak_minus_baseline_mb']:.0f} MB vs {last['file_peak_minus_baseline_mb']:.0f} MB")
     lines.append(f"read + tokenise rows/s, {last['rows_in_file']:,} vs {first['rows_in_file']:,}: "
                  f"{last['load_tokenise_rows_per_s'] / first['load_tokenise_rows_per_s']:.2f}x; training examples/s: "
                  f"{last['train_examples_per_s'] / first['train_examples_per_s']:.2f}x (target: within 0.8-1.2x)")

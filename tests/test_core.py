@@ -275,6 +275,22 @@ def test_balanced_sampler_draws_classes_equally():
     assert sorted(plain) == list(range(100))  # without it: every example exactly once
 
 
+def test_batch_arrays_are_the_batches_the_plan_iterates():
+    """The training loop holds an epoch as index arrays (`BatchPlan.batch_arrays`): the same batches, in the same
+    order, as iterating the plan (plain, class-balanced, ungrouped, evaluation order), one int64 array each."""
+    from textxfer.modalities.text.batching import BatchPlan
+
+    lengths = np.random.default_rng(0).integers(3, 40, size=203)
+    classes = np.array([0] * 180 + [1] * 23)
+    for kwargs in ({}, {"classes": classes}, {"group_by_length": False}, {"shuffle": False}):
+        plan = BatchPlan(lengths, 16, seed=3, **kwargs)
+        for epoch in (0, 1):
+            plan.set_epoch(epoch)
+            arrays = plan.batch_arrays()
+            assert [a.tolist() for a in arrays] == [list(b) for b in plan], kwargs
+            assert all(a.dtype == np.int64 for a in arrays)
+
+
 def test_length_grouping_cuts_padding():
     from textxfer.modalities.text.batching import length_grouped_batches
 
@@ -384,3 +400,17 @@ def test_linear_schedule_matches_transformers_and_survives_a_checkpoint():
     fresh = linear_schedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5), 3, 10)
     fresh.load_state_dict(torch.load(buf, weights_only=True))
     assert fresh.last_epoch == 12 and fresh.get_last_lr()[0] == sched.get_last_lr()[0]
+
+
+def test_freed_heap_memory_is_released_where_glibc_allows():
+    """`release_unused_memory` reaches glibc's malloc_trim on glibc systems (what lets a run's resident memory
+    fall back after reading a large split) and is a harmless call elsewhere."""
+    import platform
+
+    from textxfer.core.heap import _malloc_trim, release_unused_memory
+
+    if platform.libc_ver()[0] == "glibc":
+        assert _malloc_trim() is not None
+    blocks = [bytes(4096) for _ in range(20_000)]
+    del blocks
+    release_unused_memory()

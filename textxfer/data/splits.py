@@ -22,6 +22,7 @@ import numpy as np
 
 from textxfer.config.schema import DataConfig
 from textxfer.core.errors import UserError
+from textxfer.core.heap import release_unused_memory
 from textxfer.data.hub import hub_table, load_hub
 from textxfer.data.labels import build_label_space, declared_labels, encode_labels, normalise_labels
 from textxfer.data.memory import InMemory
@@ -142,9 +143,7 @@ def load_splits(cfg: DataConfig, seed: int, memory: dict[str, InMemory] | None =
                      f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}.")
     sets = {n: _dataset(s, len(names), multi) for n, s in data.items()}
     if any(isinstance(r, StoredRows) for r in rows.values()):
-        import pyarrow as pa
-
-        pa.default_memory_pool().release_unused()  # Arrow's allocator keeps what the array work freed
+        release_unused_memory()  # reading, hashing and carving a large split freed much; the heap keeps it
     return Splits(train=sets["train"], validation=sets.get("validation"), test=sets.get("test"), labels=names,
                   multi_label=multi, sources={n: _source(rows[n]) for n in given}, notes=notes, info=info,
                   in_memory={n: m.record() for n, m in memory.items() if n in given})

@@ -268,7 +268,7 @@ class Loop:
                 self.train_mode()
                 for i in range(p.batch, len(batches)):
                     with self.schedule.gate(p.step) if self.schedule else contextlib.nullcontext():
-                        p.running += self.train_step(batches[i])
+                        p.running += self.train_step(batches[i].tolist())
                     p.seen += 1
                     p.step, p.batch = p.step + 1, i + 1
                     bar.update(1)
@@ -292,10 +292,11 @@ class Loop:
                         self.train_mode()
         bar.close()
 
-    def epoch_batches(self, epoch: int) -> list[list[int]]:
-        """The global batches of an epoch: a pure function of (seed, epoch), so resume can skip to any batch."""
+    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        """The global batches of an epoch, as index arrays: a pure function of (seed, epoch), so resume can skip to
+        any batch."""
         self.plan.set_epoch(epoch)
-        return [list(b) for b in self.plan]
+        return self.plan.batch_arrays()
 
     def train_mode(self) -> None:
         self.model.train()

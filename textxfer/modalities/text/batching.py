@@ -19,6 +19,8 @@ import numpy as np
 import pyarrow.types as pa_types
 import torch
 
+from textxfer.core.heap import release_unused_memory
+
 
 class TokenIds(Sequence):
     """Token ids of every example, flat: example i is `values[offsets[i]:offsets[i + 1]]` of its chunk, as a
@@ -26,7 +28,7 @@ class TokenIds(Sequence):
     whose value buffers stay memory-mapped: a million examples are a few arrays, not a million Python lists."""
 
     def __init__(self, chunks: list[tuple[np.ndarray, np.ndarray]]):
-        self.chunks = [(values, np.asarray(offsets, dtype=np.int64)) for values, offsets in chunks]
+        self.chunks = [(values, np.asarray(offsets)) for values, offsets in chunks]  # int32 or int64: not copied
         self.starts = np.cumsum([0] + [len(o) - 1 for _, o in self.chunks], dtype=np.int64)
 
     @classmethod
@@ -167,8 +169,11 @@ def encode_dataset(tokenizer, ds, target: str, max_length: int, desc: str = "tok
     import pyarrow.compute as pc
 
     truncated = int(pc.sum(table.column("cut")).as_py() or 0)
-    return Encoded(TokenIds.from_arrow(table.column("input_ids")),
-                   TokenIds.from_arrow(tt) if tt is not None else None, targets, truncated)
+    encoded = Encoded(TokenIds.from_arrow(table.column("input_ids")),
+                      TokenIds.from_arrow(tt) if tt is not None else None, targets, truncated)
+    if stored:
+        release_unused_memory()  # gathering the map's shards freed much; the heap keeps it
+    return encoded
 
 
 def length_grouped_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
@@ -179,6 +184,15 @@ def length_grouped_batches(lengths: np.ndarray, batch_size: int, seed: int, epoc
 
     With `classes` (one class id per example), the epoch is drawn class-balanced instead: the same number of
     examples, each class equally likely, examples of rare classes repeated (with replacement)."""
+    return [b.tolist() for b in length_grouped_arrays(lengths, batch_size, seed, epoch, group_by_length, mega,
+                                                       classes)]
+
+
+def length_grouped_arrays(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
+                          group_by_length: bool = True, mega: int = 50,
+                          classes: np.ndarray | None = None) -> list[np.ndarray]:
+    """`length_grouped_batches` as int64 arrays, views of one permutation of the examples: an epoch of a million
+    examples is a few megabytes, not a Python int per example."""
     rng = np.random.default_rng([seed, epoch])
     if classes is not None:
         counts = np.bincount(classes)
@@ -190,7 +204,8 @@ def length_grouped_batches(lengths: np.ndarray, batch_size: int, seed: int, epoc
         span = batch_size * mega
         chunks = [order[i:i + span] for i in range(0, len(order), span)]
         order = np.concatenate([c[np.argsort(-lengths[c], kind="stable")] for c in chunks])
-    batches = [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+    order = order.astype(np.int64, copy=False)
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     if group_by_length:
         perm = rng.permutation(len(batches))
         batches = [batches[i] for i in perm]
@@ -294,6 +309,13 @@ class BatchPlan(torch.utils.data.Sampler):
             return sorted_batches(self.lengths, self.batch_size)
         return length_grouped_batches(self.lengths, self.batch_size, self.seed, self.epoch, self.group_by_length,
                                       classes=self.classes)
+
+    def batch_arrays(self) -> list[np.ndarray]:
+        """The same batches as `batches`, as int64 index arrays (what the training loop holds for an epoch)."""
+        if not self.shuffle:
+            return [np.asarray(b, dtype=np.int64) for b in self.batches()]
+        return length_grouped_arrays(self.lengths, self.batch_size, self.seed, self.epoch, self.group_by_length,
+                                     classes=self.classes)
 
     def __iter__(self):
         return iter(self.batches())
