@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -414,3 +415,63 @@ def test_freed_heap_memory_is_released_where_glibc_allows():
     blocks = [bytes(4096) for _ in range(20_000)]
     del blocks
     release_unused_memory()
+
+
+def _rss_file_mb() -> float:
+    for line in open("/proc/self/status", encoding="utf-8"):
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no RssFile in /proc/self/status")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise and /proc/self/maps are Linux's")
+def test_pages_of_a_read_only_mapped_file_leave_the_process_and_read_back_unchanged(tmp_path):
+    """`drop_resident_pages` takes a read-only mapped file's pages out of the process (RssFile falls) and the data
+    read afterwards are the same; `read_only_file_mappings` finds no mapping to drop for memory that cannot be read
+    back from a file: owned arrays and copy-on-write mappings (dropping their pages would zero them)."""
+    from textxfer.core.heap import drop_resident_pages, read_only_file_mappings
+
+    path = tmp_path / "ids.bin"
+    data = np.arange(16 * 2**20, dtype=np.int32)  # 64 MB
+    data.tofile(path)
+    mapped = np.memmap(path, dtype=np.int32, mode="r")
+    mappings = read_only_file_mappings([mapped[10:20], mapped[-5:]])
+    assert len(mappings) == 1 and mappings[0][1] - mappings[0][0] >= data.nbytes
+    assert int(mapped.sum(dtype=np.int64)) == int(data.sum(dtype=np.int64))  # every page read: resident
+    before = _rss_file_mb()
+    drop_resident_pages(mappings)
+    assert before - _rss_file_mb() > 48
+    assert np.array_equal(mapped[::4096], data[::4096])
+
+    owned = data.copy()
+    copy_on_write = np.memmap(path, dtype=np.int32, mode="c")
+    copy_on_write[0] = -1
+    for arrays in ([owned], [mapped, owned], [copy_on_write]):
+        assert read_only_file_mappings(arrays) == []
+    assert np.array_equal(owned, data) and copy_on_write[0] == -1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise and /proc/self/maps are Linux's")
+def test_token_ids_of_a_mapped_arrow_file_drop_their_pages_as_rows_are_read(tmp_path, monkeypatch):
+    """Token ids viewed from a memory-mapped Arrow file know it and drop its pages every `RELEASE_EVERY` rows read,
+    returning the same ids; ids built from lists are never touched."""
+    import pyarrow as pa
+
+    from textxfer.modalities.text import batching
+    from textxfer.modalities.text.batching import TokenIds
+
+    rows = [[101, *range(i % 7 + 1), 102] for i in range(3000)]
+    path = tmp_path / "tokens.arrow"
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, pa.schema([("input_ids", pa.list_(pa.int32()))])) as w:
+        for start in range(0, len(rows), 1000):
+            w.write_table(pa.table({"input_ids": pa.array(rows[start:start + 1000], pa.list_(pa.int32()))}))
+    table = pa.ipc.open_stream(pa.memory_map(str(path))).read_all()
+    ids = TokenIds.from_arrow(table.column("input_ids"))
+    assert len(ids.mappings) == 1 and TokenIds.from_lists(rows).mappings == []
+
+    drops = []
+    real = batching.drop_resident_pages
+    monkeypatch.setattr(batching, "drop_resident_pages", lambda mappings: drops.append(mappings) or real(mappings))
+    order = np.random.default_rng(0).permutation(len(rows))
+    assert all(ids[int(i)].tolist() == rows[i] for i in order)
+    assert drops == [ids.mappings] * (len(rows) // TokenIds.RELEASE_EVERY)

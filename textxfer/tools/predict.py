@@ -10,8 +10,6 @@ torch."""
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import multiprocessing
 import os
@@ -21,6 +19,7 @@ from pathlib import Path
 
 from textxfer.core.errors import UserError
 from textxfer.core.files import write_json
+from textxfer.core.heap import trim_heap
 from textxfer.core.progress import ProgressReport
 from textxfer.deploy.manifest import is_export, read_manifest
 from textxfer.tools.predict_inputs import Inputs
@@ -105,28 +104,13 @@ def predict_chunk(clf, texts: list[str], pairs: list[str] | None, options: dict)
     extra = {"batch_size": options["batch_size"]} if options.get("batch_size") else {}
     results = clf.predict([t.strip() for t in texts], top_k=options["top_k"],
                           pairs=[p.strip() for p in pairs] if pairs is not None else None, **extra)
-    release_free_memory()
+    # freed blocks back to the OS: without it the PyTorch predictor's peak memory creeps up chunk after chunk as
+    # freed activation buffers fragment the heap (docs/deploy.md); with it the peak stays at the first chunk's
+    trim_heap()
     return results
 
 
-def release_free_memory() -> None:
-    """Hand the heap pages a chunk freed back to the OS (glibc's malloc_trim): without it the PyTorch predictor's
-    peak memory creeps up chunk after chunk as freed activation buffers fragment the heap (docs/deploy.md has the
-    figures); with it the peak stays at the first chunk's. A no-op where the C library has no malloc_trim."""
-    global LIBC
-    if LIBC is None:
-        try:
-            LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        except OSError:
-            LIBC = False
-    trim = getattr(LIBC, "malloc_trim", None) if LIBC else None
-    if trim is not None:
-        trim(0)
-
-
 WORKER_MODEL = None
-LIBC = None
-"""The C library, once looked up (False where it cannot be loaded)."""
 
 
 def start_worker(model_dir: str, threads: int, workers) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow.types as pa_types
 import torch
 
-from textxfer.core.heap import release_unused_memory
+from textxfer.core.heap import drop_resident_pages, read_only_file_mappings, release_unused_memory
 
 
 class TokenIds(Sequence):
@@ -27,9 +27,17 @@ class TokenIds(Sequence):
     numpy view. Built from the tokenizer's lists (one chunk) or from the chunks of a tokenised Arrow column,
     whose value buffers stay memory-mapped: a million examples are a few arrays, not a million Python lists."""
 
-    def __init__(self, chunks: list[tuple[np.ndarray, np.ndarray]]):
+    RELEASE_EVERY = 64
+    """Examples read from a memory-mapped file between two drops of its pages from the process (`release_pages`)."""
+
+    def __init__(self, chunks: list[tuple[np.ndarray, np.ndarray]], mappings: list[tuple[int, int]] | None = None):
         self.chunks = [(values, np.asarray(offsets)) for values, offsets in chunks]  # int32 or int64: not copied
         self.starts = np.cumsum([0] + [len(o) - 1 for _, o in self.chunks], dtype=np.int64)
+        self.mappings = mappings or []
+        """The read-only file mappings the arrays are views of (`core.heap.read_only_file_mappings`; the arrays
+        keep them mapped): reading rows maps their pages into the process, so every `RELEASE_EVERY` rows read they
+        are dropped again (`core.heap.drop_resident_pages`) and the process's memory does not grow with the file."""
+        self._reads = 0
 
     @classmethod
     def from_lists(cls, seqs: list[list[int]], dtype=np.int32) -> TokenIds:
@@ -45,7 +53,13 @@ class TokenIds(Sequence):
         for chunk in column.chunks:
             if len(chunk):
                 chunks.append((chunk.values.to_numpy(zero_copy_only=False), chunk.offsets.to_numpy()))
-        return cls(chunks)
+        return cls(chunks, read_only_file_mappings([a for pair in chunks for a in pair]))
+
+    def release_pages(self) -> None:
+        """Drop the pages of the memory-mapped file this reads from out of the process's resident memory (they stay
+        in the page cache); nothing for ids held in memory."""
+        self._reads = 0
+        drop_resident_pages(self.mappings)
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -61,6 +75,10 @@ class TokenIds(Sequence):
         c = int(np.searchsorted(self.starts, i, side="right")) - 1
         values, offsets = self.chunks[c]
         j = i - int(self.starts[c])
+        if self.mappings:
+            self._reads += 1
+            if self._reads >= self.RELEASE_EVERY:
+                self.release_pages()
         return values[offsets[j]:offsets[j + 1]]
 
     def __iter__(self):
@@ -90,6 +108,12 @@ class Encoded:
     @functools.cached_property
     def lengths(self) -> np.ndarray:
         return self.input_ids.lengths
+
+    def release_pages(self) -> None:
+        """Drop the pages of a memory-mapped token file from the process (`TokenIds.release_pages`)."""
+        for ids in (self.input_ids, self.token_type_ids):
+            if ids is not None:
+                ids.release_pages()
 
 
 def _tokenise(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int) -> tuple[dict, list[bool]]:
@@ -173,6 +197,7 @@ def encode_dataset(tokenizer, ds, target: str, max_length: int, desc: str = "tok
                       TokenIds.from_arrow(tt) if tt is not None else None, targets, truncated)
     if stored:
         release_unused_memory()  # gathering the map's shards freed much; the heap keeps it
+        encoded.release_pages()  # reading the targets and counts mapped much of the token file into the process
     return encoded
 
 
