@@ -21,7 +21,9 @@ rows and refused where textxfer's predictor does not compute in it.
 `--scale`: writes an SST-2-based CSV of each `--scale-rows` size (sentences repeated with a row number), then runs
 `textxfer predict MODEL --input in.csv --output out.jsonl` (streaming) and today's whole-input prediction (read
 every row, predict, write: what `textxfer predict` did before streaming) each in a fresh process, and reports
-peak RSS (the child's ru_maxrss) and rows/s. Today's prediction runs only up to `--baseline-max-rows` rows.
+peak RSS (the child's ru_maxrss) and rows/s. Today's prediction runs only up to `--baseline-max-rows` rows; at those
+sizes both systems run `--scale-repeats` times, alternating, and the ratios compare medians (one run's peak moves
+by tens of MB).
 
 Both modes print their rows and write them to `--out` (.txt and .json; default docs/results/bench_predict[-quick]
 or bench_predict-scale).
@@ -244,31 +246,44 @@ def scale(a, work: Path) -> list[dict]:
                                  "--output", str(work / f"stream{n}.jsonl")]}
         if n <= a.baseline_max_rows:
             systems["today"] = [sys.executable, "-c", TODAY, model, str(source), str(work / f"today{n}.jsonl")]
-        for name, command in systems.items():
-            seconds, rss = measured(command)
-            out = work / f"{'stream' if name == 'streaming' else 'today'}{n}.jsonl"
-            with open(out, encoding="utf-8") as f:
-                written = sum(1 for _ in f)
-            if written != n:
-                raise SystemExit(f"{name} wrote {written} rows of {n}")
-            rows.append({"system": name, "rows": n, "seconds": seconds, "rows_per_s": n / seconds,
-                         "peak_rss_mb": rss, "load": os.getloadavg()[0]})
-            out.unlink()
+        repeats = a.scale_repeats if n <= a.baseline_max_rows else 1
+        for run in range(repeats):  # the systems alternate, so a change in the machine's load hits both alike
+            for name, command in systems.items():
+                seconds, rss = measured(command)
+                out = work / f"{'stream' if name == 'streaming' else 'today'}{n}.jsonl"
+                with open(out, encoding="utf-8") as f:
+                    written = sum(1 for _ in f)
+                if written != n:
+                    raise SystemExit(f"{name} wrote {written} rows of {n}")
+                rows.append({"system": name, "rows": n, "run": run, "seconds": seconds, "rows_per_s": n / seconds,
+                             "peak_rss_mb": rss, "load": os.getloadavg()[0]})
+                out.unlink()
         source.unlink()
-    stream = [r for r in rows if r["system"] == "streaming"]
-    summary = {"rss_largest_over_smallest": stream[-1]["peak_rss_mb"] / stream[0]["peak_rss_mb"]}
-    for r in stream:
-        today = next((t for t in rows if t["system"] == "today" and t["rows"] == r["rows"]), None)
+    return [{"header": f"bench_predict --scale: {model}; load {os.getloadavg()[0]:.2f}"}] + rows + [scale_summary(rows)]
+
+
+def scale_summary(rows: list[dict]) -> dict:
+    """Peak RSS of the largest input over the smallest's, and streaming's rows/s over today's at each size where
+    both ran: medians over the repeats of a size (the peak of one run moves by tens of MB)."""
+    def median(system: str, n: int, key: str) -> float | None:
+        values = [r[key] for r in rows if r["system"] == system and r["rows"] == n]
+        return statistics.median(values) if values else None
+
+    sizes = sorted({r["rows"] for r in rows})
+    summary = {"rss_largest_over_smallest": median("streaming", sizes[-1], "peak_rss_mb")
+               / median("streaming", sizes[0], "peak_rss_mb")}
+    for n in sizes:
+        today = median("today", n, "rows_per_s")
         if today:
-            summary[f"throughput_vs_today_{r['rows']}"] = r["rows_per_s"] / today["rows_per_s"]
-    return [{"header": f"bench_predict --scale: {model}; load {os.getloadavg()[0]:.2f}"}] + rows + [summary]
+            summary[f"throughput_vs_today_{n}"] = median("streaming", n, "rows_per_s") / today
+    return summary
 
 
 def format_scale(rows: list[dict]) -> list[str]:
-    lines = [rows[0]["header"], f"{'system':<10} {'rows':>9} {'seconds':>9} {'rows/s':>8} {'peak RSS MB':>11}"]
+    lines = [rows[0]["header"], f"{'system':<10} {'rows':>9} {'run':>4} {'seconds':>9} {'rows/s':>8} {'peak RSS MB':>11}"]
     for r in rows[1:-1]:
-        lines.append(f"{r['system']:<10} {r['rows']:>9,} {r['seconds']:9.1f} {r['rows_per_s']:8.0f} "
-                     f"{r['peak_rss_mb']:11.0f}")
+        lines.append(f"{r['system']:<10} {r['rows']:>9,} {r.get('run', 0):>4} {r['seconds']:9.1f} "
+                     f"{r['rows_per_s']:8.0f} {r['peak_rss_mb']:11.0f}")
     lines.append("; ".join(f"{k} {v:.2f}x" for k, v in rows[-1].items()))
     return lines
 
@@ -290,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --scale: input sizes (default 10000,1000000)")
     p.add_argument("--baseline-max-rows", type=int, default=100_000,
                    help="with --scale: run today's whole-input prediction up to this many rows")
+    p.add_argument("--scale-repeats", type=int, default=3,
+                   help="with --scale: runs of each system at the sizes up to --baseline-max-rows, medians compared")
     p.add_argument("--out", help="result files PREFIX.txt and PREFIX.json (default under docs/results/)")
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

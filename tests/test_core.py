@@ -454,7 +454,10 @@ def test_pages_of_a_read_only_mapped_file_leave_the_process_and_read_back_unchan
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise and /proc/self/maps are Linux's")
 def test_token_ids_of_a_mapped_arrow_file_drop_their_pages_as_rows_are_read(tmp_path, monkeypatch):
     """Token ids viewed from a memory-mapped Arrow file know it and drop its pages every `RELEASE_EVERY` rows read,
-    returning the same ids; ids built from lists are never touched."""
+    returning the same ids; ids built from lists, and pickled or copied ids, are never touched."""
+    import copy
+    import pickle
+
     import pyarrow as pa
 
     from textxfer.modalities.text import batching
@@ -475,3 +478,5 @@ def test_token_ids_of_a_mapped_arrow_file_drop_their_pages_as_rows_are_read(tmp_
     order = np.random.default_rng(0).permutation(len(rows))
     assert all(ids[int(i)].tolist() == rows[i] for i in order)
     assert drops == [ids.mappings] * (len(rows) // TokenIds.RELEASE_EVERY)
+    for copied in (pickle.loads(pickle.dumps(ids)), copy.deepcopy(ids)):  # its own memory: nothing to drop
+        assert copied.mappings == [] and all(copied[i].tolist() == rows[i] for i in range(0, len(rows), 97))

@@ -17,12 +17,16 @@ pytestmark = pytest.mark.skipif(not (SHARED_DATA / "sst2" / "train.tsv").is_file
 def test_scale_rows_report_peak_memory_and_rate_of_both_predictions(tmp_path):
     bench = load_script("bench_predict")
     export_run(make_tiny_checkpoint("bert", tmp_path / "m", with_head=True), tmp_path / "onnx")
-    args = SimpleNamespace(scale_model=str(tmp_path / "onnx"), scale_rows=[30, 60], baseline_max_rows=30)
+    args = SimpleNamespace(scale_model=str(tmp_path / "onnx"), scale_rows=[30, 60], baseline_max_rows=30,
+                           scale_repeats=2)
     rows = bench.scale(args, tmp_path)
     body = rows[1:-1]
-    assert [(r["system"], r["rows"]) for r in body] == [("streaming", 30), ("today", 30), ("streaming", 60)]
+    assert [(r["system"], r["rows"], r["run"]) for r in body] == [
+        ("streaming", 30, 0), ("today", 30, 0), ("streaming", 30, 1), ("today", 30, 1), ("streaming", 60, 0)]
     assert all(r["peak_rss_mb"] > 10 and r["rows_per_s"] > 0 for r in body)
     assert set(rows[-1]) == {"rss_largest_over_smallest", "throughput_vs_today_30"}
+    small = sorted(r["peak_rss_mb"] for r in body if r["system"] == "streaming" and r["rows"] == 30)
+    assert rows[-1]["rss_largest_over_smallest"] == pytest.approx(body[-1]["peak_rss_mb"] / (sum(small) / 2))
     lines = bench.format_scale(rows)
     assert lines[2].startswith("streaming ") and "rss_largest_over_smallest" in lines[-1]
 

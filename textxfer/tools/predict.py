@@ -104,8 +104,8 @@ def predict_chunk(clf, texts: list[str], pairs: list[str] | None, options: dict)
     extra = {"batch_size": options["batch_size"]} if options.get("batch_size") else {}
     results = clf.predict([t.strip() for t in texts], top_k=options["top_k"],
                           pairs=[p.strip() for p in pairs] if pairs is not None else None, **extra)
-    # freed blocks back to the OS: without it the PyTorch predictor's peak memory creeps up chunk after chunk as
-    # freed activation buffers fragment the heap (docs/deploy.md); with it the peak stays at the first chunk's
+    # freed blocks back to the OS: without it the PyTorch predictor's peak memory climbs chunk after chunk as freed
+    # activation buffers fragment the heap; with it the climb is slow (docs/deploy.md has the figures)
     trim_heap()
     return results
 

@@ -61,6 +61,11 @@ class TokenIds(Sequence):
         self._reads = 0
         drop_resident_pages(self.mappings)
 
+    def __getstate__(self) -> dict:
+        """Pickled or deep-copied, the arrays become the copy's own memory, where the mapping addresses mean
+        nothing (dropping pages there would zero them): the copy has none."""
+        return self.__dict__ | {"mappings": [], "_reads": 0}
+
     def __len__(self) -> int:
         return int(self.starts[-1])
 
