@@ -15,15 +15,21 @@ import functools
 
 
 @functools.cache
-def _malloc_trim():
-    """glibc's `malloc_trim`, or None where the C library is not glibc (macOS, musl, Windows)."""
+def _libc():
+    """The C library, or None where it cannot be found or loaded."""
     name = ctypes.util.find_library("c")
     if not name:
         return None
     try:
-        return ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):
+        return ctypes.CDLL(name)
+    except OSError:
         return None
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's `malloc_trim`, or None where the C library is not glibc (macOS, musl, Windows)."""
+    return getattr(_libc(), "malloc_trim", None)
 
 
 def trim_heap() -> None:
@@ -53,12 +59,8 @@ def _madvise():
     """The C library's `madvise`, or None where there is none (or it is not Linux's)."""
     import sys
 
-    name = ctypes.util.find_library("c")
-    if not sys.platform.startswith("linux") or not name:
-        return None
-    try:
-        fn = ctypes.CDLL(name, use_errno=True).madvise
-    except (OSError, AttributeError):
+    fn = getattr(_libc(), "madvise", None) if sys.platform.startswith("linux") else None
+    if fn is None:
         return None
     fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     fn.restype = ctypes.c_int

@@ -335,15 +335,13 @@ class BatchPlan(torch.utils.data.Sampler):
         self.epoch = epoch
 
     def batches(self) -> list[list[int]]:
-        if not self.shuffle:
-            return sorted_batches(self.lengths, self.batch_size)
-        return length_grouped_batches(self.lengths, self.batch_size, self.seed, self.epoch, self.group_by_length,
-                                      classes=self.classes)
+        """The epoch's batches as lists of example indices (`batch_arrays`, converted)."""
+        return [b.tolist() for b in self.batch_arrays()]
 
     def batch_arrays(self) -> list[np.ndarray]:
-        """The same batches as `batches`, as int64 index arrays (what the training loop holds for an epoch)."""
+        """The epoch's batches as int64 index arrays (what the training loop holds for an epoch)."""
         if not self.shuffle:
-            return [np.asarray(b, dtype=np.int64) for b in self.batches()]
+            return [np.asarray(b, dtype=np.int64) for b in sorted_batches(self.lengths, self.batch_size)]
         return length_grouped_arrays(self.lengths, self.batch_size, self.seed, self.epoch, self.group_by_length,
                                      classes=self.classes)
 
