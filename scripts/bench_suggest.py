@@ -41,7 +41,7 @@ from bench_label_issues import POOL, RECIPE, RESULTS, dataset, embedder, pool_dr
 
 SETS = ("sst2", "agnews", "trec")
 START, STEP, END = 16, 16, 256
-OURS = ("badge", "margin", "least-confidence")
+OURS = ("badge", "typiclust", "typiclust-margin", "margin", "least-confidence")
 SMALL_TEXT = {"small-text LeastConfidence": "LeastConfidence", "small-text PredictionEntropy": "PredictionEntropy",
               "small-text BreakingTies": "BreakingTies"}
 
@@ -77,7 +77,8 @@ def curve(strategy: str, pool_x: np.ndarray, pool_y: np.ndarray, eval_x: np.ndar
             picked = rng.choice(rest, STEP, replace=False)
         elif strategy in OURS:
             probs = head_probabilities(head, pool_x[rest], n_classes)
-            order, _ = choose(probs, pool_x[rest], STEP, strategy, seed=seed * 1000 + len(labelled))
+            order, _ = choose(probs, pool_x[rest], STEP, strategy, seed=seed * 1000 + len(labelled),
+                              labelled=pool_x[labelled])
             picked = rest[order]
         else:
             import small_text

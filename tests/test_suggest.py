@@ -137,3 +137,29 @@ def test_command_refuses_a_pool_smaller_than_k(tiny_run, tmp_path):
     result = CliRunner().invoke(cli, ["suggest", str(tiny_run), "--pool", str(pool), "-k", "0"])
     assert result.exit_code == 2 and "-k is 0" in result.output
     assert not (tiny_run / "suggestions.csv").exists()
+
+
+def test_typiclust_covers_clusters_no_label_covers_yet():
+    from textxfer.tools.suggest import choose
+
+    rng = np.random.default_rng(0)
+    centres = np.eye(8)[:4] * 10
+    pool = np.concatenate([c + rng.normal(0, 0.1, (30, 8)) for c in centres])
+    probs = np.full((len(pool), 2), 0.5)
+    order, score = choose(probs, pool, 3, "typiclust", seed=0, labelled=centres[:1] + 0.01)
+    groups = {int(i) // 30 for i in order}
+    assert len(order) == 3 and len(set(order.tolist())) == 3
+    assert groups == {1, 2, 3}  # one per cluster, none from the one a label already covers
+    assert score.shape == (len(pool),) and (score > 0).all()
+
+
+def test_typiclust_margin_takes_the_uncertain_text_inside_a_cluster():
+    from textxfer.tools.suggest import choose
+
+    rng = np.random.default_rng(1)
+    pool = np.concatenate([np.eye(4)[0] * 10 + rng.normal(0, 0.1, (20, 4)),
+                           np.eye(4)[1] * 10 + rng.normal(0, 0.1, (20, 4))])
+    probs = np.tile([0.99, 0.01], (len(pool), 1))
+    probs[7] = probs[33] = [0.5, 0.5]
+    order, _ = choose(probs, pool, 2, "typiclust-margin", seed=0)
+    assert sorted(order.tolist()) == [7, 33]

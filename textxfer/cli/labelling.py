@@ -78,8 +78,11 @@ def issues_command(recipe, overrides, output_dir, folds, tune_passes, cross_fit,
 @click.option("--text-column", default="text", show_default=True, help="Text column of a CSV/TSV/JSONL pool.")
 @click.option("--pair-column", default=None,
               help="Second-text column, for sentence-pair models (default: the column the model was trained with).")
-@click.option("--strategy", type=click.Choice(["badge", "margin", "least-confidence"]), default="badge",
-              show_default=True, help="badge: uncertain and diverse; margin / least-confidence: uncertain only.")
+@click.option("--strategy", type=click.Choice(["badge", "typiclust-margin", "typiclust", "margin", "least-confidence"]),
+              default="badge", show_default=True,
+              help="badge: uncertain and diverse; typiclust-margin: one text per cluster of the pool, the most "
+                   "uncertain of its typical ones; typiclust: the most typical; margin / least-confidence: "
+                   "uncertain only.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the diverse choice (badge).")
 def suggest_command(run_dir, pool, k, output, text_column, pair_column, strategy, seed):
     """Pick the K texts of a pool whose labels would teach the model in RUN_DIR the most.

@@ -9,7 +9,11 @@ last layer if the model's own guess were right, (p - onehot(guess)) outer embedd
 model's uncertainty and whose direction says where the text lies and what it would change; k-means++ seeding
 over those vectors then picks texts that are both uncertain and unlike each other. `margin` (the smallest gap
 between the two likeliest classes, top k) and `least-confidence` are the plain uncertainty rankings, for
-comparison (docs/labelling.md has the measurements behind the default).
+comparison. `typiclust` (Hacohen et al., 2022) covers the pool instead: one text from each k-means cluster that no
+label covers yet, the most typical one; `typiclust-margin` takes in each such cluster the most uncertain of its
+typical texts (uncertainty times typicality), which suits the first few hundred labels (docs/labelling.md has the
+measurements behind the default and the alternatives). `textxfer suggest` does not know the run's labelled texts,
+so there every cluster counts as uncovered; `choose(..., labelled=...)` takes their embeddings.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from textxfer.core.errors import UserError
 
 log = logging.getLogger("textxfer")
 
-STRATEGIES = ("badge", "margin", "least-confidence")
+STRATEGIES = ("badge", "typiclust", "typiclust-margin", "margin", "least-confidence")
 DEFAULT_STRATEGY = "badge"
 CSV_COLUMNS = ["text", "label", "score", "rank", "row"]
 
@@ -93,8 +97,64 @@ def kmeans_plus_plus(factors: np.ndarray, embeddings: np.ndarray, k: int, seed: 
     return chosen
 
 
+def typicality(points: np.ndarray, neighbours: int) -> np.ndarray:
+    """1 / the mean Euclidean distance of each point to its `neighbours` nearest others (higher: a denser spot)."""
+    x = np.asarray(points, dtype=np.float64)
+    if len(x) < 2:
+        return np.ones(len(x))
+    sq = (x * x).sum(1)
+    d = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2.0 * x @ x.T, 0.0))
+    np.fill_diagonal(d, np.inf)
+    k = max(1, min(neighbours, len(x) - 1))
+    return 1.0 / (np.partition(d, k - 1, axis=1)[:, :k].mean(1) + 1e-8)
+
+
+def typiclust(embeddings: np.ndarray, labelled: np.ndarray | None, k: int, seed: int, max_clusters: int = 500,
+              neighbours: int = 20, min_cluster: int = 5, unsure: np.ndarray | None = None) -> tuple[list[int], np.ndarray]:
+    """TypiClust (Hacohen et al., 2022, "Active Learning on a Budget"): k-means over the labelled and pool texts
+    (L2-normalised) into (labelled + k) clusters, at most `max_clusters`; k times, the cluster with the fewest
+    labelled texts (the largest among equals; clusters of fewer than `min_cluster` texts are outliers and skipped)
+    gives its most typical pool text, the one closest on average to its `neighbours` nearest cluster mates.
+    Returns (the k pool indices in the order chosen, each pool text's typicality)."""
+    from sklearn.cluster import KMeans
+
+    pool = _unit(embeddings)
+    known = _unit(labelled) if labelled is not None and len(labelled) else np.zeros((0, pool.shape[1]))
+    x = np.concatenate([known, pool])
+    n_clusters = max(1, min(len(known) + k, max_clusters, len(x)))
+    assign = KMeans(n_clusters, n_init=1, random_state=seed).fit_predict(x.astype(np.float32))
+    known_of, pool_of = assign[:len(known)], assign[len(known):]
+    typical = np.zeros(len(pool))
+    for c in range(n_clusters):
+        members = np.flatnonzero(assign == c)
+        inside = members[members >= len(known)] - len(known)
+        if len(inside):
+            typical[inside] = typicality(x[members], min(neighbours, len(members) // 2))[members >= len(known)]
+    size = np.bincount(assign, minlength=n_clusters)
+    covered = np.bincount(known_of, minlength=n_clusters).astype(float)
+    free = np.ones(len(pool), dtype=bool)
+    chosen: list[int] = []
+    while len(chosen) < k:
+        open_ = np.bincount(pool_of[free], minlength=n_clusters) > 0
+        usable = open_ & (size >= min_cluster) if (open_ & (size >= min_cluster)).any() else open_
+        c = min(np.flatnonzero(usable), key=lambda j: (covered[j], -size[j], j))
+        inside = np.flatnonzero(free & (pool_of == c))
+        weight = typical[inside] / typical[inside].max()
+        best = int(inside[np.argmax(weight if unsure is None else weight * unsure[inside])])
+        chosen.append(best)
+        free[best] = False
+        covered[c] += 1
+    return chosen, typical
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def choose(probs: np.ndarray, embeddings: np.ndarray, k: int, strategy: str = DEFAULT_STRATEGY, seed: int = 0,
-           multi_label: bool = False, thresholds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+           multi_label: bool = False, thresholds: np.ndarray | None = None,
+           labelled: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(indices of the k texts to label, in the order chosen; each text's score). `score` is the model's
     uncertainty for the uncertainty rankings and the length of the gradient vector for `badge` (both: higher =
     more to learn from)."""
@@ -104,6 +164,12 @@ def choose(probs: np.ndarray, embeddings: np.ndarray, k: int, strategy: str = DE
         factors = gradient_factors(probs, multi_label, thresholds)
         score = np.linalg.norm(factors, axis=1) * np.linalg.norm(embeddings, axis=1)
         return np.asarray(kmeans_plus_plus(factors, embeddings, k, seed)), score
+    if strategy == "typiclust":
+        order, score = typiclust(embeddings, labelled, k, seed)
+        return np.asarray(order), score
+    if strategy == "typiclust-margin":
+        order, score = typiclust(embeddings, labelled, k, seed, unsure=uncertainty(probs, multi_label, thresholds))
+        return np.asarray(order), score
     if strategy == "margin":
         score = uncertainty(probs, multi_label, thresholds)
     elif strategy == "least-confidence":
