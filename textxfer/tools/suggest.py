@@ -157,7 +157,8 @@ def choose(probs: np.ndarray, embeddings: np.ndarray, k: int, strategy: str = DE
            labelled: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(indices of the k texts to label, in the order chosen; each text's score). `score` is the model's
     uncertainty for the uncertainty rankings and the length of the gradient vector for `badge` (both: higher =
-    more to learn from)."""
+    more to learn from); for `typiclust` and `typiclust-margin` it is the text's typicality (higher: a denser spot of
+    the pool). `labelled`: embeddings of the texts already labelled (TypiClust counts which clusters they cover)."""
     n = len(probs)
     check_k(k, n)
     if strategy == "badge":
