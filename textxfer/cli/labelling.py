@@ -83,7 +83,7 @@ def issues_command(recipe, overrides, output_dir, folds, tune_passes, cross_fit,
               help="badge: uncertain and diverse; typiclust-margin: one text per cluster of the pool, the most "
                    "uncertain of its typical ones; typiclust: the most typical; margin / least-confidence: "
                    "uncertain only.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the diverse choice (badge).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the diverse choice (badge) and the clustering (typiclust).")
 def suggest_command(run_dir, pool, k, output, text_column, pair_column, strategy, seed):
     """Pick the K texts of a pool whose labels would teach the model in RUN_DIR the most.
 

@@ -9,8 +9,8 @@ last layer if the model's own guess were right, (p - onehot(guess)) outer embedd
 model's uncertainty and whose direction says where the text lies and what it would change; k-means++ seeding
 over those vectors then picks texts that are both uncertain and unlike each other. `margin` (the smallest gap
 between the two likeliest classes, top k) and `least-confidence` are the plain uncertainty rankings, for
-comparison. `typiclust` (Hacohen et al., 2022) covers the pool instead: one text from each k-means cluster that no
-label covers yet, the most typical one; `typiclust-margin` takes in each such cluster the most uncertain of its
+comparison. `typiclust` (Hacohen et al., 2022) covers the pool instead: one text from each k-means cluster that labels
+cover least, the most typical one; `typiclust-margin` takes in each such cluster the most uncertain of its
 typical texts (uncertainty times typicality), which suits the first few hundred labels (docs/labelling.md has the
 measurements behind the default and the alternatives). `textxfer suggest` does not know the run's labelled texts,
 so there every cluster counts as uncovered; `choose(..., labelled=...)` takes their embeddings.
@@ -136,7 +136,8 @@ def typiclust(embeddings: np.ndarray, labelled: np.ndarray | None, k: int, seed:
     chosen: list[int] = []
     while len(chosen) < k:
         open_ = np.bincount(pool_of[free], minlength=n_clusters) > 0
-        usable = open_ & (size >= min_cluster) if (open_ & (size >= min_cluster)).any() else open_
+        big = open_ & (size >= min_cluster)
+        usable = big if big.any() else open_
         c = min(np.flatnonzero(usable), key=lambda j: (covered[j], -size[j], j))
         inside = np.flatnonzero(free & (pool_of == c))
         weight = typical[inside] / typical[inside].max()
@@ -165,11 +166,9 @@ def choose(probs: np.ndarray, embeddings: np.ndarray, k: int, strategy: str = DE
         factors = gradient_factors(probs, multi_label, thresholds)
         score = np.linalg.norm(factors, axis=1) * np.linalg.norm(embeddings, axis=1)
         return np.asarray(kmeans_plus_plus(factors, embeddings, k, seed)), score
-    if strategy == "typiclust":
-        order, score = typiclust(embeddings, labelled, k, seed)
-        return np.asarray(order), score
-    if strategy == "typiclust-margin":
-        order, score = typiclust(embeddings, labelled, k, seed, unsure=uncertainty(probs, multi_label, thresholds))
+    if strategy in ("typiclust", "typiclust-margin"):
+        unsure = uncertainty(probs, multi_label, thresholds) if strategy == "typiclust-margin" else None
+        order, score = typiclust(embeddings, labelled, k, seed, unsure=unsure)
         return np.asarray(order), score
     if strategy == "margin":
         score = uncertainty(probs, multi_label, thresholds)
