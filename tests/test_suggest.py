@@ -163,3 +163,67 @@ def test_typiclust_margin_takes_the_uncertain_text_inside_a_cluster():
     probs[7] = probs[33] = [0.5, 0.5]
     order, _ = choose(probs, pool, 2, "typiclust-margin", seed=0)
     assert sorted(order.tolist()) == [7, 33]
+
+
+def _train_texts(run) -> list[str]:
+    from textxfer.tools.run_labelled import from_run
+
+    known = from_run(run)
+    assert known is not None and "validation" in known.keys
+    return known.texts
+
+
+def test_the_runs_labelled_texts_leave_the_pool(tiny_run, tmp_path):
+    train = _train_texts(tiny_run)
+    fresh = ["good film here", "bad plot there", "goal goal ball", "a very fine actor", "the sad movie was"]
+    pool = tmp_path / "pool.csv"
+    pool.write_text("text\n" + "\n".join(train[:6] + fresh) + "\n")
+    for labelled, offered in (("run", fresh), ("none", train[:6] + fresh)):
+        out = tmp_path / f"next-{labelled}.csv"
+        result = CliRunner().invoke(cli, ["suggest", str(tiny_run), "--pool", str(pool), "-k", str(len(offered)),
+                                          "--output", str(out), "--labelled", labelled, "--strategy", "typiclust-margin"])
+        assert result.exit_code == 0, result.output
+        with open(out, encoding="utf-8") as f:
+            assert sorted(r["text"] for r in csv.DictReader(f)) == sorted(offered)
+    result = CliRunner().invoke(cli, ["suggest", str(tiny_run), "--pool", str(pool), "-k", str(len(fresh) + 1)])
+    assert result.exit_code == 2 and f"{len(fresh)} usable text(s)" in result.output
+
+
+def test_a_labelled_file_leaves_the_pool_and_counts_for_coverage(tiny_run, tmp_path, monkeypatch):
+    import textxfer.tools.suggest as suggest_module
+
+    pool = tmp_path / "pool.txt"
+    pool.write_text("good film here\nbad plot there\ngoal goal ball\na very fine actor\n")
+    labelled = tmp_path / "labelled.csv"
+    labelled.write_text("text,label\ngoal goal ball,sport\nthe best film,pos\n")
+    seen = {}
+    real = suggest_module.choose
+
+    def spy(*args, **kwargs):
+        seen["labelled"] = kwargs.get("labelled")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(suggest_module, "choose", spy)
+    out = tmp_path / "next.csv"
+    result = CliRunner().invoke(cli, ["suggest", str(tiny_run), "--pool", str(pool), "-k", "3", "--output", str(out),
+                                      "--labelled", str(labelled), "--strategy", "typiclust"])
+    assert result.exit_code == 0, result.output
+    with open(out, encoding="utf-8") as f:
+        assert "goal goal ball" not in {r["text"] for r in csv.DictReader(f)}
+    assert seen["labelled"].shape[0] == 2  # both labelled texts embedded for coverage
+
+
+def test_a_run_whose_data_moved_warns_and_goes_on(tiny_run, tmp_path, caplog):
+    import shutil
+
+    import yaml
+
+    from textxfer.tools.run_labelled import from_run
+
+    moved = tmp_path / "moved-run"
+    shutil.copytree(tiny_run, moved)
+    recipe = yaml.safe_load((moved / "recipe.yaml").read_text())
+    recipe["data"]["train"] = str(tmp_path / "gone.csv")
+    (moved / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    assert from_run(moved) is None
+    assert "could not be read again" in caplog.text and "--labelled FILE" in caplog.text

@@ -84,13 +84,17 @@ def issues_command(recipe, overrides, output_dir, folds, tune_passes, cross_fit,
                    "uncertain of its typical ones; typiclust: the most typical; margin / least-confidence: "
                    "uncertain only.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the diverse choice (badge) and the clustering (typiclust).")
-def suggest_command(run_dir, pool, k, output, text_column, pair_column, strategy, seed):
+@click.option("--labelled", default="run", show_default=True, metavar="run|none|FILE",
+              help="The texts already labelled: `run` reads the run's training, validation and test texts again "
+                   "from its recipe.yaml; FILE reads them from a file (--text-column, labels not needed); `none` "
+                   "goes without. They leave the pool, and typiclust skips the parts of the pool they cover.")
+def suggest_command(run_dir, pool, k, output, text_column, pair_column, strategy, seed, labelled):
     """Pick the K texts of a pool whose labels would teach the model in RUN_DIR the most.
 
     The run's model scores every text: how unsure it is, and where the text lies in its embedding space. The K
     chosen are uncertain and unlike each other (no near-duplicates). Writes a CSV to label: text, an empty
     label column, score, rank, row (0-based position of the text in the pool as read: header and blank lines
-    not counted). Repeated and empty pool texts are left out.
+    not counted). Repeated and empty pool texts, and texts already labelled (--labelled), are left out.
 
     \b
     Examples:
@@ -99,6 +103,7 @@ def suggest_command(run_dir, pool, k, output, text_column, pair_column, strategy
     """
     from textxfer.modalities.detect import saved_task
     from textxfer.modalities.text.predict import load
+    from textxfer.tools import run_labelled
     from textxfer.tools.predict_inputs import Inputs
     from textxfer.tools.suggest import check_k, suggest, write_suggestions
 
@@ -113,6 +118,8 @@ def suggest_command(run_dir, pool, k, output, text_column, pair_column, strategy
     read = list(Inputs([pool], text_column, pair, why).rows())
     texts = [text for text, _ in read]
     pairs = [second for _, second in read] if pair is not None else None
-    chosen = suggest(clf, texts, k, pairs=pairs, strategy=strategy, seed=seed)
+    known = (None if labelled == "none" else run_labelled.from_run(run_dir) if labelled == "run"
+             else run_labelled.from_file(labelled, text_column, pair))
+    chosen = suggest(clf, texts, k, pairs=pairs, strategy=strategy, seed=seed, labelled=known)
     path = write_suggestions(chosen, output or Path(run_dir) / "suggestions.csv")
     click.echo(f"{len(chosen)} texts to label of {len(texts):,} in the pool ({strategy}): {path}")

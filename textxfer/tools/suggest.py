@@ -12,8 +12,8 @@ between the two likeliest classes, top k) and `least-confidence` are the plain u
 comparison. `typiclust` (Hacohen et al., 2022) covers the pool instead: one text from each k-means cluster that labels
 cover least, the most typical one; `typiclust-margin` takes in each such cluster the most uncertain of its
 typical texts (uncertainty times typicality), which suits the first few hundred labels (docs/labelling.md has the
-measurements behind the default and the alternatives). `textxfer suggest` does not know the run's labelled texts,
-so there every cluster counts as uncovered; `choose(..., labelled=...)` takes their embeddings.
+measurements behind the default and the alternatives). The run's labelled texts (`run_labelled`) leave the pool,
+and the training ones are embedded so that TypiClust knows which clusters they cover (`choose(..., labelled=...)`).
 """
 
 from __future__ import annotations
@@ -28,12 +28,15 @@ from pathlib import Path
 import numpy as np
 
 from textxfer.core.errors import UserError
+from textxfer.tools.run_labelled import LabelledTexts
 
 log = logging.getLogger("textxfer")
 
 STRATEGIES = ("badge", "typiclust", "typiclust-margin", "margin", "least-confidence")
 DEFAULT_STRATEGY = "badge"
 CSV_COLUMNS = ["text", "label", "score", "rank", "row"]
+MAX_COVERAGE_TEXTS = 20_000
+"""Labelled texts embedded for cluster coverage at most (a seeded sample beyond): where labels already lie."""
 
 
 # ------------------------------------------------------------------------------------------ scores
@@ -218,9 +221,10 @@ def unique_texts(texts: list[str]) -> tuple[list[str], list[int], int, int]:
 
 
 def suggest(model, texts: list[str], k: int, pairs: list[str] | None = None, strategy: str = DEFAULT_STRATEGY,
-            seed: int = 0, batch_size: int = 64) -> list[Suggestion]:
+            seed: int = 0, batch_size: int = 64, labelled: LabelledTexts | None = None) -> list[Suggestion]:
     """The k texts of the pool that a saved model (a run directory, its model folder, or a loaded
-    `textxfer.load(...)` classifier) would learn the most from, best first."""
+    `textxfer.load(...)` classifier) would learn the most from, best first. `labelled`: the texts already labelled
+    (`run_labelled.from_run` / `from_file`): they leave the pool, and cluster coverage counts the training ones."""
     from textxfer.modalities.text.embeddings import embed_texts
     from textxfer.modalities.text.predict import Classifier, load
 
@@ -229,20 +233,61 @@ def suggest(model, texts: list[str], k: int, pairs: list[str] | None = None, str
     if k <= 0:
         check_k(k, len(texts))
     kept, rows, empty, repeated = unique_texts(texts)
+    kept_pairs = [str(pairs[i]).strip() for i in rows] if pairs is not None else None
     if empty or repeated:
         log.info(f"pool: {len(kept):,} distinct texts ({empty:,} empty row(s) and {repeated:,} repeated text(s) "
                  "left out)")
+    if labelled is not None:
+        kept, rows, kept_pairs = _without_labelled(kept, rows, kept_pairs, labelled)
     check_k(k, len(kept))
     clf = model if isinstance(model, Classifier) else load(model)
-    kept_pairs = [str(pairs[i]).strip() for i in rows] if pairs is not None else None
-    embeddings, logits = embed_texts(clf.model, clf.tokenizer, kept, kept_pairs, clf.max_length, with_logits=True,
-                                     device=clf.device, max_batch=batch_size)
+
+    def embed(some: list[str], some_pairs: list[str] | None, logits: bool):
+        return embed_texts(clf.model, clf.tokenizer, some, some_pairs, clf.max_length, with_logits=logits,
+                           device=clf.device, max_batch=batch_size)
+
+    embeddings, logits = embed(kept, kept_pairs, True)
+    covered = None
+    if labelled is not None and strategy.startswith("typiclust") and labelled.texts:
+        texts_l, pairs_l = _coverage_sample(labelled, seed)
+        covered, _ = embed(texts_l, pairs_l, False)
     import torch
 
     logits_t = torch.from_numpy(logits)
     probs = (logits_t.sigmoid() if clf.multi_label else logits_t.softmax(-1)).numpy()
-    order, score = choose(probs, embeddings, k, strategy, seed, clf.multi_label, clf.thresholds)
+    order, score = choose(probs, embeddings, k, strategy, seed, clf.multi_label, clf.thresholds, labelled=covered)
     return [Suggestion(rows[i], kept[i], float(score[i]), rank) for rank, i in enumerate(order.tolist(), 1)]
+
+
+def _without_labelled(texts: list[str], rows: list[int], pairs: list[str] | None,
+                      labelled: LabelledTexts) -> tuple[list[str], list[int], list[str] | None]:
+    """The pool without the texts that are already labelled (a training, validation or test text, or one of a
+    `--labelled` file), the count per split said once."""
+    from textxfer.data.sampling import text_key
+
+    keep, found = [], dict.fromkeys(labelled.keys, 0)
+    for i, text in enumerate(texts):
+        key = text_key(text, pairs[i] if pairs is not None else None)
+        split = next((name for name, keys in labelled.keys.items() if key in keys), None)
+        if split is None:
+            keep.append(i)
+        else:
+            found[split] += 1
+    if len(keep) < len(texts):
+        log.warning(f"pool: {len(texts) - len(keep):,} text(s) left out as already labelled "
+                    f"({', '.join(f'{n:,} {split}' for split, n in found.items() if n)}; from {labelled.source})")
+    return ([texts[i] for i in keep], [rows[i] for i in keep],
+            [pairs[i] for i in keep] if pairs is not None else None)
+
+
+def _coverage_sample(labelled: LabelledTexts, seed: int) -> tuple[list[str], list[str] | None]:
+    """The training texts cluster coverage embeds: all of them, or a seeded sample of `MAX_COVERAGE_TEXTS`."""
+    n = len(labelled.texts)
+    if n <= MAX_COVERAGE_TEXTS:
+        return labelled.texts, labelled.pairs
+    idx = np.sort(np.random.default_rng(seed).permutation(n)[:MAX_COVERAGE_TEXTS])
+    log.info(f"coverage: a seeded sample of {MAX_COVERAGE_TEXTS:,} of the {n:,} labelled texts is embedded")
+    return [labelled.texts[i] for i in idx], [labelled.pairs[i] for i in idx] if labelled.pairs is not None else None
 
 
 def write_suggestions(suggestions: list[Suggestion], output: str | Path) -> Path:
