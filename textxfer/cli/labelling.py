@@ -78,11 +78,11 @@ def issues_command(recipe, overrides, output_dir, folds, tune_passes, cross_fit,
 @click.option("--text-column", default="text", show_default=True, help="Text column of a CSV/TSV/JSONL pool.")
 @click.option("--pair-column", default=None,
               help="Second-text column, for sentence-pair models (default: the column the model was trained with).")
-@click.option("--strategy", type=click.Choice(["badge", "typiclust-margin", "typiclust", "margin", "least-confidence"]),
-              default="badge", show_default=True,
-              help="badge: uncertain and diverse; typiclust-margin: one text per cluster of the pool, the most "
-                   "uncertain of its typical ones; typiclust: the most typical; margin / least-confidence: "
-                   "uncertain only.")
+@click.option("--strategy", type=click.Choice(["typiclust-margin", "typiclust", "badge", "margin", "least-confidence"]),
+              default="typiclust-margin", show_default=True,
+              help="typiclust-margin: one text per cluster of the pool that labels cover least, the most uncertain "
+                   "of its typical ones; typiclust: the most typical; badge: uncertain and diverse (gradient "
+                   "embeddings); margin / least-confidence: uncertain only.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the diverse choice (badge) and the clustering (typiclust).")
 @click.option("--labelled", default="run", show_default=True, metavar="run|none|FILE",
               help="The texts already labelled: `run` reads the run's training, validation and test texts again "
@@ -92,7 +92,8 @@ def suggest_command(run_dir, pool, k, output, text_column, pair_column, strategy
     """Pick the K texts of a pool whose labels would teach the model in RUN_DIR the most.
 
     The run's model scores every text: how unsure it is, and where the text lies in its embedding space. The K
-    chosen are uncertain and unlike each other (no near-duplicates). Writes a CSV to label: text, an empty
+    chosen are spread over the pool (one per cluster that the labelled texts cover least) and each is where the
+    model is unsure (no near-duplicates). Writes a CSV to label: text, an empty
     label column, score, rank, row (0-based position of the text in the pool as read: header and blank lines
     not counted). Repeated and empty pool texts, and texts already labelled (--labelled), are left out.
 

@@ -3,17 +3,18 @@
 A trained run scores a pool of unlabelled texts: its class probabilities (how unsure it is of each text) and the
 embeddings its classifier reads (where each text lies). Labelling only the most uncertain texts tends to pick
 near-duplicates from one confusing corner; labelling by spread alone ignores what the model already knows. The
-chosen texts combine both (strategy `badge`, the default: Ash et al., 2020, "Deep Batch Active Learning by
-Diverse, Uncertain Gradient Lower Bounds"): each text is represented by the gradient its label would give the
-last layer if the model's own guess were right, (p - onehot(guess)) outer embedding, whose length grows with the
-model's uncertainty and whose direction says where the text lies and what it would change; k-means++ seeding
-over those vectors then picks texts that are both uncertain and unlike each other. `margin` (the smallest gap
-between the two likeliest classes, top k) and `least-confidence` are the plain uncertainty rankings, for
-comparison. `typiclust` (Hacohen et al., 2022) covers the pool instead: one text from each k-means cluster that labels
-cover least, the most typical one; `typiclust-margin` takes in each such cluster the most uncertain of its
-typical texts (uncertainty times typicality), which suits the first few hundred labels (docs/labelling.md has the
-measurements behind the default and the alternatives). The run's labelled texts (`run_labelled`) leave the pool,
-and the training ones are embedded so that TypiClust knows which clusters they cover (`choose(..., labelled=...)`).
+default, `typiclust-margin`, combines both: the pool and the labelled texts are clustered (k-means, TypiClust:
+Hacohen et al., 2022, "Active Learning on a Budget"), and from each cluster that labels cover least it takes the
+text with the highest uncertainty times typicality (how dense the pool is around it), one per cluster, so the k
+are spread over the pool and each is where the model is unsure; this suits the first few hundred labels, where
+choosing by uncertainty alone does little better than random. `typiclust` takes the most typical text of each such
+cluster (the model's uncertainty ignored). `badge` (Ash et al., 2020, "Deep Batch Active Learning by Diverse,
+Uncertain Gradient Lower Bounds") represents each text by the gradient its label would give the last layer if the
+model's own guess were right, (p - onehot(guess)) outer embedding, and picks by k-means++ seeding over those
+vectors: uncertain and unlike each other. `margin` (the smallest gap between the two likeliest classes, top k)
+and `least-confidence` are the plain uncertainty rankings, for comparison. docs/labelling.md has the measurements
+behind the default and the alternatives. The run's labelled texts (`run_labelled`) leave the pool, and the
+training ones are embedded so that TypiClust knows which clusters they cover (`choose(..., labelled=...)`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from textxfer.tools.run_labelled import LabelledTexts
 log = logging.getLogger("textxfer")
 
 STRATEGIES = ("badge", "typiclust", "typiclust-margin", "margin", "least-confidence")
-DEFAULT_STRATEGY = "badge"
+DEFAULT_STRATEGY = "typiclust-margin"
 CSV_COLUMNS = ["text", "label", "score", "rank", "row"]
 MAX_COVERAGE_TEXTS = 20_000
 """Labelled texts embedded for cluster coverage at most (a seeded sample beyond): where labels already lie."""
