@@ -133,12 +133,9 @@ def _labelled_splits(recipe: Recipe, memory: dict) -> tuple[dict, list[str]]:
 
 def _unlabelled(recipe: Recipe, splits: dict) -> UnlabelledTexts:
     """`data.unlabelled` read and cleaned of texts in any labelled split, sampled to `max_unlabelled`."""
-    from textxfer.data.sampling import text_key
+    from textxfer.tools.run_labelled import split_keys
 
-    taken = {}
-    for name, split in splits.items():
-        pairs = split["text_pair"] if "text_pair" in split.column_names else None
-        taken[name] = {text_key(t, pairs[i] if pairs is not None else None) for i, t in enumerate(split["text"])}
+    taken = {name: split_keys(split) for name, split in splits.items()}
     texts, pairs, source = read_unlabelled(recipe.data.unlabelled, recipe.data)
     pool = clean_unlabelled(texts, pairs, source, taken)
     cap = recipe.self_training.max_unlabelled
