@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -107,7 +108,7 @@ def main() -> None:
         round0 = predicted_mix(z0_u)
         layer = run.model.classifier
         init = (layer.weight.detach().double().numpy(), layer.bias.detach().double().numpy())
-        l2 = json.loads((work / f"{a.variant}-{seed}" / "run.json").read_text()).get("head_l2", 10.0) or 10.0
+        l2 = float(yaml.safe_load((work / f"{a.variant}-{seed}" / "recipe.yaml").read_text())["training"]["head_l2"])
         line = {"variant": a.variant, "seed": seed,
                 "base": float((z0_d.argmax(1) == y_dev).mean()), "self": float((z1_d.argmax(1) == y_dev).mean()),
                 "ensemble_of_two": float(((softmax(z0_d) + softmax(z1_d)).argmax(1) == y_dev).mean())}
