@@ -228,6 +228,23 @@ def test_retrain_all_the_default_trains_the_recipe_again_for_its_epochs(tiny_mod
     assert "strategy full" in (out / "self_training" / "round-1.log").read_text()
 
 
+def test_rounds_scale_the_classifier_penalty_to_their_examples(tiny_models, tiny_data, tmp_path):
+    """training.head_l2 is against the summed loss: a round on labelled + pseudo-labelled texts multiplies it by
+    examples / labelled, so each example weighs as in round 0 (else the classifier grows sure of everything)."""
+    from textxfer.tools.train import train
+
+    unlabelled = write_unlabelled(tmp_path / "u.csv", UNLABELLED)
+    out = tmp_path / "run"
+    train(self_training_recipe(tiny_models, tiny_data, out, unlabelled, rounds=2, training__head_l2=2.0))
+    rounds = json.loads((out / "history.json").read_text())["self_training"]["rounds"]
+    labelled = rounds[0]["training_examples"]
+    assert "training.head_l2 2:" in (out / "self_training" / "round-0.log").read_text()
+    scaled = 2.0 * rounds[1]["training_examples"] / labelled
+    assert rounds[1]["training_examples"] > labelled
+    assert f"training.head_l2 {scaled:g}:" in (out / "self_training" / "round-1.log").read_text()
+    assert "head_l2: 2.0" in (out / "recipe.yaml").read_text()  # the user's recipe keeps its value
+
+
 def test_label_column_of_unlabelled_file_is_ignored_and_said_once(tiny_models, tiny_data, tmp_path, caplog):
     from textxfer.tools.train import train
 

@@ -99,7 +99,8 @@ def self_train(recipe: Recipe, train: Callable, overwrite: bool = False, command
             target = out if last else work / f"round-{r}"
             epochs = _round_epochs(recipe, len(frames["train"]), len(data))
             body = first.output_dir if st.retrain == "head" else None
-            previous = train(_round_recipe(recipe, target, labels, st.contrastive_epochs, epochs, body), overwrite=True,
+            previous = train(_round_recipe(recipe, target, labels, st.contrastive_epochs, epochs, body, len(data),
+                                           len(frames["train"])), overwrite=True,
                              command=command, train=data, **_eval_frames(frames, test=last))
             rounds.append(_round_record(r, previous, chosen, len(data), len(pool.texts), labelled_in)
                           | {"trained": st.retrain, "epochs": epochs, "teacher_mix": _named(teacher_mix, labels)})
@@ -196,10 +197,13 @@ def _round_epochs(recipe: Recipe, labelled: int, examples: int) -> float:
 
 
 def _round_recipe(recipe: Recipe, out: Path, labels: list[str], contrastive_epochs: float | None,
-                  epochs: float | None = None, body: Path | None = None) -> dict:
+                  epochs: float | None = None, body: Path | None = None, examples: int | None = None,
+                  labelled: int | None = None) -> dict:
     """The recipe of one round: its data given in memory, already drawn and cleaned (so nothing is drawn, carved
     or de-duplicated again), labels as class ids into `labels` (the recipe's label order). With `body` (a run
-    directory), the round trains the classifier alone on that run's saved model (`self_training.retrain: head`)."""
+    directory), the round trains the classifier alone on that run's saved model (`self_training.retrain: head`).
+    With `examples` (the round's training texts) and `labelled` (round 0's), `training.head_l2` is scaled by
+    their ratio."""
     r = to_dict(recipe)
     r["data"].update({"train": None, "validation": None, "test": None, "unlabelled": None, "format": "auto",
                       "text_column": "text", "label_column": "label", "labels": list(labels),
@@ -210,6 +214,11 @@ def _round_recipe(recipe: Recipe, out: Path, labels: list[str], contrastive_epoc
     r["output_dir"] = str(out)
     if epochs is not None:
         r["training"]["epochs"] = epochs
+    if examples is not None and labelled:
+        # training.head_l2 is against the loss summed over the examples: with the pseudo-labelled texts added the
+        # same value would weigh less per example, and a classifier fitted on texts its teacher was surest of would
+        # grow sure of everything (log loss several times round 0's); scaled, each example weighs as in round 0
+        r["training"]["head_l2"] = recipe.training.head_l2 * examples / labelled
     if body is not None:
         from textxfer.core.layout import find_model_dir
 
