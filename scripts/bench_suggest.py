@@ -39,9 +39,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 from bench_label_issues import POOL, RECIPE, RESULTS, dataset, embedder, pool_draw  # noqa: E402
 
+from textxfer.tools.suggest import STRATEGIES  # noqa: E402
+
 SETS = ("sst2", "agnews", "trec")
 START, STEP, END = 16, 16, 256
-OURS = ("badge", "typiclust", "typiclust-margin", "margin", "least-confidence")
+OURS = STRATEGIES
+"""textxfer's own strategies, every one `textxfer suggest --strategy` offers."""
 SMALL_TEXT = {"small-text LeastConfidence": "LeastConfidence", "small-text PredictionEntropy": "PredictionEntropy",
               "small-text BreakingTies": "BreakingTies"}
 

@@ -85,4 +85,3 @@ def split_keys(split) -> set[str]:
     pairs = split["text_pair"] if "text_pair" in names else None
     return {text_key(str(t).strip(), str(pairs[i]).strip() if pairs is not None else None)
             for i, t in enumerate(texts)}
-
