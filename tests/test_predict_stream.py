@@ -232,3 +232,31 @@ def test_bad_options_are_refused(model, tmp_path):
     (tmp_path / "t.txt").write_text("good\n")
     with pytest.raises(UserError, match=r"t.txt has one text per line, but the model reads sentence pairs"):
         predict_stream(str(model[1]), [str(tmp_path / "t.txt")], None, pair_column="hypothesis")
+
+
+def test_cpu_prediction_runs_fp32_products_on_mkl_and_restores_onednn(model, monkeypatch):
+    """An fp32 model on a CPU with MKL predicts with oneDNN off (no per-shape state over the batch widths), the flag
+    restored after, and the same labels and scores (to 1e-5) as with oneDNN on."""
+    from contextlib import nullcontext
+
+    import numpy as np
+    import torch
+
+    from textxfer.modalities.text import predict as text_predict
+
+    if not torch.backends.mkl.is_available():
+        pytest.skip("this torch has no MKL: prediction keeps oneDNN")
+    clf = textxfer.load(model[0])
+    texts = texts_of(50)
+    seen = []
+    forward = clf.model.forward
+    monkeypatch.setattr(clf.model, "forward", lambda *a, **k: (seen.append(torch.backends.mkldnn.enabled),
+                                                               forward(*a, **k))[1])
+    on_mkl = clf.logits(texts, batch_size=8)
+    assert seen and not any(seen) and torch.backends.mkldnn.enabled
+    with monkeypatch.context() as m:
+        m.setattr(text_predict, "cpu_gemm", lambda device, dtype: nullcontext())
+        on_onednn = clf.logits(texts, batch_size=8)
+    assert seen[-1] is True
+    np.testing.assert_allclose(on_mkl, on_onednn, atol=1e-5)
+    assert (on_mkl.argmax(1) == on_onednn.argmax(1)).all()

@@ -25,8 +25,9 @@ from textxfer.deploy.manifest import is_export, read_manifest
 from textxfer.tools.predict_inputs import Inputs
 from textxfer.tools.predict_outputs import Writer, prediction_rows
 
-CHUNK_ROWS = 4096
-"""Rows read, predicted and written at a time: enough for length-sorted batches to pad little."""
+CHUNK_ROWS = 16384
+"""Rows read, predicted and written at a time: enough for length-sorted batches to pad about as little as sorting
+the whole input would (docs/results/predict-stream-padding.txt), a few MB of token ids."""
 RESUME_VERSION = 1
 
 

@@ -2,10 +2,17 @@
 
 Sorting by length is what makes this faster than `pipeline()` on many short texts: padding is minimal.
 The model is the plain `transformers` folder, so what this predicts is what `pipeline()` predicts.
+
+On a CPU where torch has MKL, the forward passes run with oneDNN switched off (`cpu_gemm`), so the linear layers
+use MKL's GEMM. Every batch width is a new matrix shape, and oneDNN builds and keeps state per shape: over a large
+input that held about 100 MB more at the peak and ran about 10% slower than MKL on the same batches
+(docs/deploy.md, *Flat memory*).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -51,10 +58,11 @@ class Classifier:
         enc = encode(self.tokenizer, list(texts), pairs, np.zeros(len(texts), dtype=np.int64), self.max_length)
         collate = Collator(enc, self.tokenizer.pad_token_id)
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
-        for idx in sorted_batches(enc.lengths, batch_size):
-            batch = collate(idx)
-            inputs = {k: batch[k].to(self.device) for k in self.input_names if k in batch}
-            out[idx] = self.model(**inputs).logits.float().cpu().numpy()
+        with cpu_gemm(self.device, self.model.dtype):
+            for idx in sorted_batches(enc.lengths, batch_size):
+                batch = collate(idx)
+                inputs = {k: batch[k].to(self.device) for k in self.input_names if k in batch}
+                out[idx] = self.model(**inputs).logits.float().cpu().numpy()
         return out
 
     def probabilities(self, texts: list[str], pairs: list[str] | None = None, batch_size: int = 64) -> np.ndarray:
@@ -65,6 +73,23 @@ class Classifier:
         """Per text, a list of {label, score}: the top k labels, or every label above threshold (multi-label)."""
         return decisions(self.probabilities(texts, pairs, batch_size), self.labels, self.multi_label,
                          self.thresholds, top_k)
+
+
+@contextmanager
+def cpu_gemm(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
+    """For an fp32 model on a CPU with MKL, oneDNN off for the block (restored after), so the matrix products go to
+    MKL's GEMM, which keeps nothing per shape: prediction's batches each have their own width, and oneDNN's
+    per-shape state grows the peak memory with them. Elsewhere (a GPU, bf16 weights, which oneDNN computes natively,
+    a torch without MKL such as ARM builds) nothing changes."""
+    if (device.type != "cpu" or dtype != torch.float32 or not torch.backends.mkl.is_available()
+            or not torch.backends.mkldnn.enabled):
+        yield
+        return
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = True
 
 
 def load(model_dir: str | Path, device: str | None = None, max_length: int | None = None) -> Classifier:
