@@ -5,8 +5,8 @@ The model is the plain `transformers` folder, so what this predicts is what `pip
 
 On a CPU where torch has MKL, the forward passes run with oneDNN switched off (`cpu_gemm`), so the linear layers
 use MKL's GEMM. Every batch width is a new matrix shape, and oneDNN builds and keeps state per shape: over a large
-input that held about 100 MB more at the peak and ran about 10% slower than MKL on the same batches
-(docs/deploy.md, *Flat memory*).
+input its peak memory grows with the widths seen, and it is no faster than MKL on these batches (docs/deploy.md,
+*Flat memory*, has the figures).
 """
 
 from __future__ import annotations
