@@ -208,6 +208,32 @@ def test_tokenised_split_keeps_flat_arrays_mapped_from_disk(store_everything, tm
     assert all(np.array_equal(a, b) for a, b in zip(enc.input_ids, again.input_ids, strict=True))
 
 
+def test_encode_in_slices_gives_what_one_call_gives(tiny_models, monkeypatch):
+    """`encode` tokenises a list a slice at a time (memory); the ids, type ids, lengths and the count of texts
+    truncation cut are those of one tokenizer call over the whole list, with and without sentence pairs."""
+    from transformers import AutoTokenizer
+
+    from textxfer.modalities.text import batching
+
+    tok = AutoTokenizer.from_pretrained(tiny_models["bert"])
+    texts = [" ".join(WORDS[: i % 9 + 1]) for i in range(23)] + [" ".join(WORDS * 5)]
+    pairs = [WORDS[i % len(WORDS)] for i in range(len(texts))]
+    for given in (None, pairs):
+        whole = tok(texts, given, truncation=True, max_length=8) if given else tok(texts, truncation=True,
+                                                                                  max_length=8)
+        monkeypatch.setattr(batching, "ENCODE_ROWS", 5)
+        sliced = batching.encode(tok, texts, given, np.arange(len(texts)), 8)
+        full = tok(texts, given)["input_ids"] if given else tok(texts)["input_ids"]
+        assert len(sliced) == len(texts) and sliced.truncated == sum(len(x) > 8 for x in full) > 0
+        assert [list(x) for x in sliced.input_ids] == whole["input_ids"]
+        assert [list(x) for x in sliced.token_type_ids] == whole["token_type_ids"]
+        assert list(sliced.lengths) == [len(x) for x in whole["input_ids"]]
+        monkeypatch.setattr(batching, "ENCODE_ROWS", 10**6)
+        once = batching.encode(tok, texts, given, np.arange(len(texts)), 8)
+        assert once.truncated == sliced.truncated and np.array_equal(once.lengths, sliced.lengths)
+    assert len(batching.encode(tok, [], None, np.zeros(0), 8)) == 0
+
+
 def test_cache_budget_switches_the_cache_off_with_one_line(tiny_models, tiny_data, tmp_path, monkeypatch):
     """Precision: the suite's. Under the budget the cache is memory-mapped from its disk copy; over it the cache
     is off, and training (now through the frozen layers at every step) still runs."""
