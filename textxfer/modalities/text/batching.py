@@ -140,8 +140,8 @@ def _tokenise(tokenizer, texts: list[str], pairs: list[str] | None, max_length: 
 
 ENCODE_ROWS = 1024
 """Texts tokenised per call by `encode`. The tokenizer's output for a call (Python lists of ids, its own per-text
-encodings) is many times the size of the ids kept; a slice at a time keeps that to a few MB however many texts are
-given (16,384 texts in one call raised a process's peak memory by about 90 MB, in slices by about 8 MB)."""
+encodings) is many times the size of the ids kept, so a slice at a time keeps it to a few MB however many texts are
+given (a prediction chunk, a pool to embed)."""
 
 
 def encode(tokenizer, texts: list[str], pairs: list[str] | None, targets, max_length: int) -> Encoded:
