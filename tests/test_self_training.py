@@ -387,3 +387,57 @@ def test_compare_self_training_without_unlabelled_texts_is_refused(tiny_models, 
     result = CliRunner().invoke(cli, ["compare", str(recipe), "--strategies", "head,self-training",
                                       "--output-dir", str(tmp_path / "cmp")])
     assert result.exit_code == 2 and "data.unlabelled" in result.output
+
+
+def test_average_bodies_averages_the_body_and_keeps_the_second_models_classifier(tiny_models, tmp_path):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from textxfer.tools.weight_average import average_bodies
+
+    saved = []
+    for i in range(2):
+        m = AutoModelForSequenceClassification.from_pretrained(tiny_models["bert"], num_labels=3)
+        with torch.no_grad():
+            for p in m.parameters():
+                p.fill_(2.0 * i)  # first: every weight 0; second: every weight 2
+        m.save_pretrained(tmp_path / f"m{i}")
+        AutoTokenizer.from_pretrained(tiny_models["bert"]).save_pretrained(tmp_path / f"m{i}")
+        saved.append(tmp_path / f"m{i}")
+    out = average_bodies(saved[0], saved[1], tmp_path / "avg", weight=0.25)
+    avg = AutoModelForSequenceClassification.from_pretrained(out)
+    body = getattr(avg, avg.base_model_prefix)
+    assert all(torch.allclose(p, torch.full_like(p, 0.5)) for p in body.parameters())  # 0.75 * 0 + 0.25 * 2
+    assert all(torch.equal(p, torch.full_like(p, 2.0)) for n, p in avg.named_parameters()
+               if not n.startswith(avg.base_model_prefix + "."))  # the classifier: the second model's
+    assert (out / "tokenizer_config.json").is_file() and (out / "model.safetensors").is_file()
+    other = AutoModelForSequenceClassification.from_pretrained(tiny_models["roberta"], num_labels=3)
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(UserError, match="not the same architecture"):
+        average_bodies(saved[0], tmp_path / "other", tmp_path / "bad")
+
+
+def test_average_bodies_trains_the_classifier_on_round_0_and_the_last_rounds_averaged_body(tiny_models, tiny_data,
+                                                                                           tmp_path):
+    from textxfer.tools.train import train
+
+    unlabelled = write_unlabelled(tmp_path / "u.csv", UNLABELLED)
+    out = tmp_path / "run"
+    result = train(self_training_recipe(tiny_models, tiny_data, out, unlabelled, data__test=str(tiny_data["validation"]),
+                                        self_training__average_bodies=True))
+    rounds = json.loads((out / "history.json").read_text())["self_training"]["rounds"]
+    averaged = rounds[-1]["averaged_body"]
+    assert averaged["rounds"] == [0, 1] and averaged["weight"] == 0.5 and averaged["seconds"] > 0
+    assert "strategy full" in (out / "self_training" / "round-1.log").read_text()  # the round trained the body
+    assert "strategy head" in (out / "train.log").read_text()  # the run: the classifier on the averaged body
+    assert "test" in result.metrics and "class_mix_shift" in rounds[-1]
+    run = json.loads((out / "run.json").read_text())
+    assert run["train_seconds"] >= sum(r["train_seconds"] for r in rounds) + averaged["seconds"]
+    assert json.loads((out / "metrics.json").read_text())["self_training"]["rounds"][-1]["averaged_body"] == averaged
+    assert "averaged weight by weight" in (out / "report.html").read_text()
+    assert not list(tmp_path.glob(".self-training-*"))
+    # retrain: head keeps round 0's body in every round: nothing to average
+    head = tmp_path / "head"
+    train(self_training_recipe(tiny_models, tiny_data, head, unlabelled, self_training__average_bodies=True,
+                               self_training__retrain="head"))
+    assert "averaged_body" not in json.loads((head / "history.json").read_text())["self_training"]["rounds"][-1]

@@ -368,6 +368,12 @@ class SelfTrainingConfig:
     plus pseudo-labelled texts, its contrastive stage included (`contrastive_epochs`): the body learns from them
     (what pays, docs/self-training.md), at the cost of a training on that many examples. `head`: the classifier
     alone, on the body of the round on the labelled examples (cheap; it gained less)."""
+    average_bodies: bool = True
+    """After the last round, average its body weight by weight with round 0's (the body tuned on the labelled
+    examples alone; a "model soup" of two tunings of the same checkpoint), then train the classifier alone on the
+    averaged body over the round's texts: the run depends less on the chance of one training on a few hundred texts
+    (docs/self-training.md, *Round 0's body averaged in*), for one more classifier training. Only with
+    `retrain: all` and a recipe that tunes the body; false: the last round's model is the run's."""
     same_steps: bool = True
     """The rounds with pseudo-labels train (`training.epochs`: the classifier after a contrastive stage, else the
     model) for about as many optimizer steps as the round on the labelled examples alone: fewer epochs over more

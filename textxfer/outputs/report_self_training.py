@@ -45,6 +45,11 @@ def self_training_section(run: RunFiles) -> str:
     note = ("<p class=\"sub\">Round 0 trains on the labelled examples alone; each later round trains " + what
             + "on those plus the texts the model before it labelled most confidently, the same number per class. "
             "Per class: texts kept (lowest confidence kept). Only the last round reads the test split.</p>")
+    averaged = next((r for r in record["rounds"] if isinstance(r.get("averaged_body"), dict)), None)
+    if averaged is not None:
+        note += (f"<p class=\"sub\">The model: round 0's body and round {int(averaged['round'])}'s averaged weight by "
+                 "weight, then the classifier trained on the averaged body over that round's texts "
+                 f"({e(format_seconds(averaged['averaged_body'].get('seconds')))}).</p>")
     body = intro + f"<table>{head}{''.join(rows)}</table>" + note
     return f'<section id="self-training"><h2>Self-training</h2>{body}</section>'
 

@@ -96,16 +96,20 @@ def self_train(recipe: Recipe, train: Callable, overwrite: bool = False, command
             log.warning(f"self-training round {r}: kept {len(chosen.index):,} of {len(pool.texts):,} pseudo-labelled "
                         f"texts ({class_mix(chosen)}), labelled in {labelled_in:.1f}s")
             data = _with_pseudo_labels(frames["train"], pool, chosen)
-            target = out if last else work / f"round-{r}"
+            average = last and _averages_bodies(recipe)
+            target = out if last and not average else work / f"round-{r}"
             epochs = _round_epochs(recipe, len(frames["train"]), len(data))
             body = first.output_dir if st.retrain == "head" else None
             previous = train(_round_recipe(recipe, target, labels, st.contrastive_epochs, epochs, body, len(data),
                                            len(frames["train"])), overwrite=True,
-                             command=command, train=data, **_eval_frames(frames, test=last))
+                             command=command, train=data, **_eval_frames(frames, test=last and not average))
             rounds.append(_round_record(r, previous, chosen, len(data), len(pool.texts), labelled_in)
                           | {"trained": st.retrain, "epochs": epochs, "teacher_mix": _named(teacher_mix, labels)})
-            if not last:
+            if not last or average:
                 _keep_log(previous.output_dir, out, r)
+            if average:
+                previous = _train_on_averaged_body(recipe, train, command, first, previous, out, work, labels,
+                                                   frames, data, epochs, rounds[-1])
         if st.final_class_mix != "none":
             target = labelled_mix if st.final_class_mix == "labelled" else round0_mix
             rounds[-1]["class_mix_shift"] = _shift(recipe, out, pool, target, labels, data)
@@ -186,6 +190,35 @@ def _lengths(pool: UnlabelledTexts) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ rounds
+
+def _averages_bodies(recipe: Recipe) -> bool:
+    """Whether the last round's body is averaged with round 0's: `self_training.average_bodies`, where the rounds
+    retrain the body (`retrain: all`) and the recipe tunes one (a contrastive stage, or a strategy other than
+    `head`); otherwise the two bodies are the same."""
+    st = recipe.self_training
+    tunes_body = recipe.training.contrastive is not None or recipe.strategy.name != "head"
+    return st.average_bodies and st.retrain == "all" and tunes_body
+
+
+def _train_on_averaged_body(recipe: Recipe, train: Callable, command: str | None, first, last, out: Path,
+                            work: Path, labels: list[str], frames: dict, data, epochs: float, record: dict):
+    """The run's model: round 0's body and the last round's averaged weight by weight (`weight_average`), then
+    the classifier alone trained on the averaged body over the last round's texts; it is written to `out` and
+    scored on the test split. Its time and validation scores are added to the last round's `record`."""
+    from textxfer.tools.weight_average import average_bodies
+
+    started = time.time()
+    soup = average_bodies(first.output_dir, last.output_dir, work / "averaged-body")
+    log.warning(f"self-training: round 0's body and round {record['round']}'s averaged; the classifier trains on "
+                "the averaged body")
+    result = train(_round_recipe(recipe, out, labels, None, epochs, soup, len(data), len(frames["train"])),
+                   overwrite=True, command=command, train=data, **_eval_frames(frames, test=True))
+    record["averaged_body"] = {"rounds": [0, record["round"]], "weight": 0.5,
+                               "seconds": round(time.time() - started, 2)}
+    if "validation" in result.metrics:
+        record["averaged_body"]["validation"] = result.metrics["validation"]
+    return result
+
 
 def _round_epochs(recipe: Recipe, labelled: int, examples: int) -> float:
     """`training.epochs` of a round on `examples` texts: with `self_training.same_steps`, as many optimizer steps
@@ -319,7 +352,8 @@ def _write_record(recipe: Recipe, out: Path, record: dict) -> None:
     run = json.loads((out / "run.json").read_text(encoding="utf-8"))
     run["last_round_seconds"] = run.get("train_seconds")
     run["train_seconds"] = round(sum(r.get("train_seconds") or 0 for r in record["rounds"])
-                                 + sum(r.get("labelling_seconds") or 0 for r in record["rounds"]), 2)
+                                 + sum(r.get("labelling_seconds") or 0 for r in record["rounds"])
+                                 + sum(r.get("averaged_body", {}).get("seconds", 0) for r in record["rounds"]), 2)
     run["self_training"] = {"rounds": len(record["rounds"]) - 1, "unlabelled": record["unlabelled"],
                             "seconds": record["seconds"]}
     write_json(out / "run.json", run)
@@ -335,5 +369,5 @@ def _summary(record: dict) -> dict:
     return {"unlabelled_kept": record["unlabelled_counts"].get("kept"),
             "unlabelled_removed": {k: v for k, v in record["unlabelled_counts"].items()
                                    if k.startswith("in_") or k in ("empty", "repeated")},
-            "rounds": [{k: r[k] for k in ("round", "kept", "per_class", "min_confidence", "class_mix_shift")
-                        if k in r} for r in record["rounds"][1:]]}
+            "rounds": [{k: r[k] for k in ("round", "kept", "per_class", "min_confidence", "class_mix_shift",
+                                          "averaged_body") if k in r} for r in record["rounds"][1:]]}
