@@ -205,15 +205,15 @@ def _train_on_averaged_body(recipe: Recipe, train: Callable, command: str | None
     """The run's model: round 0's body and the last round's averaged weight by weight (`weight_average`), then
     the classifier alone trained on the averaged body over the last round's texts; it is written to `out` and
     scored on the test split. Its time and validation scores are added to the last round's `record`."""
-    from textxfer.tools.weight_average import average_bodies
+    from textxfer.tools.weight_average import EVEN, average_bodies
 
     started = time.time()
-    soup = average_bodies(first.output_dir, last.output_dir, work / "averaged-body")
+    soup = average_bodies(first.output_dir, last.output_dir, work / "averaged-body", EVEN)
     log.warning(f"self-training: round 0's body and round {record['round']}'s averaged; the classifier trains on "
                 "the averaged body")
     result = train(_round_recipe(recipe, out, labels, None, epochs, soup, len(data), len(frames["train"])),
                    overwrite=True, command=command, train=data, **_eval_frames(frames, test=True))
-    record["averaged_body"] = {"rounds": [0, record["round"]], "weight": 0.5,
+    record["averaged_body"] = {"rounds": [0, record["round"]], "weight": EVEN,
                                "seconds": round(time.time() - started, 2)}
     if "validation" in result.metrics:
         record["averaged_body"]["validation"] = result.metrics["validation"]

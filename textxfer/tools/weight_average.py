@@ -15,8 +15,11 @@ from pathlib import Path
 
 from textxfer.core.errors import UserError
 
+EVEN = 0.5
+"""The weight of the second body in `average_bodies` by default: the two count the same."""
 
-def average_bodies(first: Path, second: Path, out: Path, weight: float = 0.5) -> Path:
+
+def average_bodies(first: Path, second: Path, out: Path, weight: float = EVEN) -> Path:
     """Write to `out` the model of `second` (a run directory or model folder) with its body's floating-point weights
     replaced by (1 - weight) * first's + weight * second's; returns `out`. Its tokenizer and configuration are
     second's. Both must be the same architecture of the same shapes."""

@@ -151,23 +151,13 @@ def encode(tokenizer, texts: list[str], pairs: list[str] | None, targets, max_le
     for start in range(0, len(texts), ENCODE_ROWS):
         part = slice(start, start + ENCODE_ROWS)
         enc, cut = _tokenise(tokenizer, texts[part], pairs[part] if pairs is not None else None, max_length)
-        ids.append(TokenIds.from_lists(enc["input_ids"]).chunks[0])
+        ids += TokenIds.from_lists(enc["input_ids"]).chunks
         tt = enc.get("token_type_ids")
-        types.append(TokenIds.from_lists(tt, np.int8).chunks[0] if tt is not None else None)
+        types += TokenIds.from_lists(tt, np.int8).chunks if tt is not None else [None]
         truncated += sum(cut)
-        del enc
+        del enc  # before the next slice is tokenised
     has_types = bool(types) and all(t is not None for t in types)
-    return Encoded(_joined(ids, np.int32), _joined(types, np.int8) if has_types else None, np.asarray(targets),
-                   truncated)
-
-
-def _joined(parts: list[tuple[np.ndarray, np.ndarray]], dtype) -> TokenIds:
-    """The (values, offsets) of consecutive slices as one chunk of ids."""
-    if not parts:
-        return TokenIds([(np.zeros(0, dtype=dtype), np.zeros(1, dtype=np.int64))])
-    starts = np.cumsum([0] + [int(o[-1]) for _, o in parts[:-1]])
-    offsets = np.concatenate([parts[0][1][:1]] + [o[1:] + s for (_, o), s in zip(parts, starts, strict=True)])
-    return TokenIds([(np.concatenate([v for v, _ in parts]).astype(dtype, copy=False), offsets)])
+    return Encoded(TokenIds(ids), TokenIds(types) if has_types else None, np.asarray(targets), truncated)
 
 
 PARALLEL_ROWS = 50_000
