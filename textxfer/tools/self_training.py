@@ -295,8 +295,10 @@ def _shift(recipe: Recipe, out: Path, pool: UnlabelledTexts, target: np.ndarray,
     after)."""
     weights = _class_weights(recipe, labels, data["label"].to_numpy())
     record = {"target": recipe.self_training.final_class_mix, "target_mix": _named(target, labels)}
+    started = time.time()
     with _threads(recipe.training.threads):
         record |= mix.shift_saved_run(out, target, pool.texts, pool.pairs, weights)
+    record["seconds"] = round(time.time() - started, 2)
     log.warning(f"self-training: classifier bias shifted by {', '.join(f'{x:+.3f}' for x in record['offsets'])} "
                 f"so the class mix it predicts on the unlabelled texts is the {record['target']} one "
                 f"({record['unlabelled_mix_before']} -> {record['unlabelled_mix_after']})")
@@ -353,7 +355,8 @@ def _write_record(recipe: Recipe, out: Path, record: dict) -> None:
     run["last_round_seconds"] = run.get("train_seconds")
     run["train_seconds"] = round(sum(r.get("train_seconds") or 0 for r in record["rounds"])
                                  + sum(r.get("labelling_seconds") or 0 for r in record["rounds"])
-                                 + sum(r.get("averaged_body", {}).get("seconds", 0) for r in record["rounds"]), 2)
+                                 + sum(r.get(step, {}).get("seconds", 0) for r in record["rounds"]
+                                       for step in ("averaged_body", "class_mix_shift")), 2)
     run["self_training"] = {"rounds": len(record["rounds"]) - 1, "unlabelled": record["unlabelled"],
                             "seconds": record["seconds"]}
     write_json(out / "run.json", run)
