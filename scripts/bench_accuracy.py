@@ -34,8 +34,9 @@ Precision: one for training and one for scoring, the same for every system, reco
 (bf16 autocast where the CPU or GPU computes bf16 natively, else fp32; `TEXTXFER_AUTO_PRECISION` overrides it);
 `bf16` or `no` (fp32) force it. textxfer gets it as `training.mixed_precision`, the Trainer as
 `TrainingArguments(bf16=True)` (Accelerate autocasts its forward to bf16, on CPU too), and SetFit, whose only flag
-(`use_amp`) means fp16 on a GPU, trains under `torch.autocast(dtype=torch.bfloat16)`. Scoring: every system predicts
-the evaluation set in the precision textxfer's predictor (`textxfer.load(...)`) computes in, fp32
+(`use_amp`) means fp16 on a GPU, trains under `torch.autocast(dtype=torch.bfloat16)`, under which it loses accuracy
+(the run prints a note; compare with SetFit at `--precision no`). Scoring: every system predicts the evaluation set in
+the precision textxfer's predictor (`textxfer.load(...)`) computes in, fp32
 (`PREDICT_PRECISION`): the Trainer's model with Accelerate's autocast wrapper removed, SetFit's as it is. Each worker
 reports what it actually computed in (Accelerate's setting, or the dtype its model's first Linear layer output), and
 the benchmark stops when a system ran in another precision than asked: it never compares unlike precisions. Results
@@ -57,6 +58,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("TEXTXFER_DATA", ROOT.parent / "shared" / "data"))
 DEFAULT_SETFIT = "/work/setfit-venv/bin/python"
+SETFIT_BF16_NOTE = ("note: SetFit trains here under a bf16 autocast it was not written for, and it loses accuracy "
+                    "under it (at 64 examples per class its embeddings can collapse to chance; docs/self-training.md, "
+                    "*SetFit under bf16*): to compare against SetFit as its users run it on a CPU, pass --precision no")
 
 # name -> (dataset, examples per class)
 ROWS = {"sst2-64": ("sst2", 64), "sst2-8": ("sst2", 8), "trec-64": ("trec", 64), "emotion-64": ("emotion", 64),
@@ -755,6 +759,8 @@ def main() -> None:
     print(f"textxfer recipe {args.recipe}{' ' + str(args.set) if args.set else ''}; seeds {seeds}; eval cap {cap}; "
           f"precision for every system: training {PRECISION_NAMES[args.precision]} (--precision {asked}), "
           f"prediction {PRECISION_NAMES[PREDICT_PRECISION]}", flush=True)
+    if "setfit" in systems and PRECISION_NAMES[args.precision] == "bf16":
+        print(SETFIT_BF16_NOTE, flush=True)
     for row in rows:
         dataset, shots = ROWS[row]
         for seed in seeds:
