@@ -59,7 +59,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("TEXTXFER_DATA", ROOT.parent / "shared" / "data"))
 DEFAULT_SETFIT = "/work/setfit-venv/bin/python"
 SETFIT_BF16_NOTE = ("note: SetFit trains here under a bf16 autocast it was not written for, and it loses accuracy "
-                    "under it (at 64 examples per class its embeddings can collapse to chance; docs/self-training.md, "
+                    "under it (on SST-2 at 64 examples per class it fell to chance; docs/self-training.md, "
                     "*SetFit under bf16*): to compare against SetFit as its users run it on a CPU, pass --precision no")
 
 # name -> (dataset, examples per class)
