@@ -38,7 +38,8 @@ Precision: one for training and one for scoring, the same for every system, reco
 (the run prints a note; compare with SetFit at `--precision no`). Scoring: every system predicts the evaluation set in
 the precision textxfer's predictor (`textxfer.load(...)`) computes in, fp32
 (`PREDICT_PRECISION`): the Trainer's model with Accelerate's autocast wrapper removed, SetFit's as it is. Each worker
-reports what it actually computed in (Accelerate's setting, or the dtype its model's first Linear layer output), and
+reports what it actually computed in (Accelerate's setting, or the dtype its model's first Linear layer output;
+self-training: its last training's, with `round0_precision` recorded where its round 0 trained in another), and
 the benchmark stops when a system ran in another precision than asked: it never compares unlike precisions. Results
 of an earlier precision are not resumed (the precision is part of each result's tag).
 """
@@ -348,7 +349,10 @@ def work_textxfer(a) -> dict:
 
     def timed_finish(loop):
         mark("end")
-        computed.setdefault("precision", accelerator_precision(loop.acc))  # what it ran in, not what was asked
+        # what it ran in, not what was asked: the last training's (the saved model's); self-training's round 0
+        # trains in fp32 unless `self_training.round0_mixed_precision: recipe`, recorded apart when it differs
+        computed.setdefault("round0_precision", accelerator_precision(loop.acc))
+        computed["precision"] = accelerator_precision(loop.acc)
         return finish(loop)
 
     def timed_shift(*args, **kwargs):
@@ -372,6 +376,8 @@ def work_textxfer(a) -> dict:
     with PrecisionProbe(clf.model) as probe:  # textxfer's predictor as users get it: whatever it computes in
         scores = (clf.probabilities if a.multi_label else clf.logits)(etexts, batch_size=128)
     times |= {"precision": computed["precision"], "predict_precision": probe.name}
+    if computed["round0_precision"] != computed["precision"]:
+        times["round0_precision"] = computed["round0_precision"]
     if a.multi_label:  # the saved model's own thresholds (0.5 here: no validation split to tune them on)
         return multilabel_scores(scores, label_matrix(eys, labels), clf.thresholds) | times
     logits = scores
@@ -659,8 +665,9 @@ def headline(row: str) -> str:
 
 def result_precision(results: list[dict]) -> str:
     """`bf16 train / fp32 predict` of a system's results (every distinct pair, `?` where one was not recorded)."""
-    pairs = sorted({(r.get("precision", "?"), r.get("predict_precision", "?")) for r in results})
-    return ", ".join(f"{t} train / {p} predict" for t, p in pairs)
+    pairs = sorted({(r.get("precision", "?"), r.get("round0_precision"), r.get("predict_precision", "?"))
+                    for r in results}, key=str)
+    return ", ".join(f"{t} train{f' (round 0 {r0})' if r0 else ''} / {p} predict" for t, r0, p in pairs)
 
 
 def summarise(results: list[dict], rows: list[str], systems: list[str]) -> str:

@@ -245,6 +245,28 @@ def test_rounds_scale_the_classifier_penalty_to_their_examples(tiny_models, tiny
     assert "head_l2: 2.0" in (out / "recipe.yaml").read_text()  # the user's recipe keeps its value
 
 
+@pytest.mark.parametrize("setting, round0", [("no", "no"), ("recipe", "bf16")])
+def test_round_0_trains_in_fp32_unless_asked_and_the_later_rounds_as_the_recipe_says(tiny_models, tiny_data, tmp_path,
+                                                                                   setting, round0):
+    """Round 0's model teaches every later round: by default it trains in fp32 even where the recipe asks bf16."""
+    from textxfer.tools.train import train
+
+    unlabelled = write_unlabelled(tmp_path / "u.csv", UNLABELLED)
+    out = tmp_path / "run"
+    train(self_training_recipe(tiny_models, tiny_data, out, unlabelled, training__mixed_precision="bf16",
+                               self_training__round0_mixed_precision=setting))
+    rounds = json.loads((out / "history.json").read_text())["self_training"]["rounds"]
+    assert [r["mixed_precision"] for r in rounds] == [round0, "bf16"]
+    assert f"mixed precision: {round0}\n" in (out / "self_training" / "round-0.log").read_text()
+    assert "mixed precision: bf16\n" in (out / "self_training" / "round-1.log").read_text()
+    assert "mixed precision: bf16\n" in (out / "train.log").read_text()
+    import yaml
+
+    assert yaml.safe_load((out / "recipe.yaml").read_text())["self_training"]["round0_mixed_precision"] == setting
+    said = "Round 0 trained in fp32, the later rounds in bf16" in (out / "report.html").read_text()
+    assert said == (setting == "no")  # the report says so where the precisions differ
+
+
 def test_label_column_of_unlabelled_file_is_ignored_and_said_once(tiny_models, tiny_data, tmp_path, caplog):
     from textxfer.tools.train import train
 

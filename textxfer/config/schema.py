@@ -383,6 +383,12 @@ class SelfTrainingConfig:
     texts times (the labelled examples' class mix / their mean), renormalised, so a teacher leaning to one class
     labels fewer unsure texts as it. With two classes it changes no kept text (the most confident per class stay
     the most confident); with more it changes which class an unsure text counts for."""
+    round0_mixed_precision: Literal["no", "recipe"] = "no"
+    """The precision of round 0, the training on the labelled examples alone. Its model labels the unlabelled texts,
+    sets the `round0` class mix and gives half of the averaged body, so its small bf16 rounding errors reach every
+    later round (docs/self-training.md, *A bf16 round 0*). `no`: fp32 whatever `training.mixed_precision` says (the
+    rounds after it train as the recipe says; round 0 trains on the labelled examples alone, so fp32 costs little);
+    `recipe`: as `training.mixed_precision`."""
     final_class_mix: Literal["none", "labelled", "round0"] = "round0"
     """After the last round, add one offset per class to the classifier's bias so the class mix it predicts on
     the unlabelled texts is: `labelled`, the labelled examples' mix (right when they were drawn as the texts

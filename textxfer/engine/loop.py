@@ -97,6 +97,8 @@ class Loop:
         if r.training.mixed_precision == "auto":
             log.info(f"mixed precision: auto -> {effective_mixed_precision('auto')} on this "
                      f"{'GPU' if torch.cuda.is_available() else 'CPU'}")
+        else:
+            log.info(f"mixed precision: {r.training.mixed_precision}")
         set_seed(r.training.seed)
         self.modality = modality_of(r)
         self.splits = self.modality.read(r, self.memory)

@@ -45,6 +45,11 @@ def self_training_section(run: RunFiles) -> str:
     note = ("<p class=\"sub\">Round 0 trains on the labelled examples alone; each later round trains " + what
             + "on those plus the texts the model before it labelled most confidently, the same number per class. "
             "Per class: texts kept (lowest confidence kept). Only the last round reads the test split.</p>")
+    precisions = [r.get("mixed_precision") for r in record["rounds"]]
+    if precisions[0] is not None and any(p not in (None, precisions[0]) for p in precisions[1:]):
+        note += (f"<p class=\"sub\">Round 0 trained in {e(_precision_name(precisions[0]))}, the later rounds in "
+                 f"{e(_precision_name(precisions[-1]))} (`self_training.round0_mixed_precision`): round 0's model "
+                 "teaches every later round.</p>")
     averaged = next((r for r in record["rounds"] if isinstance(r.get("averaged_body"), dict)), None)
     if averaged is not None:
         note += (f"<p class=\"sub\">The model: round 0's body and round {int(averaged['round'])}'s averaged weight by "
@@ -52,6 +57,11 @@ def self_training_section(run: RunFiles) -> str:
                  f"({e(format_seconds(averaged['averaged_body'].get('seconds')))}).</p>")
     body = intro + f"<table>{head}{''.join(rows)}</table>" + note
     return f'<section id="self-training"><h2>Self-training</h2>{body}</section>'
+
+
+def _precision_name(setting: str) -> str:
+    """`no` (Accelerate's name for no mixed precision) as `fp32`; bf16 and fp16 as they are."""
+    return "fp32" if setting == "no" else str(setting)
 
 
 def _count_and_floor(count, floor) -> str:

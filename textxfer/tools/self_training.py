@@ -1,7 +1,8 @@
 """Self-training on `data.unlabelled`: `textxfer train` hands a recipe with unlabelled texts over to `self_train`.
 
 Rounds of the recipe's own training (`textxfer.tools.train.train`, with the splits given in memory):
-  round 0   the recipe on the labelled examples alone (validation as the recipe has it, no test);
+  round 0   the recipe on the labelled examples alone (validation as the recipe has it, no test), in fp32 unless
+            `self_training.round0_mixed_precision: recipe` (its model is the teacher of every later round);
   round r   the unlabelled texts labelled by the model of round r-1, the confident ones kept (`pseudo_labels.select`:
             the same number per class, most confident first, spread over lengths), then a training on the labelled
             plus those pseudo-labelled texts: with `self_training.retrain: head` the classifier alone, on round 0's
@@ -36,6 +37,7 @@ import numpy as np
 
 from textxfer.config.schema import Recipe, to_dict
 from textxfer.core.errors import UserError
+from textxfer.core.precision import effective_mixed_precision
 from textxfer.tools import class_mix as mix
 from textxfer.tools.pseudo_labels import Selection, class_mix, select
 from textxfer.tools.unlabelled_texts import (
@@ -74,9 +76,10 @@ def self_train(recipe: Recipe, train: Callable, overwrite: bool = False, command
     round0_mix = None
     work = Path(tempfile.mkdtemp(prefix=".self-training-", dir=out.parent if out.parent.is_dir() else None))
     try:
-        previous = train(_round_recipe(recipe, work / "round-0", labels, None), overwrite=True, command=command,
-                         train=frames["train"], **_eval_frames(frames, test=False))
-        rounds.append(_round_record(0, previous, None, len(frames["train"])))
+        previous = train(_round_recipe(recipe, work / "round-0", labels, None, precision=_round0_precision(recipe)),
+                         overwrite=True, command=command, train=frames["train"], **_eval_frames(frames, test=False))
+        rounds.append(_round_record(0, previous, None, len(frames["train"]))
+                      | {"mixed_precision": effective_mixed_precision(_round0_precision(recipe))})
         _keep_log(previous.output_dir, out, 0)
         first = previous
         for r in range(1, st.rounds + 1):
@@ -104,7 +107,8 @@ def self_train(recipe: Recipe, train: Callable, overwrite: bool = False, command
                                            len(frames["train"])), overwrite=True,
                              command=command, train=data, **_eval_frames(frames, test=last and not average))
             rounds.append(_round_record(r, previous, chosen, len(data), len(pool.texts), labelled_in)
-                          | {"trained": st.retrain, "epochs": epochs, "teacher_mix": _named(teacher_mix, labels)})
+                          | {"trained": st.retrain, "epochs": epochs, "teacher_mix": _named(teacher_mix, labels),
+                             "mixed_precision": effective_mixed_precision(recipe.training.mixed_precision)})
             if not last or average:
                 _keep_log(previous.output_dir, out, r)
             if average:
@@ -229,14 +233,20 @@ def _round_epochs(recipe: Recipe, labelled: int, examples: int) -> float:
     return max(1.0, round(epochs * labelled / examples, 2))
 
 
+def _round0_precision(recipe: Recipe) -> str:
+    """`training.mixed_precision` of round 0: fp32 (`no`) unless `self_training.round0_mixed_precision: recipe`."""
+    st = recipe.self_training
+    return recipe.training.mixed_precision if st.round0_mixed_precision == "recipe" else "no"
+
+
 def _round_recipe(recipe: Recipe, out: Path, labels: list[str], contrastive_epochs: float | None,
                   epochs: float | None = None, body: Path | None = None, examples: int | None = None,
-                  labelled: int | None = None) -> dict:
+                  labelled: int | None = None, precision: str | None = None) -> dict:
     """The recipe of one round: its data given in memory, already drawn and cleaned (so nothing is drawn, carved
     or de-duplicated again), labels as class ids into `labels` (the recipe's label order). With `body` (a run
     directory), the round trains the classifier alone on that run's saved model (`self_training.retrain: head`).
     With `examples` (the round's training texts) and `labelled` (round 0's), `training.head_l2` is scaled by
-    their ratio."""
+    their ratio. `precision`: its `training.mixed_precision`, if not the recipe's."""
     r = to_dict(recipe)
     r["data"].update({"train": None, "validation": None, "test": None, "unlabelled": None, "format": "auto",
                       "text_column": "text", "label_column": "label", "labels": list(labels),
@@ -245,6 +255,8 @@ def _round_recipe(recipe: Recipe, out: Path, labels: list[str], contrastive_epoc
                       "skip_bad_rows": False, "header": None, "delimiter": None, "quoting": "auto",
                       "text_pair_column": "text_pair" if recipe.data.text_pair_column is not None else None})
     r["output_dir"] = str(out)
+    if precision is not None:
+        r["training"]["mixed_precision"] = precision
     if epochs is not None:
         r["training"]["epochs"] = epochs
     if examples is not None and labelled:
