@@ -75,11 +75,12 @@ def self_train(recipe: Recipe, train: Callable, overwrite: bool = False, command
     labelled_mix = mix.class_shares(frames["train"]["label"].to_numpy(), len(labels))
     round0_mix = None
     work = Path(tempfile.mkdtemp(prefix=".self-training-", dir=out.parent if out.parent.is_dir() else None))
+    round0_precision = _round0_precision(recipe)
     try:
-        previous = train(_round_recipe(recipe, work / "round-0", labels, None, precision=_round0_precision(recipe)),
+        previous = train(_round_recipe(recipe, work / "round-0", labels, None, precision=round0_precision),
                          overwrite=True, command=command, train=frames["train"], **_eval_frames(frames, test=False))
         rounds.append(_round_record(0, previous, None, len(frames["train"]))
-                      | {"mixed_precision": effective_mixed_precision(_round0_precision(recipe))})
+                      | {"mixed_precision": effective_mixed_precision(round0_precision)})
         _keep_log(previous.output_dir, out, 0)
         first = previous
         for r in range(1, st.rounds + 1):
