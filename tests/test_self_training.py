@@ -267,6 +267,35 @@ def test_round_0_trains_in_fp32_unless_asked_and_the_later_rounds_as_the_recipe_
     assert said == (setting == "no")  # the report says so where the precisions differ
 
 
+@pytest.mark.parametrize("setting, labelled, classes, rounds", [
+    ("auto", 16, 2, 2), ("auto", 32, 2, 2), ("auto", 33, 2, 1), ("auto", 128, 2, 1), ("auto", 90, 6, 2),
+    (1, 16, 2, 1), (3, 1000, 2, 3)])
+def test_rounds_auto_trains_a_second_round_only_with_few_labels(setting, labelled, classes, rounds, caplog):
+    from textxfer.tools.self_training import FEW_LABELS_PER_CLASS, rounds_to_train
+
+    assert FEW_LABELS_PER_CLASS == 16  # the boundary the cases above sit on
+    with caplog.at_level(logging.WARNING, logger="textxfer"):
+        assert rounds_to_train(setting, labelled, classes) == rounds
+    said = [r.getMessage() for r in caplog.records if "rounds: auto" in r.getMessage()]
+    assert len(said) == (setting == "auto")  # `auto` says what it chose, once; a number is taken as given
+    if said:
+        assert f"{labelled / classes:.1f} per class" in said[0] and said[0].startswith(f"self-training: {rounds} round")
+
+
+def test_rounds_auto_is_the_default_and_trains_two_rounds_on_few_labels(tiny_models, tiny_data, tmp_path):
+    from textxfer.tools.train import train
+
+    unlabelled = write_unlabelled(tmp_path / "u.csv", UNLABELLED)
+    out = tmp_path / "run"
+    recipe = self_training_recipe(tiny_models, tiny_data, out, unlabelled)
+    del recipe["self_training"]["rounds"]
+    train(recipe)
+    history = json.loads((out / "history.json").read_text())["self_training"]
+    labelled = history["rounds"][0]["training_examples"]
+    assert labelled <= 16 * 3  # three classes, few labels each: `auto` trains two rounds
+    assert [r["round"] for r in history["rounds"]] == [0, 1, 2] and history["settings"]["rounds"] == "auto"
+
+
 def test_label_column_of_unlabelled_file_is_ignored_and_said_once(tiny_models, tiny_data, tmp_path, caplog):
     from textxfer.tools.train import train
 
@@ -348,7 +377,8 @@ def test_plain_text_file_is_one_text_per_line(tiny_models, tiny_data, tmp_path):
 
 
 @pytest.mark.parametrize("over, message", [
-    ({"self_training__rounds": 0}, r"self_training\.rounds` must be >= 1"),
+    ({"self_training__rounds": 0}, r"self_training\.rounds` must be `auto` or an integer >= 1, not 0"),
+    ({"self_training__rounds": "many"}, r"self_training\.rounds"),
     ({"self_training__per_class": 0}, r"self_training\.per_class` must be >= 1"),
     ({"self_training__retrain": "body"}, r"self_training\.retrain"),
     ({"data__multi_label": True}, r"data\.unlabelled` with `data\.multi_label: true"),

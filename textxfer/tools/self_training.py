@@ -51,6 +51,11 @@ log = logging.getLogger("textxfer")
 
 SAMPLE_SALT = 17
 """Added to `training.seed` for the seeded sample of `self_training.max_unlabelled` texts."""
+FEW_LABELS_PER_CLASS = 16
+"""`self_training.rounds: auto` trains two rounds when the labelled examples number at most this many per class on
+average, one above. With 8 per class the second round's teacher (round 1's model) is far better than round 0's
+and a second round paid on most data sets; with 64 per class it did not pay for its time (docs/self-training.md,
+*A second round with few labels*). Between the two nothing was measured."""
 
 
 def self_train(recipe: Recipe, train: Callable, overwrite: bool = False, command: str | None = None,
@@ -83,8 +88,9 @@ def self_train(recipe: Recipe, train: Callable, overwrite: bool = False, command
                       | {"mixed_precision": effective_mixed_precision(round0_precision)})
         _keep_log(previous.output_dir, out, 0)
         first = previous
-        for r in range(1, st.rounds + 1):
-            last = r == st.rounds
+        count = rounds_to_train(st.rounds, len(frames["train"]), len(labels))
+        for r in range(1, count + 1):
+            last = r == count
             scored = time.time()
             probs = _probabilities(previous.output_dir, pool, recipe.training.threads)
             teacher_mix = mix.predicted_mix(probs)
@@ -128,6 +134,19 @@ def self_train(recipe: Recipe, train: Callable, overwrite: bool = False, command
               "seconds": round(time.time() - started, 2)}
     _write_record(recipe, out, record)
     return out, json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+
+
+def rounds_to_train(setting: int | str, labelled: int, classes: int) -> int:
+    """The rounds with pseudo-labels to train: `self_training.rounds` as given, or for `auto` 2 when the `labelled`
+    examples number at most `FEW_LABELS_PER_CLASS` per class on average (over `classes`), else 1; `auto` says
+    which, once."""
+    if setting != "auto":
+        return int(setting)
+    count = 2 if labelled <= FEW_LABELS_PER_CLASS * classes else 1
+    log.warning(f"self-training: {count} round{'s' if count > 1 else ''} with pseudo-labels (`rounds: auto`: "
+                f"{labelled:,} labelled examples, {labelled / classes:.1f} per class, "
+                f"{'at most' if count > 1 else 'more than'} {FEW_LABELS_PER_CLASS})")
+    return count
 
 
 # ------------------------------------------------------------------------------------------ data
