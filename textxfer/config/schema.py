@@ -350,8 +350,9 @@ class SelfTrainingConfig:
     rounds: int | Literal["auto"] = "auto"
     """Trainings on labelled + pseudo-labelled texts after the first (each relabels the texts with the model of
     the one before). Each costs about one training on that many more examples. `auto`: 2 when the labelled
-    examples are few (at most 16 per class on average: `tools.self_training.FEW_LABELS_PER_CLASS`), where round 0's model is a weak
-    teacher and round 1's a much better one; else 1 (docs/self-training.md, *A second round with few labels*)."""
+    examples are few (at most 16 per class on average, `tools.self_training.FEW_LABELS_PER_CLASS`), where round
+    0's model is a weak teacher and round 1's a much better one; else 1 (docs/self-training.md, *A second round
+    with few labels*)."""
     per_class: int = 250
     """Pseudo-labels kept per class each round, at most: the most confident of the texts predicted as that class.
     A class predicted for fewer texts keeps fewer. Few and sure pay more than many (docs/self-training.md)."""

@@ -53,9 +53,9 @@ SAMPLE_SALT = 17
 """Added to `training.seed` for the seeded sample of `self_training.max_unlabelled` texts."""
 FEW_LABELS_PER_CLASS = 16
 """`self_training.rounds: auto` trains two rounds when the labelled examples number at most this many per class on
-average, one above. With 8 per class the second round's teacher (round 1's model) is far better than round 0's
-and a second round paid on most data sets; with 64 per class it did not pay for its time (docs/self-training.md,
-*A second round with few labels*). Between the two nothing was measured."""
+average, one above. With 8 per class the second round's teacher (round 1's model) is far better than round 0's,
+and a second round paid on three of four data sets; on SST-2 at 64 per class it did not pay for its time
+(docs/self-training.md, *A second round with few labels*). Between the two nothing was measured."""
 
 
 def self_train(recipe: Recipe, train: Callable, overwrite: bool = False, command: str | None = None,
