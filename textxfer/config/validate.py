@@ -84,7 +84,7 @@ def cache_budget_bytes(value: int | str | None) -> int | None:
 def validate_self_training(recipe: Recipe) -> None:
     """`self_training` ranges, and what learning from `data.unlabelled` does not handle yet."""
     st = recipe.self_training
-    if st.rounds != "auto" and (isinstance(st.rounds, bool) or not isinstance(st.rounds, int) or st.rounds < 1):
+    if st.rounds != "auto" and st.rounds < 1:  # the reader lets only `auto` or a whole number through
         raise UserError(f"Recipe key `self_training.rounds` must be `auto` or an integer >= 1, not {st.rounds!r}.")
     if st.per_class < 1:
         raise UserError(f"Recipe key `self_training.per_class` must be >= 1, not {st.per_class}.")
