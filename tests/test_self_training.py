@@ -13,7 +13,7 @@ from conftest import tiny_recipe
 
 from textxfer.core.errors import UserError
 from textxfer.tools import class_mix
-from textxfer.tools.pseudo_labels import select
+from textxfer.tools.pseudo_labels import quotas, select
 from textxfer.tools.unlabelled_texts import clean_unlabelled
 
 
@@ -75,6 +75,34 @@ def test_select_balance_lengths_spreads_each_class_over_length_quartiles():
     assert lengths[plain.index[plain.labels == 0]].min() > 20
     assert np.bincount(np.searchsorted([10.5, 20.5, 30.5], lengths[balanced.index[balanced.labels == 0]]),
                        minlength=4).tolist() == [10, 10, 10, 10]
+
+
+def test_quotas_share_the_total_in_the_mix_and_add_up():
+    assert quotas(250, np.array([0.8764, 0.1236])) == [438, 62]
+    assert quotas(250, np.array([0.1, 0.2, 0.3, 0.05, 0.05, 0.3])) == [150, 300, 450, 75, 75, 450]
+    assert sum(quotas(7, np.array([1.0, 1.0, 1.0]))) == 21
+    assert quotas(10, np.array([1.0, 0.0])) == [20, 0]
+
+
+def test_select_takes_one_count_per_class():
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.8, 0.2], [0.3, 0.7], [0.05, 0.95], [0.45, 0.55]])
+    chosen = select(probs, ["ham", "spam"], per_class=[3, 1])
+    assert chosen.kept == {"ham": 3, "spam": 1}
+    assert chosen.index.tolist() == [0, 1, 2, 4]
+
+
+def test_select_predicted_spread_keeps_a_long_class_long():
+    lengths = np.arange(400) % 40 + 1
+    long_class = lengths > 30  # class b: the longest quartile of texts, as spam is longer than ham
+    p = np.where(long_class, 0.2, 0.8)
+    p[np.arange(400) % 40 == 0] = 0.45  # 10 short texts unsurely predicted as b, of the 110 predicted as b
+    probs = np.stack([p, 1 - p], 1)
+    even = select(probs, ["a", "b"], per_class=40, lengths=lengths)
+    spread = select(probs, ["a", "b"], per_class=40, lengths=lengths, spread="predicted")
+    b_even = lengths[even.index[even.labels == 1]]
+    assert len(b_even) == 20 and (b_even <= 10).sum() == 10  # even: a quarter of b's quota, every unsure short text
+    b_spread = lengths[spread.index[spread.labels == 1]]
+    assert len(b_spread) == 40 and (b_spread <= 10).sum() == 4  # predicted: 40 x 10 / 110 of them
 
 
 def biased_logits(n: int = 600, k: int = 3, lean: float = 1.5, seed: int = 0) -> np.ndarray:
@@ -215,6 +243,20 @@ def test_final_class_mix_round0_targets_the_first_teachers_mix(tiny_models, tiny
     shift = rounds[-1]["class_mix_shift"]
     assert shift["target"] == "round0" and shift["target_mix"] == rounds[1]["teacher_mix"]
     assert "class_mix_shift" not in rounds[1]
+
+
+def test_class_quota_round0_keeps_pseudo_labels_in_round_0s_predicted_mix(tiny_models, tiny_data, tmp_path):
+    from textxfer.tools.train import train
+
+    unlabelled = write_unlabelled(tmp_path / "u.csv", UNLABELLED)
+    out = tmp_path / "run"
+    train(self_training_recipe(tiny_models, tiny_data, out, unlabelled, rounds=1, self_training__retrain="head",
+                               self_training__class_quota="round0", self_training__balance_lengths=False))
+    first = json.loads((out / "history.json").read_text())["self_training"]["rounds"][1]
+    teacher = np.array(list(first["teacher_mix"].values()))
+    wanted = dict(zip(first["teacher_mix"], quotas(4, teacher), strict=True))
+    available = {k: round(v * first["scored"]) for k, v in first["teacher_mix"].items()}
+    assert first["per_class"] == {k: min(wanted[k], available[k]) for k in wanted}
 
 
 def test_retrain_all_the_default_trains_the_recipe_again_for_its_epochs(tiny_models, tiny_data, tmp_path):

@@ -356,11 +356,20 @@ class SelfTrainingConfig:
     per_class: int = 250
     """Pseudo-labels kept per class each round, at most: the most confident of the texts predicted as that class.
     A class predicted for fewer texts keeps fewer. Few and sure pay more than many (docs/self-training.md)."""
+    class_quota: Literal["equal", "round0"] = "equal"
+    """How the pseudo-labels kept each round are shared among the classes. `equal`: `per_class` each, so a teacher
+    leaning to one class cannot fill the training set with it. `round0`: `per_class` x classes in all, shared in
+    the class mix round 0's model predicted on the unlabelled texts, for data whose classes are far from equally
+    common (spam), where equal counts teach the next round a prior the texts do not have."""
     min_confidence: float = 0.0
     """Never keep a pseudo-label less probable than this (0: the count alone decides)."""
     balance_lengths: bool = True
     """Spread each class's quota evenly over the length quartiles of the unlabelled texts, so no class's kept
     texts are all long or all short (a length cue the next round would learn instead of the classes)."""
+    length_spread: Literal["even", "predicted"] = "even"
+    """How `balance_lengths` spreads a class's quota over the length quartiles: `even`, the same count in each;
+    `predicted`, as the texts predicted as that class are spread over them, so a class whose texts are longer
+    (spam) keeps long texts instead of filling its short quartiles with unsure predictions."""
     max_unlabelled: int | None = 5000
     """Label at most this many unlabelled texts (a seeded sample); null: all. Labelling costs a forward pass each."""
     contrastive_epochs: float | None = 2

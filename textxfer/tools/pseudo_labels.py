@@ -9,11 +9,16 @@ few-shot models are not reliably. With `balance_lengths` each class's quota is s
 the unlabelled texts, so the kept texts of every class are as long as the texts are: a model that is most sure of
 long texts for one class and short ones for another would otherwise teach the next round to tell the classes
 apart by length.
+
+Data whose classes are far from equally common, and differ in length (spam), need the counts shared otherwise
+(`quotas`: in a predicted class mix; `spread="predicted"`: over the lengths as each class's predictions are), or the
+short quartiles of a long class fill with unsure predictions (docs/self-training.md compares them).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -39,10 +44,12 @@ class Selection:
                 "mean_confidence": round(float(self.confidence.mean()), 4) if len(self.index) else None}
 
 
-def select(probs: np.ndarray, labels: list[str], per_class: int, lengths: np.ndarray | None = None,
-           min_confidence: float = 0.0) -> Selection:
-    """Per class, the `per_class` most confident texts predicted as that class (with `lengths`: spread evenly
-    over their length quartiles), none below `min_confidence`."""
+def select(probs: np.ndarray, labels: list[str], per_class: int | list[int], lengths: np.ndarray | None = None,
+           min_confidence: float = 0.0, spread: Literal["even", "predicted"] = "even") -> Selection:
+    """Per class, the `per_class` most confident texts predicted as that class (one count for every class, or one
+    per class: `quotas`), none below `min_confidence`. With `lengths`, each class's count is spread over the
+    length quartiles of the texts: `even`, the same in each; `predicted`, as the texts predicted as that class are
+    spread over them (a class whose texts are longer, such as spam, keeps long texts)."""
     probs = np.asarray(probs, dtype=np.float64)
     pred, conf = probs.argmax(1), probs.max(1)
     bins = _length_bins(lengths) if lengths is not None else np.zeros(len(probs), dtype=np.int64)
@@ -50,11 +57,16 @@ def select(probs: np.ndarray, labels: list[str], per_class: int, lengths: np.nda
     chosen: list[np.ndarray] = []
     kept: dict[str, int] = {}
     threshold: dict[str, float | None] = {}
+    counts = [per_class] * len(labels) if isinstance(per_class, int | np.integer) else list(per_class)
     for c, name in enumerate(labels):
-        quota = _quotas(per_class, n_bins)
+        sure = (pred == c) & (conf >= min_confidence)
+        if spread == "predicted":
+            quota = _shares(int(counts[c]), np.bincount(bins[sure], minlength=n_bins))
+        else:
+            quota = _shares(int(counts[c]), np.ones(n_bins))  # as evenly as whole numbers allow
         picks = []
         for b in range(n_bins):
-            cand = np.flatnonzero((pred == c) & (bins == b) & (conf >= min_confidence))
+            cand = np.flatnonzero(sure & (bins == b))
             picks.append(cand[np.argsort(-conf[cand], kind="stable")][: quota[b]])
         take = np.concatenate(picks) if picks else np.zeros(0, np.int64)
         chosen.append(take)
@@ -64,10 +76,22 @@ def select(probs: np.ndarray, labels: list[str], per_class: int, lengths: np.nda
     return Selection(index, pred[index], conf[index], kept, threshold)
 
 
-def _quotas(total: int, n_bins: int) -> list[int]:
-    """`total` split over `n_bins` as evenly as whole numbers allow (the first bins take the remainder)."""
-    base, extra = divmod(total, n_bins)
-    return [base + (1 if b < extra else 0) for b in range(n_bins)]
+def quotas(per_class: int, shares: np.ndarray) -> list[int]:
+    """Per class, its share of `per_class` x classes pseudo-labels (largest remainders, so they add up): with
+    `class_quota: round0` the kept texts come in the class mix round 0's model predicted on the unlabelled texts,
+    the mix the finished model is shifted to, instead of one count for every class."""
+    return _shares(per_class * len(shares), shares)
+
+
+def _shares(total: int, weights: np.ndarray) -> list[int]:
+    """`total` split in proportion to `weights` (largest remainders); all zeros when every weight is 0."""
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.sum() <= 0:
+        return [0] * len(weights)
+    exact = total * weights / weights.sum()
+    counts = np.floor(exact).astype(np.int64)
+    counts[np.argsort(-(exact - counts), kind="stable")[: total - int(counts.sum())]] += 1
+    return [int(c) for c in counts]
 
 
 def _length_bins(lengths: np.ndarray) -> np.ndarray:

@@ -39,7 +39,7 @@ from textxfer.config.schema import Recipe, to_dict
 from textxfer.core.errors import UserError
 from textxfer.core.precision import effective_mixed_precision
 from textxfer.tools import class_mix as mix
-from textxfer.tools.pseudo_labels import Selection, class_mix, select
+from textxfer.tools.pseudo_labels import Selection, class_mix, quotas, select
 from textxfer.tools.unlabelled_texts import (
     UnlabelledTexts,
     check_text_recipe,
@@ -97,8 +97,9 @@ def self_train(recipe: Recipe, train: Callable, overwrite: bool = False, command
             round0_mix = teacher_mix if round0_mix is None else round0_mix
             if st.align_pseudo_labels:
                 probs = mix.align(probs, labelled_mix)
-            chosen = select(probs, labels, st.per_class, _lengths(pool) if st.balance_lengths else None,
-                            st.min_confidence)
+            per_class = st.per_class if st.class_quota == "equal" else quotas(st.per_class, round0_mix)
+            chosen = select(probs, labels, per_class, _lengths(pool) if st.balance_lengths else None,
+                            st.min_confidence, st.length_spread)
             if not len(chosen.index):
                 raise UserError(f"self-training round {r}: no unlabelled text reached `self_training.min_confidence` "
                                 f"{st.min_confidence}; lower it (0 keeps the most confident whatever their score).")
