@@ -4,6 +4,7 @@ and the refusals (too few rows for the folds, multi-label, no cleanlab)."""
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import sys
 from pathlib import Path
@@ -185,6 +186,19 @@ def test_best_out_of_fold_takes_the_penalty_with_the_lowest_log_loss():
     assert l2 == min(losses, key=losses.get) and loss == pytest.approx(losses[l2])
     assert l2 != 1e-2 and losses[1e-2] > loss + 0.05, losses
     assert np.allclose(probs, out_of_fold_probabilities(x, noisy, 3, folds=5, seed=0, l2=l2))
+
+
+def test_best_out_of_fold_says_how_far_its_heads_are(monkeypatch, caplog):
+    from textxfer.tools.out_of_fold import best_out_of_fold
+
+    monkeypatch.setattr("textxfer.core.progress.LOG_MIN_SECONDS", 0.0)  # a line every 5% of this quick search
+    x, y = blobs(60, 3, seed=1)
+    with caplog.at_level(logging.INFO, logger="textxfer"):
+        best_out_of_fold(x, y, 3, folds=5, seed=0, grid=(1.0, 10.0, 100.0, 1000.0))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("out-of-fold heads: ")]
+    assert lines[0].startswith("out-of-fold heads: 5% (1 of 20 heads),") and " left" in lines[0]
+    assert lines[-1].startswith("out-of-fold heads: 95% (19 of 20 heads),") and len(lines) == 19  # not at 100%
+    assert "best" not in lines[4] and ", best head_l2 1 (log loss 0." in lines[5]  # once penalty 1's 5 heads are done
 
 
 def contrastive_recipe(tmp_path: Path, model: Path, train: Path) -> Path:

@@ -1,5 +1,5 @@
 """How far a long piece of work is, the one way every step shows it (training, the frozen-prefix cache pass, the
-contrastive stage, evaluation, prediction).
+contrastive stage, evaluation, prediction, the out-of-fold heads of `data issues`).
 
 On a terminal (the stream, stderr by default, is a TTY) a tqdm bar with the rate and the time left. Otherwise one
 plain line every `LOG_EVERY_PERCENT` percent, and never within `LOG_MIN_SECONDS` of the start or of the line

@@ -19,6 +19,7 @@ import numpy as np
 
 from textxfer.config.schema import DataConfig, Recipe
 from textxfer.core.errors import UserError
+from textxfer.core.progress import ProgressReport
 
 log = logging.getLogger("textxfer")
 
@@ -185,11 +186,13 @@ def head_probabilities(head, features: np.ndarray, n_classes: int) -> np.ndarray
 
 
 def out_of_fold_probabilities(features: np.ndarray, targets: np.ndarray, n_classes: int, folds: int, seed: int,
-                              l2: float, groups: np.ndarray | None = None) -> np.ndarray:
+                              l2: float, groups: np.ndarray | None = None,
+                              progress: ProgressReport | None = None) -> np.ndarray:
     """[n, n_classes] probabilities, each row's from the head fitted on the other folds (stratified, seeded).
 
     `groups` (one id per row): rows whose embeddings come from different bodies (`cross_fit`) live in different
-    spaces, so each group gets its own folds and heads, and no head reads two groups' rows."""
+    spaces, so each group gets its own folds and heads, and no head reads two groups' rows. `progress` counts one
+    unit per head fitted."""
     from sklearn.model_selection import StratifiedKFold
 
     probs = np.zeros((len(targets), n_classes), dtype=np.float64)
@@ -201,6 +204,8 @@ def out_of_fold_probabilities(features: np.ndarray, targets: np.ndarray, n_class
             fit_rows, held_rows = members[fit_idx], members[held_idx]
             head = fit_head(features[fit_rows], targets[fit_rows], l2, seed + k)
             probs[held_rows] = head_probabilities(head, features[held_rows], n_classes)
+            if progress is not None:
+                progress.update()
     return probs
 
 
@@ -223,10 +228,14 @@ def best_out_of_fold(features: np.ndarray, targets: np.ndarray, n_classes: int, 
     as `out_of_fold_probabilities`, one penalty for all of them). One number chosen on thousands of rows: the
     probabilities stay out-of-fold in all but that choice."""
     best: tuple[np.ndarray, float, float] | None = None
-    for l2 in grid:
-        probs = out_of_fold_probabilities(features, targets, n_classes, folds, seed, l2, groups)
-        loss = log_loss(probs, targets)
-        if best is None or loss < best[2]:
-            best = (probs, l2, loss)
+    heads = len(grid) * folds * (1 if groups is None else len(np.unique(groups)))
+    # many rows and many classes make minutes of fitting: say how far it is
+    with ProgressReport("out-of-fold heads", heads, "heads") as progress:
+        for l2 in grid:
+            probs = out_of_fold_probabilities(features, targets, n_classes, folds, seed, l2, groups, progress)
+            loss = log_loss(probs, targets)
+            if best is None or loss < best[2]:
+                best = (probs, l2, loss)
+            progress.note(best=f"head_l2 {best[1]:g} (log loss {best[2]:.4f})")
     assert best is not None
     return best
