@@ -223,6 +223,14 @@ def test_label_order_list_mapping_and_indices(tmp_path):
     assert merged.labels == ["opinion"]
 
 
+def test_labels_differing_only_in_case_are_said(tmp_path):
+    rows = [(f"text {i}", label) for i, label in enumerate(["neg", "Neg", "pos", "POS", "pos", "neg"] * 3)]
+    s = load(train=write(tmp_path, "t.csv", csv_text(rows)), validation_split=0.0)
+    assert s.labels == ["Neg", "POS", "neg", "pos"]
+    said = [n for n in s.notes if "differ only in case" in n]
+    assert len(said) == 1 and "'Neg', 'neg'" in said[0] and "'POS', 'pos'" in said[0] and "data.labels" in said[0]
+
+
 def test_index_out_of_range_single_label(tmp_path):
     path = write(tmp_path, "d.csv", csv_text([(t, "1") for t in POS] + [(t, "0") for t in NEG] + [("odd", "2")]))
     with pytest.raises(UserError, match=r"d\.csv, row 21: label index 2 is out of range.*2 labels"):

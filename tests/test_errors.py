@@ -81,6 +81,18 @@ def test_bad_literal_lists_allowed_values(tmp_path, good):
     assert "'lora'" in out
 
 
+def test_a_bad_value_inside_an_optional_section_names_its_own_key(tmp_path, good):
+    good["training"]["contrastive"] = {"epochs": 1, "loss": "cosin"}
+    out = expect_error(tmp_path, good, match="`training.contrastive.loss` is 'cosin'; allowed values: 'cosine', "
+                                             "'supcon'. Did you mean 'cosine'?")
+    assert "ContrastiveConfig" not in out
+
+
+def test_optional_numbers_are_named_in_words(tmp_path, good):
+    good["data"]["examples_per_class"] = "abc"
+    expect_error(tmp_path, good, match="`data.examples_per_class` is 'abc', but it must be a whole number or null")
+
+
 def test_model_path_that_does_not_exist(tmp_path, good):
     good["model"]["name"] = str(tmp_path / "no-model")
     expect_error(tmp_path, good, match="does not exist")

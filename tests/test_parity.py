@@ -82,7 +82,7 @@ def _evaluate(run: Path, data: Path, *extra: str) -> dict:
 
 
 def _predict(run: Path, data: Path, out: Path, *extra: str) -> list[dict]:
-    _invoke(["predict", str(run), "--input", str(data), "--output", str(out), *extra])
+    _invoke(["predict", str(run), "--input", str(data), "--output", str(out), "--overwrite", *extra])
     return [json.loads(line) for line in out.read_text().splitlines()]
 
 

@@ -109,22 +109,28 @@ def test_reading_stays_one_chunk_ahead_of_writing(model, tmp_path, monkeypatch):
     assert seen[:3] == [8, 16, 24] and len(pulled) == 40
 
 
+def stop_at_chunk(monkeypatch, number: int):
+    """Make the prediction stop (as a Ctrl-C would) when it reaches chunk `number`; returns the real function."""
+    real = predict_module.predict_chunk
+    calls = []
+
+    def failing(*args):
+        calls.append(1)
+        if len(calls) == number:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(predict_module, "predict_chunk", failing)
+    return real
+
+
 def test_an_interrupted_prediction_resumes_where_it_stopped(model, tmp_path, monkeypatch):
     """Stopped after two chunks: no output that looks complete, a partial file and its record; bytes written
     after the last record are dropped; the rerun predicts only the rest; every row once, in order."""
     texts = texts_of(30)
     source = str(write_csv(tmp_path / "in.csv", texts))
     out = tmp_path / "out.jsonl"
-    real = predict_module.predict_chunk
-    calls = []
-
-    def failing(*args):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(predict_module, "predict_chunk", failing)
+    real = stop_at_chunk(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         predict_stream(str(model[1]), [source], str(out), chunk_rows=7)
     partial, record = Path(str(out) + ".partial"), Path(str(out) + ".partial.json")
@@ -208,9 +214,84 @@ def test_stdin_streams_line_by_line(model):
     assert [r["text"] for r in rows] == texts
 
 
+def test_a_model_trained_again_in_the_same_folder_starts_over(model, tmp_path, monkeypatch):
+    """The resume record holds the model's files: predictions of two different models are never joined."""
+    import shutil
+
+    folder = tmp_path / "export"
+    shutil.copytree(model[1], folder)
+    source = write_csv(tmp_path / "in.csv", texts_of(10))
+    out = tmp_path / "out.jsonl"
+    stop_at_chunk(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        predict_stream(str(folder), [str(source)], str(out), chunk_rows=4)
+    monkeypatch.undo()
+    onnx = next(folder.glob("*.onnx"))
+    os.utime(onnx, ns=(onnx.stat().st_atime_ns, onnx.stat().st_mtime_ns + 10**9))  # as a new training would
+    said = []
+    assert predict_stream(str(folder), [str(source)], str(out), chunk_rows=4, say=said.append) == 10
+    assert not any(s.startswith("resuming") for s in said)
+
+
+def test_an_output_that_is_an_input_or_exists_is_refused(model, tmp_path):
+    source = write_csv(tmp_path / "in.csv", texts_of(3))
+    before = source.read_text()
+    with pytest.raises(UserError, match=r"--output .*in.csv is also an --input"):
+        predict_stream(str(model[1]), [str(source)], str(source))
+    assert source.read_text() == before
+    out = tmp_path / "kept.jsonl"
+    out.write_text("IMPORTANT\n")
+    with pytest.raises(UserError, match=r"kept.jsonl exists. Pass --overwrite"):
+        predict_stream(str(model[1]), [str(source)], str(out))
+    assert out.read_text() == "IMPORTANT\n"
+    assert predict_stream(str(model[1]), [str(source)], str(out), overwrite=True) == 3
+    assert len(read_output(out)) == 3
+
+
+def test_an_output_that_cannot_be_written_is_a_clear_error(model, tmp_path):
+    source = write_csv(tmp_path / "in.csv", texts_of(3))
+    with pytest.raises(UserError, match=r"Cannot write --output .*in.csv/o.jsonl"):
+        predict_stream(str(model[1]), [str(source)], str(source / "o.jsonl"))
+    with pytest.raises(UserError, match=r"is a folder; give a file name in it"):
+        predict_stream(str(model[1]), [str(source)], str(tmp_path))
+
+
+def test_inputs_are_decoded_as_training_decodes_them(model, tmp_path):
+    """A BOM is not part of the first column's name; a file that is not UTF-8 is read as Latin-1, said once; stdin
+    falls back line by line."""
+    (tmp_path / "bom.csv").write_bytes("\ufefftext\ngood film\n".encode("utf-8"))
+    (tmp_path / "latin.csv").write_bytes("text\ncafé was great\nfine\n".encode("latin-1"))
+    (tmp_path / "latin.txt").write_bytes("crème brûlée\n".encode("latin-1"))
+    said = []
+    predict_stream(str(model[1]), [str(tmp_path / n) for n in ("bom.csv", "latin.csv", "latin.txt")],
+                   str(tmp_path / "o.jsonl"), say=said.append)
+    assert [r["text"] for r in read_output(tmp_path / "o.jsonl")] == ["good film", "café was great", "fine",
+                                                                      "crème brûlée"]
+    assert sum("is not valid UTF-8" in s and "Latin-1" in s for s in said) == 2
+    result = CliRunner().invoke(__import__("textxfer.cli.main", fromlist=["cli"]).cli, ["predict", str(model[1])],
+                                input=b"good film\n" + "café\n".encode("latin-1"))
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["text"] for line in result.stdout.splitlines()] == ["good film", "café"]
+    assert "stdin, line 2: byte 0xe9 is not UTF-8" in result.stderr
+
+
+def test_blank_lines_and_empty_texts_are_said(model, tmp_path):
+    (tmp_path / "t.txt").write_text("good\n\n  \nbad\n")
+    (tmp_path / "e.csv").write_text("id,text\n1,good\n2,\n3,   \n")
+    said = []
+    predict_stream(str(model[1]), [str(tmp_path / "t.txt"), str(tmp_path / "e.csv")], str(tmp_path / "o.jsonl"),
+                   say=said.append)
+    assert [r["text"] for r in read_output(tmp_path / "o.jsonl")] == ["good", "bad", "good", "", "   "]
+    assert any("t.txt: 2 blank line(s) skipped" in s for s in said)
+    assert any("e.csv: 2 row(s) have an empty text (the first: row 3)" in s for s in said)
+
+
 @pytest.mark.parametrize("name, content, message", [
     ("bad.jsonl", '{"text": "good"}\n{"text": "bad"\n', r"bad.jsonl, line 2: not valid JSON"),
     ("short.csv", "id,text\n1,good\n2\n", r"short.csv, row 3: 1 fields, but the header has 2"),
+    ("long.csv", "text,id\nhello, world and more,3\n", r"long.csv, row 2: 3 fields, but the header has 2"),
+    ("object.jsonl", '{"text": {"a": 1}}\n', r"object.jsonl, row 1: the text is a dict \(\{'a': 1\}\), not a string"),
+    ("bool.jsonl", '{"text": true}\n', r"bool.jsonl, row 1: the text is a true/false"),
     ("other.csv", "review\ngood\n", r"other.csv has no column `text` \(--text-column\); columns: review"),
     ("nulls.jsonl", '{"text": null}\n', r"nulls.jsonl, row 1: the text is empty \(null\)"),
     ("nokey.jsonl", '{"body": "x"}\n', r"nokey.jsonl, line 1: no key `text`"),
@@ -220,6 +301,7 @@ def test_bad_rows_are_named_by_file_and_row(model, tmp_path, name, content, mess
     with pytest.raises(UserError, match=message):
         predict_stream(str(model[1]), [str(tmp_path / name)], str(tmp_path / "o.jsonl"))
     assert not (tmp_path / "o.jsonl").exists()
+    assert not (tmp_path / "o.jsonl.partial").exists() and not (tmp_path / "o.jsonl.partial.json").exists()
 
 
 def test_bad_options_are_refused(model, tmp_path):
@@ -229,6 +311,10 @@ def test_bad_options_are_refused(model, tmp_path):
         predict_stream(str(model[1]), [str(tmp_path / "missing.csv")], None)
     with pytest.raises(UserError, match=r"--num-processes 0"):
         predict_stream(str(model[1]), ["-"], None, num_processes=0)
+    with pytest.raises(UserError, match=r"--top-k 0: give 1 or more"):
+        predict_stream(str(model[1]), ["-"], None, top_k=0)
+    with pytest.raises(UserError, match=r"--batch-size 0: give 1 or more"):
+        predict_stream(str(model[1]), ["-"], None, batch_size=0)
     (tmp_path / "t.txt").write_text("good\n")
     with pytest.raises(UserError, match=r"t.txt has one text per line, but the model reads sentence pairs"):
         predict_stream(str(model[1]), [str(tmp_path / "t.txt")], None, pair_column="hypothesis")

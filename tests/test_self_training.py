@@ -48,6 +48,25 @@ def test_clean_unlabelled_removes_repeats_empties_and_every_labelled_split():
     assert "1 equal to a test text" in pool.notes[0] and "no leakage" in pool.notes[0]
 
 
+def test_a_text_differing_from_a_test_text_only_in_case_or_spacing_is_removed():
+    """An uncased tokenizer reads `GOOD  Film` as `good film`: pseudo-labelling it would leak the test text."""
+    pool = clean_unlabelled(["GOOD  Film", "good film!", "Other text"], None, "u.csv", {"test": {"good film"}})
+    assert pool.texts == ["good film!", "Other text"] and pool.counts["in_test"] == 1
+
+
+def test_the_unlabelled_file_may_name_its_own_text_column(tmp_path):
+    from textxfer.config.reading import load_recipe
+    from textxfer.tools.unlabelled_texts import read_unlabelled
+
+    path = tmp_path / "u.csv"
+    path.write_text("review\ngood film\nbad film\n")
+    cfg = load_recipe(data={"model": {"name": "x"}, "data": {"train": "t.csv", "unlabelled": str(path)}}).data
+    with pytest.raises(UserError, match="set `data.unlabelled_text_column`"):
+        read_unlabelled(str(path), cfg)
+    cfg.unlabelled_text_column = "review"
+    assert read_unlabelled(str(path), cfg)[0] == ["good film", "bad film"]
+
+
 def test_clean_unlabelled_with_nothing_left_names_the_file():
     with pytest.raises(UserError, match=r"u\.csv .*no unlabelled text is left"):
         clean_unlabelled(["a", "a"], None, "u.csv", {"train": {"a"}})

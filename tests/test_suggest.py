@@ -72,6 +72,8 @@ def test_kmeans_plus_plus_is_seeded_and_handles_duplicates():
 def test_bad_k_is_refused_with_the_sizes():
     with pytest.raises(UserError, match="-k is 0.*10"):
         check_k(0, 10)
+    with pytest.raises(UserError, match="The pool has no usable text"):
+        check_k(3, 0)
     with pytest.raises(UserError, match=r"3 usable text\(s\), fewer than the 5"):
         check_k(5, 3)
     with pytest.raises(UserError, match="Unknown strategy"):
@@ -135,8 +137,26 @@ def test_command_refuses_a_pool_smaller_than_k(tiny_run, tmp_path):
     result = CliRunner().invoke(cli, ["suggest", str(tiny_run), "--pool", str(pool), "-k", "3"])
     assert result.exit_code == 2 and "2 usable text(s), fewer than the 3" in result.output
     result = CliRunner().invoke(cli, ["suggest", str(tiny_run), "--pool", str(pool), "-k", "0"])
-    assert result.exit_code == 2 and "-k is 0" in result.output
+    assert result.exit_code == 2 and "-k is 0: ask for at least 1 text (the pool has 3 usable" in result.output
     assert not (tiny_run / "suggestions.csv").exists()
+    (tmp_path / "header_only.csv").write_text("text\n")
+    result = CliRunner().invoke(cli, ["suggest", str(tiny_run), "--pool", str(tmp_path / "header_only.csv")])
+    assert result.exit_code == 2 and "The pool has no usable text" in result.output
+
+
+def test_a_suggestions_file_is_not_replaced_without_overwrite(tiny_run, tmp_path):
+    """The CSV to label may hold labels typed into it: a second run refuses it before any work, unless asked."""
+    pool = tmp_path / "pool.txt"
+    pool.write_text("good film\nbad film\na fine plot\nslow and dull\n")
+    out = tmp_path / "to_label.csv"
+    out.write_text("text,label\ngood film,positive\n")
+    result = CliRunner().invoke(cli, ["suggest", str(tiny_run), "--pool", str(pool), "-k", "2", "--output", str(out)])
+    assert result.exit_code == 2 and "to_label.csv exists" in result.output and "--overwrite" in result.output
+    assert out.read_text() == "text,label\ngood film,positive\n"
+    result = CliRunner().invoke(cli, ["suggest", str(tiny_run), "--pool", str(pool), "-k", "2", "--output", str(out),
+                                      "--overwrite", "--labelled", "none"])
+    assert result.exit_code == 0, result.output
+    assert len(list(csv.DictReader(out.open()))) == 2
 
 
 def test_typiclust_covers_clusters_no_label_covers_yet():

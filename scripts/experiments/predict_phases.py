@@ -25,7 +25,7 @@ def timed(name, f):
 P.load_worker_model = timed("load", P.load_worker_model)
 P.predict_chunk = timed("predict", P.predict_chunk)
 from textxfer.cli.main import cli
-cli(["predict", sys.argv[1], "--input", sys.argv[2], "--output", sys.argv[3]], standalone_mode=False)
+cli(["predict", sys.argv[1], "--input", sys.argv[2], "--output", sys.argv[3], "--overwrite"], standalone_mode=False)
 print(f"streaming  load {T['load']:5.2f} s  predict {T['predict']:6.2f} s  process {time.perf_counter() - t0:6.2f} s")
 """
 

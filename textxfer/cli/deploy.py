@@ -54,7 +54,9 @@ def export_command(run_dir, out, quantize, opset, overwrite):
 @click.option("--batch-size", type=int, default=None, help="Texts per forward pass (default: 64, exports 32).")
 @click.option("--num-processes", type=int, default=1, show_default=True,
               help="Predict in N processes (one GPU each where there are GPUs); output order is kept.")
-def predict_command(model_dir, sources, output, text_column, pair_column, top_k, batch_size, num_processes):
+@click.option("--overwrite", is_flag=True, help="Replace --output if it exists (never an --input).")
+def predict_command(model_dir, sources, output, text_column, pair_column, top_k, batch_size, num_processes,
+                    overwrite):
     """Predict labels with a trained model: a run directory, its model folder, or an exported folder
     (`textxfer export`, runs without torch). Input is streamed: memory stays flat for any number of rows.
 
@@ -80,5 +82,5 @@ def predict_command(model_dir, sources, output, text_column, pair_column, top_k,
     from textxfer.tools.predict import predict_stream
 
     predict_stream(model_dir, list(sources), output, text_column=text_column, pair_column=pair_column,
-                   top_k=top_k, batch_size=batch_size, num_processes=num_processes, say=say)
+                   top_k=top_k, batch_size=batch_size, num_processes=num_processes, say=say, overwrite=overwrite)
 

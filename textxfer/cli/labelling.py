@@ -88,7 +88,8 @@ def issues_command(recipe, overrides, output_dir, folds, tune_passes, cross_fit,
               help="The texts already labelled: `run` reads the run's training, validation and test texts again "
                    "from its recipe.yaml; FILE reads them from a file (--text-column, labels not needed); `none` "
                    "goes without. They leave the pool, and typiclust skips the parts of the pool they cover.")
-def suggest_command(run_dir, pool, k, output, text_column, pair_column, strategy, seed, labelled):
+@click.option("--overwrite", is_flag=True, help="Replace --output (or RUN_DIR/suggestions.csv) if it exists.")
+def suggest_command(run_dir, pool, k, output, text_column, pair_column, strategy, seed, labelled, overwrite):
     """Pick the K texts of a pool whose labels would teach the model in RUN_DIR the most.
 
     The run's model scores every text: how unsure it is, and where the text lies in its embedding space. The K
@@ -105,22 +106,24 @@ def suggest_command(run_dir, pool, k, output, text_column, pair_column, strategy
     from textxfer.modalities.detect import saved_task
     from textxfer.modalities.text.predict import load
     from textxfer.tools import run_labelled
+    from textxfer.tools.predict import saved_pair_column
     from textxfer.tools.predict_inputs import Inputs
-    from textxfer.tools.suggest import check_k, suggest, write_suggestions
+    from textxfer.tools.suggest import check_k, check_output, suggest, write_suggestions
 
     if saved_task(run_dir) == "image":
         raise UserError(f"{run_dir} holds an image model; `textxfer suggest` ranks texts for text models.")
-    if k <= 0:
-        check_k(k, 0)
-    _progress_on_stderr()
-    clf = load(run_dir)
-    pair = pair_column if pair_column is not None else clf.pair_column
+    target = check_output(output or Path(run_dir) / "suggestions.csv", overwrite)
+    pair = pair_column if pair_column is not None else saved_pair_column(run_dir)
     why = "--pair-column" if pair_column is not None else "the column the model was trained with"
-    read = list(Inputs([pool], text_column, pair, why).rows())
+    read = list(Inputs([pool], text_column, pair, why, note_empty=False).rows())
+    if k <= 0:
+        check_k(k, len(read))
     texts = [text for text, _ in read]
     pairs = [second for _, second in read] if pair is not None else None
+    _progress_on_stderr()
+    clf = load(run_dir)
     known = (None if labelled == "none" else run_labelled.from_run(run_dir) if labelled == "run"
              else run_labelled.from_file(labelled, text_column, pair))
     chosen = suggest(clf, texts, k, pairs=pairs, strategy=strategy, seed=seed, labelled=known)
-    path = write_suggestions(chosen, output or Path(run_dir) / "suggestions.csv")
+    path = write_suggestions(chosen, target, overwrite=True)  # checked above, before the work
     click.echo(f"{len(chosen)} texts to label of {len(texts):,} in the pool ({strategy}): {path}")

@@ -63,12 +63,28 @@ def expand_env(value: str, key: str = "") -> str:
     return _ENV.sub(sub, value)
 
 
+_PLAIN_NAMES = {int: "a whole number", float: "a number", str: "a string", bool: "true or false",
+                type(None): "null", list: "a list", dict: "a mapping"}
+
+
 def _type_name(tp: Any) -> str:
-    if typing.get_origin(tp) is Literal:
+    """An annotation in a user's words: `a whole number or null`, `'auto' or a whole number`."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))
-    if isinstance(tp, type):
-        return tp.__name__
-    return str(tp).replace("typing.", "")
+    if origin in (typing.Union, types.UnionType):
+        words = []
+        for arg in typing.get_args(tp):
+            values = typing.get_args(arg) if typing.get_origin(arg) is Literal else ()
+            words.append(f"one of {', '.join(map(repr, values))}" if len(values) > 1 else _type_name(arg))
+        return " or ".join(words)
+    if tp in _PLAIN_NAMES:
+        return _PLAIN_NAMES[tp]
+    if dataclasses.is_dataclass(tp):
+        return "a mapping of its keys"
+    if origin is not None:
+        return _PLAIN_NAMES.get(origin, str(tp).replace("typing.", ""))
+    return tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "")
 
 
 _WORDS_TRUE = {"true", "yes", "on", "y"}
@@ -96,6 +112,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except UserError as e:
                 errors.append(e)
+        if len(errors) == 1 and isinstance(value, dict):  # an optional section: its own key's error is the one
+            raise errors[0]
         raise UserError(f"Recipe key `{key}` is {value!r}, but it must be {_type_name(tp)}.")
     if origin is Literal:
         allowed = typing.get_args(tp)

@@ -49,6 +49,9 @@ class DataConfig:
     """Texts without labels to learn from (self-training, see `self_training` and docs/self-training.md): a file in
     the training data's format and columns (a label column is ignored), or a .txt file of one text per line.
     Texts that are also training, validation or test texts are removed (counted in the run's report)."""
+    unlabelled_text_column: int | str | None = None
+    """The text column of `data.unlabelled` when it is not `text_column` (a name, or a 0-based index); null: the
+    training file's `text_column`."""
     format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "text", "prefix"] = "auto"
     """File format; `auto` goes by the extension (.csv .tsv .json .jsonl .parquet .txt). `prefix` reads lines
     `LABEL<sep>text` (see label_separator); `text` is one example per line (label from {label: file}, or sniffed

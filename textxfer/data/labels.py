@@ -204,7 +204,9 @@ def label_sort_key(s: str):
 
 
 def build_label_space(cfg: DataConfig, train: list[list[str]], class_names: list[str] | None,
-                      all_keys: list[list[list[str]]]) -> LabelSpace:
+                      all_keys: list[list[list[str]]], notes: list[str] | None = None) -> LabelSpace:
+    """The label names and how raw values map to them: `data.labels` when given, else a dataset's class names,
+    else the sorted values of train (with a note in `notes` when some differ only in case)."""
     spec = _read_label_spec(cfg.labels) if cfg.labels is not None else None
     if isinstance(spec, dict):
         mapping = {_key(k): str(v) for k, v in spec.items()}
@@ -219,12 +221,30 @@ def build_label_space(cfg: DataConfig, train: list[list[str]], class_names: list
     else:
         names = sorted({k for keys in train for k in keys}, key=label_sort_key)
         declared = False
+        if notes is not None:
+            _note_case_variants(names, notes)
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise UserError(f"`data.labels` names {', '.join(dupes)} more than once; each label must appear once.")
     index_mode = (declared and not all(INTEGER_TEXT.match(n) for n in names)
                   and all(INTEGER_TEXT.match(k) for split in all_keys for keys in split for k in keys))
     return LabelSpace(names, index_mode=index_mode, declared=declared)
+
+
+def _note_case_variants(names: list[str], notes: list[str]) -> None:
+    """Say when label values differ only in case (`Neg`, `neg`): they are separate classes, which is rarely meant."""
+    from textxfer.data.notes import note
+
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(name.casefold(), []).append(name)
+    clashes = [group for group in groups.values() if len(group) > 1]
+    if clashes:
+        shown = "; ".join(", ".join(repr(n) for n in group) for group in clashes[:5])
+        first = clashes[0]
+        mapping = ", ".join(f"{n}: {first[-1]}" for n in first)
+        note(notes, f"labels that differ only in case are separate classes: {shown}. If they are one class, map "
+                    f"them in `data.labels` (e.g. {{{mapping}}}, plus every other label).")
 
 
 def encode_labels(keys: list[list[str]], rows: SplitRows, space: LabelSpace, split: str) -> list[list[int]]:

@@ -77,7 +77,7 @@ def pick_column(table: Table, key: Any, what: str) -> list:
         if what == "text_pair_column":
             raise UserError(f"{table.source}: `data.text_pair_column` needs a table (CSV/TSV/JSON/Parquet); these "
                             "files have one text per line.")
-        return table.columns["text" if what == "text_column" else "label"]
+        return table.columns["text" if what in ("text_column", "unlabelled_text_column") else "label"]
     if key in table.columns:
         col = key
     elif isinstance(key, str) and key.isdigit() and int(key) in table.columns:

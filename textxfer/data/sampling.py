@@ -105,6 +105,12 @@ def text_key(text: str, pair: str | None = None) -> str:
     return text if pair is None else f"{text}\x1f{pair}"
 
 
+def loose_key(key: str) -> str:
+    """A `text_key` with case and runs of spaces ignored: what keeps a text that only differs in case or spacing
+    from a labelled or test one from being pseudo-labelled or suggested (an uncased tokenizer reads both alike)."""
+    return "\x1f".join(" ".join(part.split()).casefold() for part in key.split("\x1f"))
+
+
 @dataclass
 class EncodedSplit:
     """One split's examples with their class ids, while de-duplication, carving and subsetting pick rows: texts

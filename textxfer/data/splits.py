@@ -106,7 +106,7 @@ def load_splits(cfg: DataConfig, seed: int, memory: dict[str, InMemory] | None =
     keys = {n: normalise_labels(r, cfg, declared, notes) for n, r in rows.items() if isinstance(r, SplitRows)}
     # a stored split's label keys are few: its distinct values stand for its rows in the label order
     seen = {n: keys[n] if n in keys else [[k] for k in rows[n].first_where] for n in given}
-    space = build_label_space(cfg, seen["train"], _class_names(rows["train"], cfg), list(seen.values()))
+    space = build_label_space(cfg, seen["train"], _class_names(rows["train"], cfg), list(seen.values()), notes)
     ids = {n: encode_labels(keys[n], rows[n], space, n) if n in keys else rows[n].label_ids(space, n)
            for n in given}
     names, multi = space.names, cfg.multi_label

@@ -61,7 +61,7 @@ def read_training_rows(cfg: DataConfig) -> TrainingRows:
     table = rows.table
     column = table.names[cfg.label_column] if isinstance(cfg.label_column, int) and table.header \
         and cfg.label_column < len(table.names) else cfg.label_column
-    space = build_label_space(cfg, keys, table.class_names.get(column), [keys])
+    space = build_label_space(cfg, keys, table.class_names.get(column), [keys], notes)
     ids = encode_labels(keys, rows, space, "train")
     return TrainingRows(rows.texts, rows.pairs, np.asarray([r[0] for r in ids], dtype=np.int64), space.names,
                         list(rows.index), table.source, [rows.where(i) for i in range(len(rows.texts))], notes)

@@ -28,29 +28,40 @@ from textxfer.tools.predict_outputs import Writer, prediction_rows
 CHUNK_ROWS = 16384
 """Rows read, predicted and written at a time: enough for length-sorted batches to pad about as little as sorting
 the whole input would (docs/results/predict-stream-padding.txt), a few MB of token ids."""
-RESUME_VERSION = 1
+RESUME_VERSION = 2
 
 
 def predict_stream(model_dir: str, sources: list[str], output: str | None, text_column: str = "text",
                    pair_column: str | int | None = None, top_k: int = 1, batch_size: int | None = None,
                    num_processes: int = 1, chunk_rows: int = CHUNK_ROWS,
-                   say: Callable[[str], None] = lambda line: None) -> int:
+                   say: Callable[[str], None] = lambda line: None, overwrite: bool = False) -> int:
     """Predict every text of `sources` into `output` (JSONL to stdout when None); returns the rows written in
-    this call. `pair_column` defaults to the column a sentence-pair model was trained with."""
+    this call. `pair_column` defaults to the column a sentence-pair model was trained with. An existing `output`
+    is replaced only with `overwrite`; an input is never the output."""
     if num_processes < 1:
         raise UserError(f"--num-processes {num_processes}: give 1 or more.")
+    if top_k < 1:
+        raise UserError(f"--top-k {top_k}: give 1 or more (how many labels per text).")
+    if batch_size is not None and batch_size < 1:
+        raise UserError(f"--batch-size {batch_size}: give 1 or more, or leave it out for the default.")
     trained_pair = saved_pair_column(model_dir)
     pair = pair_column if pair_column is not None else trained_pair
     why = "--pair-column" if pair_column is not None else "the column the model was trained with"
-    inputs = Inputs(list(sources), text_column, pair, why)
+    inputs = Inputs(list(sources), text_column, pair, why, say=say)
+    if output is not None:
+        check_output(output, inputs.sources, overwrite)
     record = resume_record(model_dir, inputs, output, top_k, chunk_rows)
     sidecar = Path(output).with_name(Path(output).name + ".partial.json") if output else None
     done, size = resumable(sidecar, record, Writer.partial_path(output))
     if done:
         say(f"resuming: {done:,} rows already predicted in {Writer.partial_path(output)}")
-    writer = Writer(output, "text", pair is not None, resume_size=size if done else None)
-    if sidecar is not None:
-        write_json(sidecar, {**record, "rows": done, "size": writer.size()})
+    try:
+        writer = Writer(output, "text", pair is not None, resume_size=size if done else None)
+        if sidecar is not None:
+            write_json(sidecar, {**record, "rows": done, "size": writer.size()})
+    except OSError as e:
+        raise UserError(f"Cannot write --output {output}: {e.strerror or e} ({e.filename or output}). Choose a "
+                        "file in a folder you can write to.") from None
     progress = ProgressReport("predict", inputs.estimated_rows(), "rows", initial=done, approximate=True, say=say,
                               show=True)
     options = {"top_k": top_k, "batch_size": batch_size}
@@ -64,6 +75,13 @@ def predict_stream(model_dir: str, sources: list[str], output: str | None, text_
                 write_json(sidecar, {**record, "rows": done, "size": writer.size()})
             progress.update(len(chunk.texts))
         writer.finish()
+    except BaseException:
+        writer.close()
+        if done == 0:  # stopped before any row was done (a bad first row): nothing to resume, nothing left behind
+            writer.discard()
+            if sidecar is not None:
+                sidecar.unlink(missing_ok=True)
+        raise
     finally:
         writer.close()
         progress.close()
@@ -71,6 +89,20 @@ def predict_stream(model_dir: str, sources: list[str], output: str | None, text_
         sidecar.unlink(missing_ok=True)
     say(f"predicted {done:,} rows" + (f" into {output}" if output else ""))
     return written
+
+
+def check_output(output: str, sources: list[str], overwrite: bool) -> None:
+    """Refuse an output that is one of the inputs, or that exists (a finished prediction, or any other file)
+    unless `overwrite`: a prediction never replaces a file the user did not ask it to."""
+    target = Path(output).resolve()
+    for source in sources:
+        if source != "-" and Path(source).resolve() == target:
+            raise UserError(f"--output {output} is also an --input: the predictions would replace the texts. "
+                            "Write them to another file.")
+    if target.is_dir():
+        raise UserError(f"--output {output} is a folder; give a file name in it (e.g. {Path(output) / 'preds.jsonl'}).")
+    if target.exists() and not overwrite:
+        raise UserError(f"--output {output} exists. Pass --overwrite to replace it, or choose another file.")
 
 
 def predicted_chunks(model_dir: str, inputs: Inputs, skip: int, chunk_rows: int, processes: int, options: dict):
@@ -151,13 +183,24 @@ def saved_pair_column(model_dir: str) -> str | int | None:
 
 
 def resume_record(model_dir: str, inputs: Inputs, output: str | None, top_k: int, chunk_rows: int) -> dict:
-    """What must be the same for a rerun to continue a partial output: the model, each input file (path, size,
-    modification time), the columns and options."""
+    """What must be the same for a rerun to continue a partial output: the model (its folder and every file in
+    it: size and modification time, so a model trained again in the same folder starts over), each input file
+    (path, size, modification time), the columns and options."""
     files = [[str(Path(s).resolve()), os.path.getsize(s), os.stat(s).st_mtime_ns] if s != "-" else ["-"]
              for s in inputs.sources]
-    return {"version": RESUME_VERSION, "model": str(Path(model_dir).resolve()), "inputs": files,
-            "text_column": inputs.text_column, "pair_column": inputs.pair_column, "top_k": top_k,
+    return {"version": RESUME_VERSION, "model": str(Path(model_dir).resolve()), "model_files": model_files(model_dir),
+            "inputs": files, "text_column": inputs.text_column, "pair_column": inputs.pair_column, "top_k": top_k,
             "output": str(Path(output).resolve()) if output else None}
+
+
+def model_files(model_dir: str) -> list[list]:
+    """[relative path, size, modification time] of every file of the model folder that predicts (an exported
+    folder, or a run's model folder)."""
+    from textxfer.core.layout import find_model_dir
+
+    folder = Path(model_dir) if is_export(model_dir) else find_model_dir(model_dir)
+    return [[str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns]
+            for f in sorted(folder.rglob("*")) if f.is_file()]
 
 
 def resumable(sidecar: Path | None, record: dict, partial: Path | None) -> tuple[int, int]:

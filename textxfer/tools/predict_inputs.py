@@ -2,19 +2,23 @@
 (one text per line) or stdin, one file or several in a row. Never every row at once: a chunk of rows is read,
 predicted and written before the next is read, so memory stays the same for ten thousand rows or ten million.
 
-A bad row is named by file and row when it is reached (a JSON line that does not parse, a missing column), not
-after an hour of reading ahead."""
+A bad row is named by file and row when it is reached (a JSON line that does not parse, a missing column, more
+fields than the header), not after an hour of reading ahead. Files are read as training reads them: UTF-8 (a BOM
+tolerated), or Latin-1 when a byte is not UTF-8, said once with the line."""
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from textxfer.core.errors import UserError
+
+log = logging.getLogger("textxfer")
 
 TABLES = (".csv", ".tsv")
 LINES = (".jsonl", ".ndjson")
@@ -35,6 +39,10 @@ class Inputs:
     text_column: str
     pair_column: str | int | None = None
     pair_why: str = "--pair-column"
+    say: Callable[[str], None] = field(default=log.warning, repr=False)
+    """Where notes on the input go (a Latin-1 fallback, blank lines or empty texts): once per file."""
+    note_empty: bool = True
+    """Say how many rows have an empty text (prediction keeps them; a caller that drops them says so itself)."""
 
     def __post_init__(self):
         for source in self.sources:
@@ -98,17 +106,39 @@ class Inputs:
                 yield from self.parquet_rows(source)
 
     def plain_lines(self, source: str) -> Iterator[tuple[str, None]]:
-        stream = sys.stdin if source == "-" else open(source, encoding="utf-8")
-        try:
+        """One text per non-blank line (blank lines separate nothing and are skipped, counted in a note)."""
+        blank = 0
+        with self.open_text(source) as stream:
             for line in stream:
                 if line.strip():
                     yield line.rstrip("\r\n"), None
-        finally:
-            if stream is not sys.stdin:
-                stream.close()
+                else:
+                    blank += 1
+        if blank:
+            self.say(f"{'stdin' if source == '-' else source}: {blank:,} blank line(s) skipped; the output has one "
+                     "row per non-blank line")
+
+    def open_text(self, source: str, newline: str | None = None):
+        """The file (or stdin) as text: UTF-8 with a BOM tolerated, or Latin-1 where it is not UTF-8, as training
+        reads it (`data.streaming.file_encoding` finds it for a file; stdin falls back line by line)."""
+        if source == "-":
+            return _StdinText(self.say)
+        from textxfer.config.schema import DataConfig
+        from textxfer.data.streaming import file_encoding
+
+        with open(source, "rb") as f:
+            if b"\x00" in f.read(8192):
+                raise UserError(f"{source} is binary, not text. Give CSV/TSV/JSONL files, Parquet files (.parquet) "
+                                "or plain text (one text per line).")
+        notes: list[str] = []
+        codec = file_encoding(Path(source), DataConfig(), notes)
+        for note in notes:
+            self.say(note.replace("Set `data.encoding: latin-1` to say so, or re-save", "Re-save"))
+        return open(source, encoding=codec, newline=newline)
 
     def table_rows(self, source: str) -> Iterator[tuple[str, str | None]]:
-        with open(source, newline="", encoding="utf-8") as f:
+        empty = _EmptyTexts(source, self.say if self.note_empty else None)
+        with self.open_text(source, newline="") as f:
             reader = csv.reader(f, delimiter="\t" if source.lower().endswith(".tsv") else ",")
             header = next(reader, None)
             if header is None:
@@ -119,10 +149,13 @@ class Inputs:
             for row in reader:
                 if not row:
                     continue
-                if max(text_at, pair_at or 0) >= len(row):
+                if max(text_at, pair_at or 0) >= len(row) or len(row) > len(header):
                     raise UserError(f"{source}, row {reader.line_num}: {len(row)} fields, but the header has "
-                                    f"{len(header)}; fix the row (a missing separator or an unquoted one).")
+                                    f"{len(header)}; fix the row (a missing separator, or a separator inside a "
+                                    "text that is not quoted).")
+                empty.check(row[text_at], reader.line_num)
                 yield row[text_at], (row[pair_at] if pair_at is not None else None)
+        empty.close()
 
     def column_index(self, source: str, header: list[str], column, why: str) -> int:
         key = str(column)
@@ -134,7 +167,8 @@ class Inputs:
                         f"Use {why if why.startswith('--') else '--text-column / --pair-column'}.")
 
     def json_lines(self, source: str) -> Iterator[tuple[str, str | None]]:
-        with open(source, encoding="utf-8") as f:
+        empty = _EmptyTexts(source, self.say if self.note_empty else None)
+        with self.open_text(source) as f:
             for number, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -150,7 +184,10 @@ class Inputs:
                         raise UserError(f"{source}, line {number}: no key `{self.pair_column}` for the second text "
                                         f"of the pair ({self.pair_why}). Use --pair-column.")
                     pair = text_value(row[str(self.pair_column)], source, number)
-                yield text_value(row[self.text_column], source, number), pair
+                text = text_value(row[self.text_column], source, number)
+                empty.check(text, number)
+                yield text, pair
+        empty.close()
 
     def parquet_rows(self, source: str) -> Iterator[tuple[str, str | None]]:
         import pyarrow.parquet as pq
@@ -163,12 +200,15 @@ class Inputs:
                 raise UserError(f"{source} has no column `{column}`; columns: {', '.join(names[:30])}. "
                                 "Use --text-column / --pair-column.")
         number = 0
+        empty = _EmptyTexts(source, self.say if self.note_empty else None)
         for batch in file.iter_batches(batch_size=4096, columns=wanted):
             columns = [batch.column(c).to_pylist() for c in wanted]
-            for i, text in enumerate(columns[0]):
+            for i, value in enumerate(columns[0]):
                 number += 1
-                yield (text_value(text, source, number),
-                       text_value(columns[1][i], source, number) if len(columns) > 1 else None)
+                text = text_value(value, source, number)
+                empty.check(text, number)
+                yield text, text_value(columns[1][i], source, number) if len(columns) > 1 else None
+        empty.close()
 
 
 def kind_of(source: str) -> str:
@@ -183,6 +223,61 @@ def kind_of(source: str) -> str:
 
 
 def text_value(value, source: str, row: int) -> str:
+    """A text cell as a string: numbers are written out; null, lists, objects and true/false are refused (they are
+    not texts, and their Python spelling would be predicted)."""
     if value is None:
         raise UserError(f"{source}, row {row}: the text is empty (null). Remove the row or give it a text.")
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        kind = "true/false" if isinstance(value, bool) else type(value).__name__
+        raise UserError(f"{source}, row {row}: the text is a {kind} ({str(value)[:60]}), not a string. Give the "
+                        "text as a string, or point --text-column at the column that holds it.")
     return str(value)
+
+
+class _EmptyTexts:
+    """Counts rows whose text is empty or only spaces: they are predicted (the output keeps one row per input
+    row), but their labels say nothing about a text, so a note names how many and the first."""
+
+    def __init__(self, source: str, say: Callable[[str], None] | None):
+        self.source, self.say, self.count, self.first = source, say, 0, None
+
+    def check(self, text: str, row: int) -> None:
+        if not text.strip():
+            self.count += 1
+            self.first = self.first or row
+
+    def close(self) -> None:
+        if self.count and self.say is not None:
+            self.say(f"{self.source}: {self.count:,} row(s) have an empty text (the first: row {self.first}); they "
+                     "keep their place in the output, but their labels say nothing about a text")
+
+
+class _StdinText:
+    """stdin as text lines: UTF-8 (a BOM tolerated), a line that is not UTF-8 read as Latin-1 and said once."""
+
+    def __init__(self, say: Callable[[str], None]):
+        self.say = say
+        self.stream = getattr(sys.stdin, "buffer", None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def __iter__(self) -> Iterator[str]:
+        if self.stream is None:  # a text stream without bytes underneath (a test harness): as given
+            yield from sys.stdin
+            return
+        warned = False
+        for number, raw in enumerate(self.stream, 1):
+            if number == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                if not warned:
+                    self.say(f"stdin, line {number}: byte 0x{raw[e.start]:02x} is not UTF-8; lines that are not "
+                             "UTF-8 are read as Latin-1")
+                    warned = True
+                yield raw.decode("latin-1")

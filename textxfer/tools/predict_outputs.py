@@ -135,6 +135,15 @@ class Writer:
         os.replace(tmp, self.output)
         shutil.rmtree(self.partial, ignore_errors=True)
 
+    def discard(self) -> None:
+        """Remove the partial output (nothing in it worth resuming)."""
+        if self.output is None or self.partial is None:
+            return
+        if self.format == "parquet":
+            shutil.rmtree(self.partial, ignore_errors=True)
+        else:
+            self.partial.unlink(missing_ok=True)
+
     def close(self) -> None:
         """Stop without finishing (an error): the partial output stays for a resume."""
         if self.output is not None and self.format != "parquet" and not self.stream.closed:

@@ -63,7 +63,7 @@ def from_file(path: str, text_column: str, pair_column: str | None) -> LabelledT
 
     if path == "-":
         raise UserError("--labelled -: stdin already holds the pool; give the labelled texts as a file.")
-    rows = list(Inputs([path], text_column, pair_column, "--pair-column").rows())
+    rows = list(Inputs([path], text_column, pair_column, "--pair-column", note_empty=False).rows())
     texts = [str(t).strip() for t, _ in rows]
     pairs = [str(p).strip() for _, p in rows] if pair_column is not None else None
     if not any(texts):

@@ -183,10 +183,15 @@ def choose(probs: np.ndarray, embeddings: np.ndarray, k: int, strategy: str = DE
     return np.argsort(-score, kind="stable")[:k], score
 
 
-def check_k(k: int, pool: int) -> None:
+def check_k(k: int, pool: int | None = None) -> None:
+    """Refuse a k below 1, or above the usable texts of the pool (when known)."""
     if k <= 0:
-        raise UserError(f"-k is {k}: ask for at least 1 text (the pool has {pool:,}).")
-    if pool < k:
+        sizes = f" (the pool has {pool:,} usable text(s))" if pool else ""
+        raise UserError(f"-k is {k}: ask for at least 1 text{sizes}.")
+    if pool == 0:
+        raise UserError("The pool has no usable text (it is empty, or every text is empty, repeated or already "
+                        "labelled). Give a pool of unlabelled texts.")
+    if pool is not None and pool < k:
         raise UserError(f"The pool has {pool:,} usable text(s), fewer than the {k:,} asked for (-k). Give a larger "
                         f"pool or ask for at most {pool:,}.")
 
@@ -263,13 +268,14 @@ def suggest(model, texts: list[str], k: int, pairs: list[str] | None = None, str
 def _without_labelled(texts: list[str], rows: list[int], pairs: list[str] | None,
                       labelled: LabelledTexts) -> tuple[list[str], list[int], list[str] | None]:
     """The pool without the texts that are already labelled (a training, validation or test text, or one of a
-    `--labelled` file), the count per split said once."""
-    from textxfer.data.sampling import text_key
+    `--labelled` file; case and runs of spaces ignored, `sampling.loose_key`), the count per split said once."""
+    from textxfer.data.sampling import loose_key, text_key
 
+    known = {name: {loose_key(k) for k in keys} for name, keys in labelled.keys.items()}
     keep, found = [], dict.fromkeys(labelled.keys, 0)
     for i, text in enumerate(texts):
-        key = text_key(text, pairs[i] if pairs is not None else None)
-        split = next((name for name, keys in labelled.keys.items() if key in keys), None)
+        key = loose_key(text_key(text, pairs[i] if pairs is not None else None))
+        split = next((name for name, keys in known.items() if key in keys), None)
         if split is None:
             keep.append(i)
         else:
@@ -291,14 +297,24 @@ def _coverage_sample(labelled: LabelledTexts, seed: int) -> tuple[list[str], lis
     return [labelled.texts[i] for i in idx], [labelled.pairs[i] for i in idx] if labelled.pairs is not None else None
 
 
-def write_suggestions(suggestions: list[Suggestion], output: str | Path) -> Path:
-    """A CSV ready to label: text, an empty label column, score, rank, row (of the pool). Written to a temporary
-    file and renamed, so an existing file is replaced whole or not at all."""
+def check_output(output: str | Path, overwrite: bool = False) -> Path:
+    """The suggestions' CSV path, refused before any work when it is not a .csv, its folder is missing, or it
+    exists without `overwrite` (a suggestions file may hold labels typed into it)."""
     path = Path(output)
     if path.suffix.lower() != ".csv":
         raise UserError(f"--output {path}: give a .csv file name (the suggestions are a CSV to label).")
     if path.parent and not path.parent.exists():
         raise UserError(f"--output {path}: the folder {path.parent} does not exist.")
+    if path.exists() and not overwrite:
+        raise UserError(f"{path} exists (labels typed into it would be lost). Pass --overwrite to replace it, or "
+                        "--output NEW.csv.")
+    return path
+
+
+def write_suggestions(suggestions: list[Suggestion], output: str | Path, overwrite: bool = False) -> Path:
+    """A CSV ready to label: text, an empty label column, score, rank, row (of the pool). An existing file is
+    replaced only with `overwrite`, and then whole or not at all (a temporary file renamed)."""
+    path = check_output(output, overwrite)
     fd, tmp = tempfile.mkstemp(prefix=".suggest-", suffix=".csv", dir=path.parent or ".")
     try:
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
@@ -307,6 +323,9 @@ def write_suggestions(suggestions: list[Suggestion], output: str | Path) -> Path
             for s in suggestions:
                 w.writerow([s.text, "", f"{s.score:.6f}", s.rank, s.row])
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise UserError(f"Cannot write --output {path}: {e.strerror or e}. Choose a folder you can write to.") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -1,11 +1,12 @@
 """`data.unlabelled`: the texts self-training may label, read with the training data's format and columns, and
 cleaned of what must not be pseudo-labelled.
 
-The file is read as `data.train` is (format, delimiter, encoding, `data.text_column`, `data.text_pair_column`), with
-two differences: a label column is not needed, and when one is there its values are ignored (said once); and a
+The file is read as `data.train` is (format, delimiter, encoding, `data.text_column` unless
+`data.unlabelled_text_column` names its own, `data.text_pair_column`), with two differences: a label column is not needed, and when one is there its values are ignored (said once); and a
 `text` file (`.txt`) is one text per line. Then, in this order, rows without a text are dropped, repeated texts
 are kept once, and texts that are also a training, validation or test text are removed: a pseudo-label on a test
-text would leak the test set into training, and one on a training text would contradict its real label. Every
+text would leak the test set into training, and one on a training text would contradict its real label (equal
+with case and runs of spaces ignored, `sampling.loose_key`: an uncased tokenizer reads such texts alike). Every
 removal is counted in `UnlabelledTexts.counts` and said in the run's log and report.
 """
 
@@ -62,9 +63,17 @@ def read_unlabelled(value: Any, cfg: DataConfig) -> tuple[list[Any], list[Any] |
             raise UserError(f"Data file {path} is empty (recipe key `data.unlabelled`). Point it at a file of texts.")
         return lines, None, str(path)
     table = read_table(value, cfg, "unlabelled", notes)  # its notes (a sniffed delimiter...) are logged as read
-    texts = pick_column(table, cfg.text_column, "text_column")
+    own = cfg.unlabelled_text_column
+    if own is not None:
+        texts = pick_column(table, own, "unlabelled_text_column")
+    else:
+        try:
+            texts = pick_column(table, cfg.text_column, "text_column")
+        except UserError as e:
+            raise UserError(f"{e} That key also names the training file's column: to name the unlabelled file's "
+                            "alone, set `data.unlabelled_text_column`.") from None
     pairs = pick_column(table, cfg.text_pair_column, "text_pair_column") if cfg.text_pair_column is not None else None
-    for values, key in ((texts, cfg.text_column), (pairs, cfg.text_pair_column)):
+    for values, key in ((texts, own if own is not None else cfg.text_column), (pairs, cfg.text_pair_column)):
         bad = next(((i, v) for i, v in enumerate(values or []) if not _empty(v) and not isinstance(v, str)), None)
         if bad is not None:
             raise UserError(f"{table.where(bad[0])}: the text column `{key}` of `data.unlabelled` holds "
@@ -79,10 +88,11 @@ def read_unlabelled(value: Any, cfg: DataConfig) -> tuple[list[Any], list[Any] |
 
 def clean_unlabelled(texts: list[Any], pairs: list[Any] | None, source: str,
                      taken: dict[str, set[str]]) -> UnlabelledTexts:
-    """Drop empty rows, repeats and texts that are also in `taken` ({split: text keys}: train, validation, test),
-    counting each; a UserError naming the file when nothing is left."""
-    from textxfer.data.sampling import text_key
+    """Drop empty rows, repeats and texts that are also in `taken` ({split: text keys}: train, validation, test;
+    compared by `loose_key`), counting each; a UserError naming the file when nothing is left."""
+    from textxfer.data.sampling import loose_key, text_key
 
+    taken = {split: {loose_key(k) for k in keys} for split, keys in taken.items()}
     counts = {"rows_read": len(texts), "empty": 0, "repeated": 0}
     counts.update({f"in_{split}": 0 for split in taken})
     seen: set[str] = set()
@@ -100,7 +110,8 @@ def clean_unlabelled(texts: list[Any], pairs: list[Any] | None, source: str,
             counts["repeated"] += 1
             continue
         seen.add(key)
-        clash = next((split for split, keys in taken.items() if key in keys), None)
+        loose = loose_key(key)
+        clash = next((split for split, keys in taken.items() if loose in keys), None)
         if clash is not None:
             counts[f"in_{clash}"] += 1
             continue
