@@ -213,6 +213,27 @@ def contrastive_recipe(tmp_path: Path, model: Path, train: Path) -> Path:
     return path
 
 
+def test_the_inner_tuning_keeps_its_run_advice_to_itself():
+    """A body tuned for `data issues` is a training whose own advice (too few classifier steps, a report without
+    validation files) is about nothing the user runs: dropped while it trains, and only then."""
+    from textxfer.tools.out_of_fold import _without_run_advice
+
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger = logging.getLogger("textxfer")
+    logger.addHandler(handler)
+    try:
+        with _without_run_advice():
+            logger.warning("training makes only 3 optimizer step(s)")
+            logging.getLogger("textxfer.outputs.report").info("report: %s", "predictions/validation.jsonl missing")
+            logger.warning("data issues: tuning")
+        logger.warning("training makes only 3 optimizer step(s)")
+    finally:
+        logger.removeHandler(handler)
+    assert seen == ["data issues: tuning", "training makes only 3 optimizer step(s)"]
+
+
 def test_tune_passes_move_the_embeddings_and_are_reported(tmp_path, tiny_models):
     """`tune_passes` 0 is the pretrained body (the recipe's embeddings); 1 runs the recipe's contrastive stage once
     over the rows first: the embeddings differ, same-class rows come closer together than other-class rows, and the

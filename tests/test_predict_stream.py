@@ -278,9 +278,11 @@ def test_inputs_are_decoded_as_training_decodes_them(model, tmp_path):
 def test_blank_lines_and_empty_texts_are_said(model, tmp_path):
     (tmp_path / "t.txt").write_text("good\n\n  \nbad\n")
     (tmp_path / "e.csv").write_text("id,text\n1,good\n2,\n3,   \n")
+    (tmp_path / "none.jsonl").write_text("")
     said = []
-    predict_stream(str(model[1]), [str(tmp_path / "t.txt"), str(tmp_path / "e.csv")], str(tmp_path / "o.jsonl"),
-                   say=said.append)
+    predict_stream(str(model[1]), [str(tmp_path / n) for n in ("t.txt", "e.csv", "none.jsonl")],
+                   str(tmp_path / "o.jsonl"), say=said.append)
+    assert any(s.endswith("none.jsonl: no rows to read") for s in said)
     assert [r["text"] for r in read_output(tmp_path / "o.jsonl")] == ["good", "bad", "good", "", "   "]
     assert any("t.txt: 2 blank line(s) skipped" in s for s in said)
     assert any("e.csv: 2 row(s) have an empty text (the first: row 3)" in s for s in said)

@@ -157,7 +157,7 @@ def tune_and_embed(recipe: Recipe, rows: TrainingRows, fit: np.ndarray, embed: l
         overrides.append("data.unlabelled=null")
     log.info(f"data issues: {passes} pass(es) of the contrastive stage over {min(len(fit), TUNE_MAX_ROWS):,} "
              "rows tune the body before the out-of-fold heads")
-    with tempfile.TemporaryDirectory(prefix="textxfer-issues-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="textxfer-issues-") as tmp, _without_run_advice():
         result = train(recipe, overrides, output_dir=Path(tmp) / "tuned", train=pd.DataFrame(frame))
         clf = load(result.output_dir, device=device)
         out = []
@@ -167,6 +167,31 @@ def tune_and_embed(recipe: Recipe, rows: TrainingRows, fit: np.ndarray, embed: l
             features, _ = embed_texts(clf.model, clf.tokenizer, texts, pairs, clf.max_length, device=clf.device)
             out.append(features)
     return out
+
+
+class _RunAdvice(logging.Filter):
+    """Drops what a training says about its own run (too few classifier steps, files its report lacks): the
+    tuning inside `data issues` keeps only its body, so that advice is about nothing the user runs."""
+
+    PREFIXES = ("training makes only", "report: ")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.PREFIXES)
+
+
+class _without_run_advice:
+    """While tuning a body for `data issues`, every handler of the textxfer and root loggers drops `_RunAdvice`."""
+
+    def __enter__(self):
+        self.quiet = _RunAdvice()
+        self.handlers = [*logging.getLogger("textxfer").handlers, *logging.getLogger().handlers]
+        for handler in self.handlers:
+            handler.addFilter(self.quiet)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handler in self.handlers:
+            handler.removeFilter(self.quiet)
 
 
 def fit_head(features: np.ndarray, targets: np.ndarray, l2: float, seed: int):

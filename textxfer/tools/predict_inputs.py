@@ -94,16 +94,16 @@ class Inputs:
             yield Chunk(texts, pairs if self.pair_column is not None else None)
 
     def rows(self) -> Iterator[tuple[str, str | None]]:
+        """(text, second text or None) of every row of every source, in order; a source without rows is said."""
+        readers = {"lines": self.plain_lines, "table": self.table_rows, "jsonl": self.json_lines,
+                   "parquet": self.parquet_rows}
         for source in self.sources:
-            kind = kind_of(source)
-            if kind == "lines":
-                yield from self.plain_lines(source)
-            elif kind == "table":
-                yield from self.table_rows(source)
-            elif kind == "jsonl":
-                yield from self.json_lines(source)
-            else:
-                yield from self.parquet_rows(source)
+            count = 0
+            for row in readers[kind_of(source)](source):
+                count += 1
+                yield row
+            if not count:
+                self.say(f"{'stdin' if source == '-' else source}: no rows to read")
 
     def plain_lines(self, source: str) -> Iterator[tuple[str, None]]:
         """One text per non-blank line (blank lines separate nothing and are skipped, counted in a note)."""
@@ -142,7 +142,7 @@ class Inputs:
             reader = csv.reader(f, delimiter="\t" if source.lower().endswith(".tsv") else ",")
             header = next(reader, None)
             if header is None:
-                raise UserError(f"Input file {source} has no rows.")
+                raise UserError(f"Input file {source} is empty: not even a header row naming the columns.")
             text_at = self.column_index(source, header, self.text_column, "--text-column")
             pair_at = (self.column_index(source, header, self.pair_column, self.pair_why)
                        if self.pair_column is not None else None)
