@@ -68,7 +68,7 @@ _PLAIN_NAMES = {int: "a whole number", float: "a number", str: "a string", bool:
 
 
 def _type_name(tp: Any) -> str:
-    """An annotation in a user's words: `a whole number or null`, `'auto' or a whole number`."""
+    """An annotation in a user's words: `a whole number or null`, `one of 'fsdp', 'deepspeed' or null`."""
     origin = typing.get_origin(tp)
     if origin is Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))

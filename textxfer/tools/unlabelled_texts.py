@@ -2,8 +2,9 @@
 cleaned of what must not be pseudo-labelled.
 
 The file is read as `data.train` is (format, delimiter, encoding, `data.text_column` unless
-`data.unlabelled_text_column` names its own, `data.text_pair_column`), with two differences: a label column is not needed, and when one is there its values are ignored (said once); and a
-`text` file (`.txt`) is one text per line. Then, in this order, rows without a text are dropped, repeated texts
+`data.unlabelled_text_column` names its own, `data.text_pair_column`), with two differences: a label column is
+not needed, and when one is there its values are ignored (said once); and a `text` file (`.txt`) is one text per
+line. Then, in this order, rows without a text are dropped, repeated texts
 are kept once, and texts that are also a training, validation or test text are removed: a pseudo-label on a test
 text would leak the test set into training, and one on a training text would contradict its real label (equal
 with case and runs of spaces ignored, `sampling.loose_key`: an uncased tokenizer reads such texts alike). Every
