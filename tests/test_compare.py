@@ -68,6 +68,16 @@ def test_compare_table_plots_best_and_a_failing_variant(tiny_models, tiny_data, 
     assert again.exit_code == 2 and "--overwrite" in again.output
 
 
+def test_a_comparison_whose_every_run_failed_exits_2(tiny_models, tiny_data, tmp_path):
+    """A script must not read a table of failures as success."""
+    recipe = _recipe_file(tiny_models, tiny_data, tmp_path)
+    result = CliRunner().invoke(cli, ["compare", str(recipe), "--strategies", "head", "--seeds", "1",
+                                      "--examples-per-class", "5000", "--output-dir", str(tmp_path / "cmp")])
+    assert result.exit_code == 2, result.output
+    assert "Every run of the comparison failed (1 of 1)" in result.output
+    assert (tmp_path / "cmp" / "compare.md").is_file()  # the table with the errors is still written
+
+
 def test_unknown_strategy_is_refused(tiny_models, tiny_data, tmp_path):
     recipe = _recipe_file(tiny_models, tiny_data, tmp_path)
     result = CliRunner().invoke(cli, ["compare", str(recipe), "--strategies", "head,setfitt"])

@@ -144,6 +144,28 @@ def test_finished_run_is_not_overwritten(tmp_path, good):
     expect_error(tmp_path, good, match="--overwrite")
 
 
+def test_overwrite_clears_the_replaced_runs_results(tmp_path):
+    """A new run without a test split must not report the old run's test predictions as its own."""
+    from textxfer.engine.setup import prepare_output_dir
+
+    out = tmp_path / "run"
+    (out / "predictions").mkdir(parents=True)
+    (out / "predictions" / "test.jsonl").write_text("{}\n")
+    (out / "plots").mkdir()
+    (out / "errors.csv").write_text("x\n")
+    (out / "model").mkdir()
+    (out / "run.json").write_text(json.dumps({"finished": True}))
+    prepare_output_dir(out, overwrite=True)
+    assert not (out / "predictions").exists() and not (out / "plots").exists() and not (out / "errors.csv").exists()
+    assert (out / "model").is_dir()  # replaced when the new run saves its own
+
+
+def test_max_length_beyond_the_models_positions_is_refused(tmp_path, good):
+    good["model"]["max_length"] = 1000
+    out = expect_error(tmp_path, good, match="`model.max_length` is 1000, but")
+    assert "learnt positions for 128 tokens" in out
+
+
 def test_freeze_layers_beyond_depth(tmp_path, good):
     good["strategy"] = {"name": "freeze", "freeze_layers": 9}
     expect_error(tmp_path, good, match="only 2 layer groups")

@@ -391,6 +391,21 @@ def test_resume_check_accepts_json_keys_and_refuses_changed_labels():
             resuming.check_recipe(broken, current)
 
 
+def test_resume_refuses_training_keys_the_checkpoint_fixes():
+    """A new batch size would leave the saved position past the end of an epoch (the loop would spin); a new
+    learning rate would be overridden by the restored optimizer while the record says it was used."""
+    current = to_dict(load_recipe(RECIPES / "sst2.yaml", ["data.train=train.tsv", "data.validation=dev.tsv"]))
+    saved = json.loads(json.dumps(current))
+    for key, value in (("batch_size", 64), ("learning_rate", 1e-3)):
+        changed = {**current, "training": {**current["training"], key: value}}
+        with pytest.raises(UserError, match=rf"training.{key}: .* -> .*\(the .*\)") as e:
+            resuming.check_recipe(saved, changed)
+        assert "Restore these values" in str(e.value)
+    stage = {**current, "training": {**current["training"], "contrastive": {"epochs": 1}}}
+    with pytest.raises(UserError, match=r"training.contrastive"):
+        resuming.check_recipe(saved, stage)
+
+
 # ------------------------------------------------------------------------------------------------ contrastive stage
 
 class Interrupted(Exception):

@@ -31,6 +31,20 @@ log = logging.getLogger("textxfer")
 
 # Recipe sections whose change makes a checkpoint meaningless: resuming with them changed is refused.
 FIXED_SECTIONS = ("model", "data", "strategy")
+FIXED_TRAINING_KEYS = {
+    "training.batch_size": "the checkpoint's position counts batches of the old size",
+    "training.gradient_accumulation_steps": "the checkpoint's position counts optimizer steps of the old size",
+    "training.seed": "the batch order of the epoch in progress comes from the old seed",
+    "training.learning_rate": "the restored optimizer and schedule carry the old rate",
+    "training.head_learning_rate": "the restored optimizer and schedule carry the old rate",
+    "training.layer_lr_decay": "the restored optimizer carries the old per-layer rates",
+    "training.weight_decay": "the restored optimizer carries the old decay",
+    "training.warmup_ratio": "the restored schedule carries the old warm-up",
+    "training.head_warmup_epochs": "the restored schedule carries the old warm-up",
+    "training.contrastive": "the stage has run (or is running) as the checkpoint's recipe said",
+}
+"""Training keys a checkpoint's state has fixed: a changed value would be ignored or would derail the run, so
+resuming with one changed is refused (with why), not noted."""
 
 
 def find(path: Path) -> tuple[Path, list[str]]:
@@ -63,7 +77,8 @@ def find(path: Path) -> tuple[Path, list[str]]:
 
 
 def check_recipe(saved: dict, current: dict) -> list[str]:
-    """Refuse (UserError) when the model, data or strategy changed; return notes on other changed keys."""
+    """Refuse (UserError) when the model, data or strategy changed, or a key in `FIXED_TRAINING_KEYS`; return
+    notes on other changed keys."""
     from textxfer.config.diff import recipe_diff
 
     if not isinstance(saved, dict) or not saved:
@@ -76,6 +91,14 @@ def check_recipe(saved: dict, current: dict) -> list[str]:
             "Cannot resume: the recipe's model, data or strategy differ from the checkpoint's, so its weights and "
             "data position would not fit:\n  " + "\n  ".join(fixed) + "\nRestore these values (the checkpoint "
             "folder's state.json holds its recipe), or start a new run in another --output-dir."
+        )
+    held = [f"{d}  ({why})" for d in diff for key, why in FIXED_TRAINING_KEYS.items()
+            if d.startswith((key + ":", key + "."))]
+    if held:
+        raise UserError(
+            "Cannot resume with these training keys changed: the checkpoint's state fixes them, so the new value "
+            "would be ignored or would derail the run:\n  " + "\n  ".join(held) + "\nRestore these values (the "
+            "checkpoint folder's state.json holds its recipe), or start a new run in another --output-dir."
         )
     others = [d for d in diff if not d.startswith(("output_dir", "description"))]
     return [f"resuming with a changed recipe key (the run continues with the new value): {d}" for d in others]

@@ -66,10 +66,23 @@ def prepare_output_dir(path: Path, overwrite: bool, resuming: bool = False) -> N
             f"Output directory {path} holds checkpoints of an unfinished run (newest: {saved[-1].name}). Continue "
             "it with `--resume`, or pass `--overwrite` to start over (its checkpoints are deleted)."
         )
-    if saved and overwrite and not resuming and os.environ.get("RANK", "0") == "0":
+    if overwrite and not resuming and os.environ.get("RANK", "0") == "0":
         import shutil
 
-        shutil.rmtree(checkpoint.root_of(path), ignore_errors=True)
+        if saved:
+            shutil.rmtree(checkpoint.root_of(path), ignore_errors=True)
+        # what the earlier run wrote at its end and this one may not write again (a run without a test split
+        # writes no test predictions): left in place, the report would show the old run's results as this one's
+        for name in STALE_ON_OVERWRITE:
+            stale = path / name
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+
+
+STALE_ON_OVERWRITE = ("predictions", "plots", "errors.csv", "per_class.csv", "report.html")
+"""A replaced run's files built from its predictions: removed before the new run starts (`prepare_output_dir`)."""
 
 
 def make_accelerator(recipe: Recipe) -> Accelerator:

@@ -159,3 +159,7 @@ def compare_command(recipe: str, strategies: str, seeds: int, shots: str | None,
         said = f" — {margin_text(result['margins'][k])}" if k in result["margins"] else ""
         click.echo((f"best ({k} per class): " if k != "all" else "best: ") + row["strategy"] + said)
     click.echo(f"wrote {result['markdown']} and compare.csv, runs.csv, plots/ in {time.time() - started:.0f}s")
+    failed = [r for r in result["records"] if r.error]
+    if failed and len(failed) == len(result["records"]):
+        raise UserError(f"Every run of the comparison failed ({len(failed)} of {len(failed)}); the first: "
+                        f"{failed[0].variant} (seed {failed[0].seed}): {failed[0].error}")

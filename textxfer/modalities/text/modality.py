@@ -43,6 +43,23 @@ from textxfer.modalities.text.batching import (
 log = logging.getLogger("textxfer")
 
 
+POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "longformer": 2, "bart": 2, "mbart": 2}
+"""Families whose position ids start after the padding index: `max_position_embeddings` minus this is the
+longest input (RoBERTa: 514 positions, 512 tokens)."""
+
+
+def check_max_length(config, max_length: int, name: str) -> None:
+    """Refuse a `model.max_length` beyond the checkpoint's learnt positions (its forward pass would fail on the
+    first long batch); models with relative positions only (DeBERTa-v2/v3) have no such limit."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int) or getattr(config, "position_biased_input", True) is False:
+        return
+    limit = positions - POSITION_OFFSET.get(getattr(config, "model_type", ""), 0)
+    if max_length > limit:
+        raise UserError(f"`model.max_length` is {max_length}, but {name} has learnt positions for {limit} tokens. "
+                        f"Set `model.max_length` to {limit} or less (longer texts are cut there).")
+
+
 def build_tokenizer(name: str, recipe: Recipe):
     from transformers import AutoTokenizer
 
@@ -74,7 +91,9 @@ class TextModality:
         from accelerate.utils import set_seed
 
         r = recipe
-        check_classifiable(load_config(path, r.model.revision, r.model.trust_remote_code), r.model.name, "text")
+        config = load_config(path, r.model.revision, r.model.trust_remote_code)
+        check_classifiable(config, r.model.name, "text")
+        check_max_length(config, r.model.max_length, r.model.name)
         self.tokenizer = build_tokenizer(path, r)
         set_seed(r.training.seed)  # seeded right before the model is built: the new head is reproducible
         model, parts = load_classifier(path, splits.labels, multi_label=splits.multi_label, revision=r.model.revision,
