@@ -231,6 +231,19 @@ def test_labels_differing_only_in_case_are_said(tmp_path):
     assert len(said) == 1 and "'Neg', 'neg'" in said[0] and "'POS', 'pos'" in said[0] and "data.labels" in said[0]
 
 
+def test_train_texts_also_in_test_are_said_without_dedupe(tmp_path):
+    rows = sentiment_rows()
+    test = [rows[0], (rows[1][0], "neg" if rows[1][1] == "pos" else "pos"), ("a new text", "pos")]
+    s = load(train=write(tmp_path, "t.csv", csv_text(rows)), test=write(tmp_path, "e.csv", csv_text(test)),
+             validation_split=0.0)
+    said = [n for n in s.notes if "also occur in test" in n]
+    assert len(said) == 1 and said[0].startswith("train: 2 text(s) also occur in test, 1 of them with another label")
+    assert "data.dedupe: true" in said[0]
+    quiet = load(train=write(tmp_path, "t.csv", csv_text(rows)), test=write(tmp_path, "e.csv", csv_text(test)),
+                 validation_split=0.0, dedupe=True)
+    assert not any("optimistic" in n for n in quiet.notes)
+
+
 def test_index_out_of_range_single_label(tmp_path):
     path = write(tmp_path, "d.csv", csv_text([(t, "1") for t in POS] + [(t, "0") for t in NEG] + [("odd", "2")]))
     with pytest.raises(UserError, match=r"d\.csv, row 21: label index 2 is out of range.*2 labels"):

@@ -166,6 +166,31 @@ def test_max_length_beyond_the_models_positions_is_refused(tmp_path, good):
     assert "learnt positions for 128 tokens" in out
 
 
+def test_evaluate_speaks_of_its_options_and_says_how_it_read_numbers(tmp_path, good):
+    import logging
+
+    import textxfer
+
+    run = textxfer.train(good).output_dir
+    (tmp_path / "empty.csv").write_text("")
+    code, out = run_cli("evaluate", str(run), "--data", str(tmp_path / "empty.csv"))
+    assert code == 2 and "--data" in out and "data.train" not in out
+    (tmp_path / "nolabel.csv").write_text("text,gold\ngood film,pos\n")
+    code, out = run_cli("evaluate", str(run), "--data", str(tmp_path / "nolabel.csv"))
+    assert code == 2 and "--label-column" in out and "data.label_column" not in out
+    (tmp_path / "ids.csv").write_text("text,label\ngood film,0\nbad film,1\n")
+    said: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    logging.getLogger("textxfer").addHandler(handler)
+    try:
+        code, out = run_cli("evaluate", str(run), "--data", str(tmp_path / "ids.csv"))
+    finally:
+        logging.getLogger("textxfer").removeHandler(handler)
+    assert code == 0, out
+    assert any("were read as positions in the model's labels (0 = neg, 1 = pos" in s for s in said)
+
+
 def test_freeze_layers_beyond_depth(tmp_path, good):
     good["strategy"] = {"name": "freeze", "freeze_layers": 9}
     expect_error(tmp_path, good, match="only 2 layer groups")

@@ -221,6 +221,27 @@ def drop_leaks(data: dict[str, EncodedSplit], given: list[str], notes: list[str]
             data["train"] = train.take(keep)
 
 
+def note_leaks(data: dict[str, EncodedSplit], given: list[str], notes: list[str]) -> None:
+    """Without dedupe: say how many train texts also occur in a given validation/test file (their figures are then
+    optimistic), counting those whose label differs there. Splits read whole only: a memory-mapped corpus would
+    pay a hash pass for a note (`data check` reports it for those)."""
+    train = data["train"]
+    if train.store is not None:
+        return
+    for split in ("validation", "test"):
+        if split not in given or data[split].store is not None:
+            continue
+        theirs = {}
+        for k, y in zip(data[split].keys(), data[split].ids, strict=True):
+            theirs.setdefault(k, y)
+        shared = [(k, y) for k, y in zip(train.keys(), train.ids, strict=True) if k in theirs]
+        if shared:
+            differ = sum(1 for k, y in shared if not np.array_equal(np.asarray(y), np.asarray(theirs[k])))
+            labels = f", {differ:,} of them with another label there" if differ else ""
+            note(notes, f"train: {len(shared):,} text(s) also occur in {split}{labels}: its figures are "
+                         f"optimistic. Set `data.dedupe: true` to drop them from train.")
+
+
 def _not_in(train: EncodedSplit, other: EncodedSplit) -> np.ndarray:
     """The train rows whose text key does not occur in `other`: hashes first, texts checked where they meet."""
     th, oh = train.hashes(), other.hashes()

@@ -34,6 +34,7 @@ from textxfer.data.sampling import (
     drop_leaks,
     few_shot_subset,
     label_freq,
+    note_leaks,
     strata,
     stratified_indices,
 )
@@ -135,6 +136,8 @@ def load_splits(cfg: DataConfig, seed: int, memory: dict[str, InMemory] | None =
                      f"{len(keep):,} left to train on.")
     if cfg.dedupe:
         drop_leaks(data, given, notes)
+    else:
+        note_leaks(data, given, notes)
     data["train"] = few_shot_subset(data["train"], cfg, seed, names, multi, freq, notes)
     present = label_freq(data["train"].ids, len(names)) > 0
     missing = [names[j] for j in range(len(names)) if not present[j]]

@@ -30,10 +30,10 @@ def evaluate_file(model_dir: str | Path, data_file: str, text_column: str, label
                      text_pair_column=pair, multi_label=clf.multi_label)
     try:
         texts, pairs, raw, source = read_split(data_file, cfg)
-    except UserError:
+    except UserError as e:
         if pair is not None:
             _check_pair_column(data_file, cfg, given=pair_column is not None)
-        raise
+        raise UserError(_in_option_words(str(e))) from None
     index = {lab: i for i, lab in enumerate(clf.labels)}
     if clf.multi_label:
         from textxfer.core.metrics import multilabel_metrics
@@ -48,19 +48,37 @@ def evaluate_file(model_dir: str | Path, data_file: str, text_column: str, label
         logits = clf.logits(texts, pairs)
         metrics, per_class = multilabel_metrics(probabilities(logits, True), refs, clf.labels, clf.thresholds)
         return {**metrics, "loss": binary_cross_entropy(logits, refs)}, per_class
-    refs = []
+    refs, positions = [], False
     for row, value in enumerate(raw):
         key = str(value)
         if key not in index:
             if key.lstrip("-").isdigit() and 0 <= int(key) < len(clf.labels):
-                key = clf.labels[int(key)]
+                key, positions = clf.labels[int(key)], True
             else:
                 raise UserError(f"{source}, row {row + 1}: label {value!r} is not one of the model's labels "
                                 f"({', '.join(clf.labels)}).")
         refs.append(index[key])
+    if positions:
+        import logging
+
+        logging.getLogger("textxfer").warning(
+            f"{source}: labels that are numbers were read as positions in the model's labels ("
+            + ", ".join(f"{i} = {name}" for i, name in enumerate(clf.labels[:10])) + "); write the label names if "
+            "the numbers mean something else.")
     logits = clf.logits(texts, pairs)
     metrics, per_class = classification_metrics(logits.argmax(-1), np.asarray(refs), clf.labels)
     return {**metrics, "loss": cross_entropy(logits, np.asarray(refs))}, per_class
+
+
+OPTION_WORDS = {"recipe key `data.train`": "--data", "`data.train`": "--data", "`data.text_column`": "--text-column",
+                "`data.label_column`": "--label-column", "`data.text_pair_column`": "--pair-column"}
+"""The data reader speaks in recipe keys; `textxfer evaluate` takes options instead."""
+
+
+def _in_option_words(message: str) -> str:
+    for key, option in OPTION_WORDS.items():
+        message = message.replace(key, option)
+    return message
 
 
 def cross_entropy(logits: np.ndarray, refs: np.ndarray) -> float:
