@@ -244,6 +244,13 @@ def test_train_texts_also_in_test_are_said_without_dedupe(tmp_path):
     assert not any("optimistic" in n for n in quiet.notes)
 
 
+def test_a_class_with_a_single_training_example_is_said(tmp_path):
+    rows = sentiment_rows() + [("an odd one", "pso")]
+    s = load(train=write(tmp_path, "t.csv", csv_text(rows)), validation_split=0.0)
+    said = [n for n in s.notes if "single example" in n]
+    assert len(said) == 1 and "'pso'" in said[0]
+
+
 def test_index_out_of_range_single_label(tmp_path):
     path = write(tmp_path, "d.csv", csv_text([(t, "1") for t in POS] + [(t, "0") for t in NEG] + [("odd", "2")]))
     with pytest.raises(UserError, match=r"d\.csv, row 21: label index 2 is out of range.*2 labels"):

@@ -217,6 +217,9 @@ def test_set_overrides_and_env_expansion(tmp_path, good, monkeypatch):
 def test_predict_on_a_folder_that_is_not_a_model(tmp_path):
     code, out = run_cli("predict", str(tmp_path), "--input", "-")
     assert code == 2 and "neither a textxfer run directory nor a model folder" in out
+    (tmp_path / "checkpoints").mkdir()  # a run stopped before it saved its model
+    code, out = run_cli("predict", str(tmp_path), "--input", "-")
+    assert code == 2 and "stopped before saving its model" in out and "--resume" in out
 
 
 def test_help_is_quick_and_lists_commands():

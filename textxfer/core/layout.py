@@ -27,6 +27,12 @@ def find_model_dir(path: str | Path) -> Path:
     for cand in (p, p / MODEL_DIR):
         if (cand / "config.json").is_file():
             return cand
+    if (p / "checkpoints").is_dir():
+        raise UserError(f"{p} holds a run that stopped before saving its model. Finish it from its checkpoints: "
+                        f"`textxfer train {p / 'recipe.yaml'} --output-dir {p} --resume`.")
+    if (p / "train.log").is_file():
+        raise UserError(f"{p} holds a run that failed or stopped before saving its model (its train.log says why). "
+                        "Train it again.")
     raise UserError(
         f"{p} is neither a textxfer run directory nor a model folder (no config.json in it or in {p / MODEL_DIR}). "
         "Pass the `--output-dir` of a finished `textxfer train`, or a saved model folder."

@@ -180,7 +180,8 @@ class LabelNormaliser:
             raise UserError(
                 f"{source}: the label column {col} mixes integer ids and names ({va!r} at "
                 f"{a.removeprefix(source + ', ')}, {vb!r} at {b.removeprefix(source + ', ')}). Use one kind "
-                "throughout, or list every class in `data.labels`."
+                "throughout, or give `data.labels` a mapping from every raw value, ids and names alike, to its class "
+                "(e.g. {0: negative, 1: positive, negative: negative, positive: positive})."
             )
 
     def finish(self, source: str, notes: list[str]) -> None:

@@ -139,11 +139,17 @@ def load_splits(cfg: DataConfig, seed: int, memory: dict[str, InMemory] | None =
     else:
         note_leaks(data, given, notes)
     data["train"] = few_shot_subset(data["train"], cfg, seed, names, multi, freq, notes)
-    present = label_freq(data["train"].ids, len(names)) > 0
+    counts = label_freq(data["train"].ids, len(names))
+    present = counts > 0
     missing = [names[j] for j in range(len(names)) if not present[j]]
     if missing:
         note(notes, f"train has no example of {len(missing)} label(s) after subsetting: "
                      f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}.")
+    single = [names[j] for j in range(len(names)) if counts[j] == 1]
+    if single and cfg.examples_per_class is None:  # a per-class draw of one is the user's choice
+        note(notes, f"train has a single example of {len(single)} label(s): {', '.join(map(repr, single[:10]))}"
+                     f"{' ...' if len(single) > 10 else ''}. One example teaches little and is often a typo in the "
+                     "label: check it, add examples, or merge it with a `data.labels` mapping.")
     sets = {n: _dataset(s, len(names), multi) for n, s in data.items()}
     if any(isinstance(r, StoredRows) for r in rows.values()):
         release_unused_memory()  # reading, hashing and carving a large split freed much; the heap keeps it
