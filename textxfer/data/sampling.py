@@ -222,24 +222,27 @@ def drop_leaks(data: dict[str, EncodedSplit], given: list[str], notes: list[str]
 
 
 def note_leaks(data: dict[str, EncodedSplit], given: list[str], notes: list[str]) -> None:
-    """Without dedupe: say how many train texts also occur in a given validation/test file (their figures are then
-    optimistic), counting those whose label differs there. Splits read whole only: a memory-mapped corpus would
-    pay a hash pass for a note (`data check` reports it for those)."""
+    """Without dedupe: say how many train texts also occur in a given validation/test file (its figures are then
+    optimistic), counting those whose label differs there. Hashes first, as `drop_leaks`: memory-mapped splits
+    carry theirs."""
     train = data["train"]
-    if train.store is not None:
-        return
     for split in ("validation", "test"):
-        if split not in given or data[split].store is not None:
+        if split not in given:
             continue
-        theirs = {}
-        for k, y in zip(data[split].keys(), data[split].ids, strict=True):
-            theirs.setdefault(k, y)
-        shared = [(k, y) for k, y in zip(train.keys(), train.ids, strict=True) if k in theirs]
-        if shared:
-            differ = sum(1 for k, y in shared if not np.array_equal(np.asarray(y), np.asarray(theirs[k])))
-            labels = f", {differ:,} of them with another label there" if differ else ""
-            note(notes, f"train: {len(shared):,} text(s) also occur in {split}{labels}: its figures are "
-                         f"optimistic. Set `data.dedupe: true` to drop them from train.")
+        other = data[split]
+        shared = np.setdiff1d(np.arange(len(train)), _not_in(train, other))
+        if not len(shared):
+            continue
+        mine, theirs_at = train.hashes(), other.hashes()
+        at = np.flatnonzero(np.isin(theirs_at, mine[shared]))
+        theirs: dict[str, np.ndarray] = {}
+        for key, i in zip(other.keys_at(at), at.tolist(), strict=True):
+            theirs.setdefault(key, np.atleast_1d(np.asarray(other.ids[i])))
+        differ = sum(1 for key, i in zip(train.keys_at(shared), shared.tolist(), strict=True)
+                     if not np.array_equal(np.atleast_1d(np.asarray(train.ids[i])), theirs[key]))
+        labels = f", {differ:,} of them with another label there" if differ else ""
+        note(notes, f"train: {len(shared):,} text(s) also occur in {split}{labels}: its figures are optimistic. "
+                     "Set `data.dedupe: true` to drop them from train.")
 
 
 def _not_in(train: EncodedSplit, other: EncodedSplit) -> np.ndarray:

@@ -41,10 +41,10 @@ FIXED_TRAINING_KEYS = {
     "training.weight_decay": "the restored optimizer carries the old decay",
     "training.warmup_ratio": "the restored schedule carries the old warm-up",
     "training.head_warmup_epochs": "the restored schedule carries the old warm-up",
-    "training.contrastive": "the stage has run (or is running) as the checkpoint's recipe said",
 }
 """Training keys a checkpoint's state has fixed: a changed value would be ignored or would derail the run, so
-resuming with one changed is refused (with why), not noted."""
+resuming with one changed is refused (with why), not noted. (A changed contrastive stage is refused where it
+matters, by the frozen part's fingerprint, `restore`.)"""
 
 
 def find(path: Path) -> tuple[Path, list[str]]:
