@@ -28,6 +28,8 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # a shared machine: one core for the linear algebra
@@ -201,20 +203,56 @@ def slice_features(recipe_overrides: list[str], texts: list[str], noisy: np.ndar
     return z
 
 
-def one(name: str, data: dict, pool: dict, seed: int, rows: int, folds: int, passes: int, training: str,
-        cache_dir: Path, work: Path, retune: bool) -> dict:
-    from textxfer.tools.label_issues import find_issues
+@dataclass
+class NoisySlice:
+    """One seed's rows of a data set's pool with 10% of their labels flipped, written as the CSV `data issues`
+    reads (`overrides` point fewshot.yaml at it)."""
 
+    name: str
+    seed: int
+    labels: list[str]
+    pick: np.ndarray
+    """Positions in the pool."""
+    texts: list[str]
+    clean: np.ndarray
+    noisy: np.ndarray
+    flipped: np.ndarray
+    csv: Path
+    overrides: list[str]
+
+
+def noisy_slice(name: str, labels: list[str], pool: dict, seed: int, rows: int, folder: Path) -> NoisySlice:
+    """The seed's `rows` rows of the pool (`texts`, `labels`), labels flipped (`flip_labels`), written to `folder`."""
     rng = np.random.default_rng([seed, 7])
     pick = np.sort(rng.choice(len(pool["texts"]), size=min(rows, len(pool["texts"])), replace=False))
     texts = [pool["texts"][i] for i in pick.tolist()]
     clean = pool["labels"][pick]
-    names = data["labels"]
-    noisy, flipped = flip_labels(clean, len(names), NOISE, seed)
-    noisy_csv = work / f"{name}-{seed}.csv"
-    write_csv(noisy_csv, texts, [names[j] for j in noisy])
+    noisy, flipped = flip_labels(clean, len(labels), NOISE, seed)
+    path = folder / f"{name}-{seed}.csv"
+    write_csv(path, texts, [labels[j] for j in noisy])
     overrides = ["data.text_column=text", "data.label_column=label", "data.format=csv", "data.labels=null",
-                 "data.examples_per_class=null", "data.test=null", f"data.train={noisy_csv}"]
+                 "data.examples_per_class=null", "data.test=null", f"data.train={path}"]
+    return NoisySlice(name, seed, labels, pick, texts, clean, noisy, flipped, path, overrides)
+
+
+def noisy_slices(sets: str, seeds: int, folder: Path, rows: int = 2000) -> Iterator[NoisySlice]:
+    """Every seed's slice of each data set of `sets` (comma-separated), as the benchmark draws them: for trials on
+    the same rows (scripts/experiments/label_issues_*.py)."""
+    for name in sets.split(","):
+        data = dataset(name)
+        draw = pool_draw(len(data["train_texts"]))
+        pool = {"texts": [data["train_texts"][i] for i in draw.tolist()], "labels": data["train_labels"][draw]}
+        for seed in range(seeds):
+            yield noisy_slice(name, data["labels"], pool, seed, rows, folder)
+
+
+def one(name: str, data: dict, pool: dict, seed: int, rows: int, folds: int, passes: int, training: str,
+        cache_dir: Path, work: Path, retune: bool) -> dict:
+    from textxfer.tools.label_issues import find_issues
+
+    cut = noisy_slice(name, data["labels"], pool, seed, rows, work)
+    pick, texts, clean, noisy, flipped, overrides = cut.pick, cut.texts, cut.clean, cut.noisy, cut.flipped, cut.overrides
+    names = data["labels"]
     features = slice_features(overrides, texts, noisy, passes, pool["features"][pick], cache_dir)
     found = find_issues(str(RECIPE), overrides, folds=folds, embeddings=features)
     first = None

@@ -80,51 +80,38 @@ def main() -> None:
     none = np.zeros(0, dtype=np.int64)
     lines = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in a.sets.split(","):
-            data = bench.dataset(name)
-            draw = bench.pool_draw(len(data["train_texts"]))
-            pool_texts = [data["train_texts"][i] for i in draw.tolist()]
-            pool_labels = data["train_labels"][draw]
-            n = len(data["labels"])
-            for seed in range(a.seeds):
-                rng = np.random.default_rng([seed, 7])
-                pick = np.sort(rng.choice(len(pool_texts), size=min(2000, len(pool_texts)), replace=False))
-                texts = [pool_texts[i] for i in pick.tolist()]
-                noisy, flipped = bench.flip_labels(pool_labels[pick], n, bench.NOISE, seed)
-                csv_path = Path(tmp) / f"{name}-{seed}.csv"
-                bench.write_csv(csv_path, texts, [data["labels"][j] for j in noisy])
-                overrides = ["data.text_column=text", "data.label_column=label", "data.format=csv",
-                             "data.labels=null", "data.examples_per_class=null", "data.test=null",
-                             f"data.train={csv_path}"]
-                pretrained = embed(texts)
-                z1 = bench.slice_features(overrides, texts, noisy, 1, pretrained, a.cache_dir)
-                _, p1 = chosen(z1, noisy, n, a.folds, none)
-                flags1 = rank_issues(noisy, p1)
-                z2 = bench.slice_features(overrides, texts, noisy, 1, pretrained, a.cache_dir, flags1)
-                l2, p2 = chosen(z2, noisy, n, a.folds, none)
-                flags2 = rank_issues(noisy, p2)
-                kept1 = np.setdiff1d(np.arange(len(noisy)), flags1)
-                r = {"set": name, "seed": seed,
-                     "first ranking": bench.scores(flags1, flipped),
-                     "default (second body)": bench.scores(flags2, flipped) | {"head_l2": l2}}
-                least = np.argsort(p2[np.arange(len(noisy)), noisy], kind="stable")
-                cuts = {k: bench.scores(least[:k], flipped) for k in range(100, 401, 5)}
-                best = max(cuts, key=lambda k: cuts[k]["f1"])
-                r["default ranking, best count (knows the flips)"] = cuts[best]
-                l2c, pc = chosen(z2, noisy, n, a.folds, flags1)
-                r["heads without first flags"] = bench.scores(rank_issues(noisy, pc), flipped) | {"head_l2": l2c}
-                l2k, pk = chosen(z2, noisy, n, a.folds, flags1, kept1)
-                r["heads without first flags, loss on kept"] = (bench.scores(rank_issues(noisy, pk), flipped)
-                                                                | {"head_l2": l2k})
-                l2s, ps = chosen(z2, noisy, n, a.folds, flags2)
-                r["heads without own flags"] = bench.scores(rank_issues(noisy, ps), flipped) | {"head_l2": l2s}
-                r["mean of both bodies"] = bench.scores(rank_issues(noisy, (p1 + p2) / 2), flipped)
-                l2j, pj = chosen(np.hstack([z1, z2]), noisy, n, a.folds, none)
-                r["both bodies joined"] = bench.scores(rank_issues(noisy, pj), flipped) | {"head_l2": l2j}
-                _, p0 = chosen(pretrained, noisy, n, a.folds, none)
-                r["mean with pretrained"] = bench.scores(rank_issues(noisy, (p0 + p2) / 2), flipped)
-                print(json.dumps(r), flush=True)
-                lines.append(r)
+        for cut in bench.noisy_slices(a.sets, a.seeds, Path(tmp)):
+            name, seed, n = cut.name, cut.seed, len(cut.labels)
+            texts, noisy, flipped, overrides = cut.texts, cut.noisy, cut.flipped, cut.overrides
+            pretrained = embed(texts)
+            z1 = bench.slice_features(overrides, texts, noisy, 1, pretrained, a.cache_dir)
+            _, p1 = chosen(z1, noisy, n, a.folds, none)
+            flags1 = rank_issues(noisy, p1)
+            z2 = bench.slice_features(overrides, texts, noisy, 1, pretrained, a.cache_dir, flags1)
+            l2, p2 = chosen(z2, noisy, n, a.folds, none)
+            flags2 = rank_issues(noisy, p2)
+            kept1 = np.setdiff1d(np.arange(len(noisy)), flags1)
+            r = {"set": name, "seed": seed,
+                 "first ranking": bench.scores(flags1, flipped),
+                 "default (second body)": bench.scores(flags2, flipped) | {"head_l2": l2}}
+            least = np.argsort(p2[np.arange(len(noisy)), noisy], kind="stable")
+            cuts = {k: bench.scores(least[:k], flipped) for k in range(100, 401, 5)}
+            best = max(cuts, key=lambda k: cuts[k]["f1"])
+            r["default ranking, best count (knows the flips)"] = cuts[best]
+            l2c, pc = chosen(z2, noisy, n, a.folds, flags1)
+            r["heads without first flags"] = bench.scores(rank_issues(noisy, pc), flipped) | {"head_l2": l2c}
+            l2k, pk = chosen(z2, noisy, n, a.folds, flags1, kept1)
+            r["heads without first flags, loss on kept"] = (bench.scores(rank_issues(noisy, pk), flipped)
+                                                            | {"head_l2": l2k})
+            l2s, ps = chosen(z2, noisy, n, a.folds, flags2)
+            r["heads without own flags"] = bench.scores(rank_issues(noisy, ps), flipped) | {"head_l2": l2s}
+            r["mean of both bodies"] = bench.scores(rank_issues(noisy, (p1 + p2) / 2), flipped)
+            l2j, pj = chosen(np.hstack([z1, z2]), noisy, n, a.folds, none)
+            r["both bodies joined"] = bench.scores(rank_issues(noisy, pj), flipped) | {"head_l2": l2j}
+            _, p0 = chosen(pretrained, noisy, n, a.folds, none)
+            r["mean with pretrained"] = bench.scores(rank_issues(noisy, (p0 + p2) / 2), flipped)
+            print(json.dumps(r), flush=True)
+            lines.append(r)
     keys = [k for k in lines[0] if k not in ("set", "seed")]
     for name in a.sets.split(","):
         rs = [r for r in lines if r["set"] == name]

@@ -105,25 +105,10 @@ def main() -> None:
     embed = bench.embedder(a.cache_dir)
     lines, slices = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in a.sets.split(","):
-            data = bench.dataset(name)
-            draw = bench.pool_draw(len(data["train_texts"]))
-            pool_texts = [data["train_texts"][i] for i in draw.tolist()]
-            pool_labels = data["train_labels"][draw]
-            n = len(data["labels"])
-            for seed in range(a.seeds):
-                rng = np.random.default_rng([seed, 7])
-                pick = np.sort(rng.choice(len(pool_texts), size=min(2000, len(pool_texts)), replace=False))
-                texts = [pool_texts[i] for i in pick.tolist()]
-                noisy, flipped = bench.flip_labels(pool_labels[pick], n, bench.NOISE, seed)
-                csv_path = Path(tmp) / f"{name}-{seed}.csv"
-                bench.write_csv(csv_path, texts, [data["labels"][j] for j in noisy])
-                overrides = ["data.text_column=text", "data.label_column=label", "data.format=csv",
-                             "data.labels=null", "data.examples_per_class=null", "data.test=null",
-                             f"data.train={csv_path}"]
-                parts = fold_parts(noisy, a.folds, 42)
-                slices.append((name, seed, n, texts, noisy, flipped, overrides, parts,
-                               kfold_features(overrides, texts, noisy, parts, a.cache_dir, a.passes)))
+        for cut in bench.noisy_slices(a.sets, a.seeds, Path(tmp)):
+            parts = fold_parts(cut.noisy, a.folds, 42)
+            slices.append((cut.name, cut.seed, len(cut.labels), cut.texts, cut.noisy, cut.flipped, cut.overrides,
+                           parts, kfold_features(cut.overrides, cut.texts, cut.noisy, parts, a.cache_dir, a.passes)))
         # every k-fold tuning first, then the default's embeddings (the benchmark may be caching them meanwhile)
         for name, seed, n, texts, noisy, flipped, overrides, parts, feats in slices:
             result = {"set": name, "seed": seed}

@@ -106,65 +106,53 @@ def main() -> None:
     none = np.zeros(0, dtype=np.int64)
     lines = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in a.sets.split(","):
-            data = bench.dataset(name)
-            n = len(data["labels"])
-            draw = bench.pool_draw(len(data["train_texts"]))
-            pool_texts = [data["train_texts"][i] for i in draw.tolist()]
-            pool_labels = data["train_labels"][draw]
-            for seed in range(a.seeds):
-                rng = np.random.default_rng([seed, 7])
-                pick = np.sort(rng.choice(len(pool_texts), size=min(2000, len(pool_texts)), replace=False))
-                texts = [pool_texts[i] for i in pick.tolist()]
-                clean = pool_labels[pick]
-                noisy, flipped = bench.flip_labels(clean, n, bench.NOISE, seed)
-                tuned_on = clean if a.variant == "clean-labels" else noisy
-                csv_path = Path(tmp) / f"{name}-{seed}.csv"
-                bench.write_csv(csv_path, texts, [data["labels"][j] for j in tuned_on])
-                overrides = [*(a.overrides if a.variant == "overrides" else []), "data.text_column=text",
-                             "data.label_column=label", "data.format=csv", "data.labels=null",
-                             "data.examples_per_class=null", "data.test=null", f"data.train={csv_path}"]
-                pretrained = embed(texts)
+        for cut in bench.noisy_slices(a.sets, a.seeds, Path(tmp)):
+            name, seed, n = cut.name, cut.seed, len(cut.labels)
+            texts, clean, noisy, flipped = cut.texts, cut.clean, cut.noisy, cut.flipped
+            if a.variant == "clean-labels":  # the body is tuned on the true labels
+                bench.write_csv(cut.csv, texts, [cut.labels[j] for j in clean])
+            overrides = [*(a.overrides if a.variant == "overrides" else []), *cut.overrides]
+            pretrained = embed(texts)
 
-                def result(probs, name=name, seed=seed, noisy=noisy, flipped=flipped, **extra):
-                    flags = rank_issues(noisy, probs)
-                    row = {"set": name, "seed": seed, "variant": a.variant, **extra,
-                           "oof_accuracy": float((probs.argmax(1) == noisy).mean()), **bench.scores(flags, flipped)}
-                    print(json.dumps(row), flush=True)
-                    lines.append(row)
+            def result(probs, name=name, seed=seed, noisy=noisy, flipped=flipped, **extra):
+                flags = rank_issues(noisy, probs)
+                row = {"set": name, "seed": seed, "variant": a.variant, **extra,
+                       "oof_accuracy": float((probs.argmax(1) == noisy).mean()), **bench.scores(flags, flipped)}
+                print(json.dumps(row), flush=True)
+                lines.append(row)
 
-                if a.variant == "clean-labels":
-                    z = bench.slice_features(overrides, texts, clean, 1, pretrained, cache)
-                    result(chosen(z, noisy, n, 5, none)[1])
-                    continue
-                if a.variant == "without-flipped":
-                    z = bench.slice_features(overrides, texts, noisy, 1, pretrained, cache, flipped)
-                    result(chosen(z, noisy, n, 5, none)[1])
-                    continue
-                if a.variant == "kfold-own-heads":
-                    import label_issues_kfold as kfold
+            if a.variant == "clean-labels":
+                z = bench.slice_features(overrides, texts, clean, 1, pretrained, cache)
+                result(chosen(z, noisy, n, 5, none)[1])
+                continue
+            if a.variant == "without-flipped":
+                z = bench.slice_features(overrides, texts, noisy, 1, pretrained, cache, flipped)
+                result(chosen(z, noisy, n, 5, none)[1])
+                continue
+            if a.variant == "kfold-own-heads":
+                import label_issues_kfold as kfold
 
-                    parts = kfold.fold_parts(noisy, 5, 42)
-                    bodies = kfold.kfold_features(overrides, texts, noisy, parts, a.cache_dir, 1)
-                    z, groups = np.zeros_like(bodies[0]), np.zeros(len(noisy), dtype=np.int64)
-                    for k, part in enumerate(parts):
-                        z[part], groups[part] = bodies[k][part], k
-                    result(best_out_of_fold(z, noisy, n, 5, 42, groups=groups)[0])
-                    continue
-                z1 = bench.slice_features(overrides, texts, noisy, 1, pretrained, cache)
-                p1 = chosen(z1, noisy, n, 5, none)[1]
-                first = rank_issues(noisy, p1)
-                if a.variant == "hold-more":
-                    least = np.argsort(p1[np.arange(len(noisy)), noisy], kind="stable")
-                    for factor in map(float, a.factors.split(",")):
-                        held = np.sort(least[: int(round(factor * len(first)))])
-                        z2 = bench.slice_features(overrides, texts, noisy, 1, pretrained, cache, held)
-                        result(chosen(z2, noisy, n, 5, none)[1], factor=factor, held=len(held),
-                               held_flipped=len(np.intersect1d(held, flipped)))
-                    continue
-                passes = a.passes if a.variant == "second-passes" else 1
-                z2 = bench.slice_features(overrides, texts, noisy, passes, pretrained, cache, first)
-                result(chosen(z2, noisy, n, 5, none)[1], first_f1=bench.scores(first, flipped)["f1"])
+                parts = kfold.fold_parts(noisy, 5, 42)
+                bodies = kfold.kfold_features(overrides, texts, noisy, parts, a.cache_dir, 1)
+                z, groups = np.zeros_like(bodies[0]), np.zeros(len(noisy), dtype=np.int64)
+                for k, part in enumerate(parts):
+                    z[part], groups[part] = bodies[k][part], k
+                result(best_out_of_fold(z, noisy, n, 5, 42, groups=groups)[0])
+                continue
+            z1 = bench.slice_features(overrides, texts, noisy, 1, pretrained, cache)
+            p1 = chosen(z1, noisy, n, 5, none)[1]
+            first = rank_issues(noisy, p1)
+            if a.variant == "hold-more":
+                least = np.argsort(p1[np.arange(len(noisy)), noisy], kind="stable")
+                for factor in map(float, a.factors.split(",")):
+                    held = np.sort(least[: int(round(factor * len(first)))])
+                    z2 = bench.slice_features(overrides, texts, noisy, 1, pretrained, cache, held)
+                    result(chosen(z2, noisy, n, 5, none)[1], factor=factor, held=len(held),
+                           held_flipped=len(np.intersect1d(held, flipped)))
+                continue
+            passes = a.passes if a.variant == "second-passes" else 1
+            z2 = bench.slice_features(overrides, texts, noisy, passes, pretrained, cache, first)
+            result(chosen(z2, noisy, n, 5, none)[1], first_f1=bench.scores(first, flipped)["f1"])
     for name in a.sets.split(","):
         for factor in sorted({r.get("factor") for r in lines}, key=lambda f: f or 0):
             rs = [r for r in lines if r["set"] == name and r.get("factor") == factor]
