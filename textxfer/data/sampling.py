@@ -230,10 +230,10 @@ def note_leaks(data: dict[str, EncodedSplit], given: list[str], notes: list[str]
         if split not in given:
             continue
         other = data[split]
-        shared = np.setdiff1d(np.arange(len(train)), _not_in(train, other))
+        mine, theirs_at = train.hashes(), other.hashes()
+        shared = _in_other(train, other, mine, theirs_at)
         if not len(shared):
             continue
-        mine, theirs_at = train.hashes(), other.hashes()
         at = np.flatnonzero(np.isin(theirs_at, mine[shared]))
         theirs: dict[str, np.ndarray] = {}
         for key, i in zip(other.keys_at(at), at.tolist(), strict=True):
@@ -246,13 +246,18 @@ def note_leaks(data: dict[str, EncodedSplit], given: list[str], notes: list[str]
 
 
 def _not_in(train: EncodedSplit, other: EncodedSplit) -> np.ndarray:
-    """The train rows whose text key does not occur in `other`: hashes first, texts checked where they meet."""
-    th, oh = train.hashes(), other.hashes()
+    """The train rows whose text key does not occur in `other`."""
+    return np.setdiff1d(np.arange(len(train)), _in_other(train, other, train.hashes(), other.hashes()))
+
+
+def _in_other(train: EncodedSplit, other: EncodedSplit, th: np.ndarray, oh: np.ndarray) -> np.ndarray:
+    """The train rows whose text key occurs in `other` (`th`, `oh`: their `hashes()`): hashes first, texts checked
+    where they meet."""
     hits = np.flatnonzero(np.isin(th, oh))
     if len(hits):
         theirs = set(other.keys_at(np.flatnonzero(np.isin(oh, th[hits]))))
         hits = hits[np.fromiter((k in theirs for k in train.keys_at(hits)), dtype=bool, count=len(hits))]
-    return np.setdiff1d(np.arange(len(train)), hits)
+    return hits
 
 
 def few_shot_subset(train: EncodedSplit, cfg: DataConfig, seed: int, names: list[str], multi: bool,
