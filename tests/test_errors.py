@@ -144,20 +144,52 @@ def test_finished_run_is_not_overwritten(tmp_path, good):
     expect_error(tmp_path, good, match="--overwrite")
 
 
-def test_overwrite_clears_the_replaced_runs_results(tmp_path):
-    """A new run without a test split must not report the old run's test predictions as its own."""
-    from textxfer.engine.setup import prepare_output_dir
+def test_clear_replaced_run_removes_the_earlier_runs_files_only(tmp_path):
+    """A new run without a test split must not report the old run's test predictions as its own, and a new run
+    stopped midway must not look finished with the old model; files that are not the run's are the user's."""
+    from textxfer.engine.setup import REPLACED_BY_A_NEW_RUN, clear_replaced_run
 
     out = tmp_path / "run"
     (out / "predictions").mkdir(parents=True)
     (out / "predictions" / "test.jsonl").write_text("{}\n")
-    (out / "plots").mkdir()
-    (out / "errors.csv").write_text("x\n")
-    (out / "model").mkdir()
+    (out / "checkpoints" / "step-4").mkdir(parents=True)
+    for name in ("plots", "model", "self_training"):
+        (out / name).mkdir()
+    for name in ("errors.csv", "run.json", "metrics.json", "history.json", "notes.txt"):
+        (out / name).write_text("x\n")
+    clear_replaced_run(out)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert {"run.json", "model", "predictions", "checkpoints"} <= set(REPLACED_BY_A_NEW_RUN)
+
+
+def _finished_run(out: Path) -> None:
+    (out / "model").mkdir(parents=True)
+    (out / "model" / "config.json").write_text("{}")
     (out / "run.json").write_text(json.dumps({"finished": True}))
-    prepare_output_dir(out, overwrite=True)
-    assert not (out / "predictions").exists() and not (out / "plots").exists() and not (out / "errors.csv").exists()
-    assert (out / "model").is_dir()  # replaced when the new run saves its own
+    (out / "train.log").write_text("the earlier run's log\n")
+    (out / "checkpoints" / "step-9").mkdir(parents=True)
+
+
+def test_overwrite_with_bad_data_leaves_the_earlier_run_whole(tmp_path, good):
+    """`--overwrite` removes nothing until the new run has read its data: a typo costs the earlier run nothing."""
+    out = Path(good["output_dir"])
+    _finished_run(out)
+    good["data"]["text_column"] = "sentence"
+    expect_error(tmp_path, good, "--overwrite", match="sentence")
+    assert json.loads((out / "run.json").read_text()) == {"finished": True}
+    assert (out / "model" / "config.json").is_file() and (out / "checkpoints" / "step-9").is_dir()
+    assert (out / "train.log").read_text() == "the earlier run's log\n"
+
+
+def test_overwrite_replaces_the_earlier_run(tmp_path, good):
+    out = Path(good["output_dir"])
+    _finished_run(out)
+    code, printed = run_cli("train", str(write_recipe(tmp_path, good)), "--overwrite")
+    assert code == 0, printed
+    assert not (out / "checkpoints" / "step-9").exists()
+    assert json.loads((out / "run.json").read_text())["finished"] is True
+    log = (out / "train.log").read_text()
+    assert "the earlier run's log" not in log and "mixed precision" in log.splitlines()[0]
 
 
 def test_max_length_beyond_the_models_positions_is_refused(tmp_path, good):
@@ -233,3 +265,12 @@ def test_help_is_quick_and_lists_commands():
     assert r.returncode == 0, r.stderr
     for command in ("train", "predict", "evaluate", "recipes", "info"):
         assert command in r.stdout
+
+
+def test_train_says_each_data_note_once(tmp_path, good):
+    """The data layer logs a note as it finds it; `train` does not log the collected notes again."""
+    train = Path(good["data"]["train"])
+    train.write_text(train.read_text() + "an odd one,lonely\n")
+    result = CliRunner().invoke(cli, ["train", str(write_recipe(tmp_path, good))])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("train has a single example of 1 label(s): 'lonely'") == 1, result.output

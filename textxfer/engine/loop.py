@@ -51,7 +51,7 @@ from textxfer.engine.optim import (
 )
 from textxfer.engine.run_state import RunState
 from textxfer.engine.schedule import new_schedule
-from textxfer.engine.setup import make_accelerator, setup_logging
+from textxfer.engine.setup import attach_run_log, clear_replaced_run, make_accelerator, setup_logging
 from textxfer.engine.tracking import end_tracking, log_train, start_tracking
 from textxfer.engine.unused_parameters import freeze_unused_parameters
 from textxfer.strategies.apply import set_frozen_eval
@@ -63,7 +63,7 @@ class Loop:
     """State of one training run; methods in the order they run."""
 
     def __init__(self, recipe: Recipe, output_dir: Path, command: str | None = None,
-                 resume_from: Path | None = None, memory: dict | None = None):
+                 resume_from: Path | None = None, memory: dict | None = None, replacing: bool = False):
         self.recipe = recipe
         self.out = output_dir
         self.command = command
@@ -72,6 +72,8 @@ class Loop:
         self.started = time.time()
         self.resume_from = resume_from
         """The checkpoint this run continues from (`train(resume=...)`)."""
+        self.replacing = replacing
+        """`--overwrite`: an earlier run in the output directory is removed once this one's data and model load."""
         self.cache_key: str | None = None
         """Hash of the frozen part's weights when the frozen-prefix cache is used (checked on resume)."""
         self.memory: dict = memory or {}
@@ -93,7 +95,8 @@ class Loop:
         if not torch.cuda.is_available():
             torch.set_num_threads(threads)
         self.acc = make_accelerator(r)
-        setup_logging(self.out, self.acc.is_main_process, append=self.resume_from is not None)
+        setup_logging(self.out, self.acc.is_main_process, append=self.resume_from is not None,
+                      deferred=self.replacing)
         if r.training.mixed_precision == "auto":
             log.info(f"mixed precision: auto -> {effective_mixed_precision('auto')} on this "
                      f"{'GPU' if torch.cuda.is_available() else 'CPU'}")
@@ -101,9 +104,7 @@ class Loop:
             log.info(f"mixed precision: {r.training.mixed_precision}")
         set_seed(r.training.seed)
         self.modality = modality_of(r)
-        self.splits = self.modality.read(r, self.memory)
-        for note in self.splits.notes:
-            log.info(note)
+        self.splits = self.modality.read(r, self.memory)  # its notes are logged as they are found (data.notes)
         self.labels = self.splits.labels
         if len(self.labels) < 2:
             raise UserError(f"The training data has only one class ({self.labels}); a classifier needs two or more.")
@@ -115,6 +116,8 @@ class Loop:
                  + self.applied.summary())
         self.encoded = self.modality.encode(r, self.splits)
         check_same_run(self.acc, to_dict(r), lambda: self.modality.fingerprints(self))  # several processes
+        if self.replacing:
+            self.replace_earlier_run()
         if r.training.contrastive is not None:  # SetFit-style body tuning, then the classifier
             from textxfer.engine.contrastive import run_stage
 
@@ -124,6 +127,14 @@ class Loop:
             self.use_cache(self.cache_after_stage(result))
         else:
             self.use_cache(self.modality.build_cache(self))
+
+    def replace_earlier_run(self) -> None:
+        """Remove the earlier run this one replaces (`--overwrite`), now that the data and model have loaded, and
+        start train.log with the lines logged so far."""
+        if self.acc.is_main_process:
+            clear_replaced_run(self.out)
+            attach_run_log(self.out)
+        self.acc.wait_for_everyone()
 
     def cache_after_stage(self, result):
         """What trains after the stage reads from a cache: with `then: head` after tuning, the whole tuned body

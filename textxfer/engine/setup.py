@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,9 +24,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("textxfer")
 
 
-def setup_logging(output_dir: Path | None, is_main: bool, append: bool = False) -> None:
-    """Progress on stderr (main process only; the others report warnings) and in RUN_DIR/train.log (appended to
-    when a run resumes)."""
+def setup_logging(output_dir: Path | None, is_main: bool, append: bool = False, deferred: bool = False) -> None:
+    """Log to stderr and, on the main process, to OUTPUT_DIR/train.log (appended to when `append`: a resume).
+
+    `deferred`: the lines are held in memory until `attach_run_log` opens train.log, so a run that replaces an
+    earlier one (`--overwrite`) leaves the earlier run's log in place until the new run has read its data."""
     for handler in log.handlers:  # an earlier run's (in this process): its train.log is closed
         handler.close()
     log.handlers.clear()
@@ -37,14 +38,32 @@ def setup_logging(output_dir: Path | None, is_main: bool, append: bool = False) 
     console.setFormatter(logging.Formatter("%(message)s"))
     log.addHandler(console)
     if output_dir is not None and is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(output_dir / "train.log", mode="a" if append else "w", encoding="utf-8")
-        fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        log.addHandler(fh)
+        if deferred:
+            from logging.handlers import MemoryHandler
+
+            log.addHandler(MemoryHandler(capacity=1 << 30, flushLevel=logging.CRITICAL + 1))
+        else:
+            attach_run_log(output_dir, append)
+
+
+def attach_run_log(output_dir: Path, append: bool = False) -> None:
+    """Write the log to OUTPUT_DIR/train.log from now on, with the lines `setup_logging(deferred=True)` held."""
+    from logging.handlers import MemoryHandler
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    fh = logging.FileHandler(output_dir / "train.log", mode="a" if append else "w", encoding="utf-8")
+    fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    for held in [h for h in log.handlers if isinstance(h, MemoryHandler)]:
+        held.setTarget(fh)
+        held.flush()
+        log.removeHandler(held)
+        held.close()
+    log.addHandler(fh)
 
 
 def prepare_output_dir(path: Path, overwrite: bool, resuming: bool = False) -> None:
-    """Refuse to mix a new run into a finished one, or into an interrupted one's checkpoints (never lose a run)."""
+    """Refuse to mix a new run into a finished one, or into an interrupted one's checkpoints (never lose a run).
+    With `overwrite` nothing is removed here: `clear_replaced_run` does it once the new run's data are read."""
     run_json = path / "run.json"
     finished = False
     if run_json.is_file():
@@ -66,23 +85,30 @@ def prepare_output_dir(path: Path, overwrite: bool, resuming: bool = False) -> N
             f"Output directory {path} holds checkpoints of an unfinished run (newest: {saved[-1].name}). Continue "
             "it with `--resume`, or pass `--overwrite` to start over (its checkpoints are deleted)."
         )
-    if overwrite and not resuming and os.environ.get("RANK", "0") == "0":
-        import shutil
-
-        if saved:
-            shutil.rmtree(checkpoint.root_of(path), ignore_errors=True)
-        # what the earlier run wrote at its end and this one may not write again (a run without a test split
-        # writes no test predictions): left in place, the report would show the old run's results as this one's
-        for name in STALE_ON_OVERWRITE:
-            stale = path / name
-            if stale.is_dir():
-                shutil.rmtree(stale, ignore_errors=True)
-            else:
-                stale.unlink(missing_ok=True)
 
 
-STALE_ON_OVERWRITE = ("predictions", "plots", "errors.csv", "per_class.csv", "report.html")
-"""A replaced run's files built from its predictions: removed before the new run starts (`prepare_output_dir`)."""
+def clear_replaced_run(path: Path) -> None:
+    """Remove what an earlier run in `path` wrote and a new run writes again or may not (`REPLACED_BY_A_NEW_RUN`).
+
+    Called once the new run has read its data and loaded its model (`Loop.build`), so `--overwrite` with bad data
+    or a wrong model name costs the earlier run nothing. From here on the folder holds no finished run: a new run
+    stopped before its end leaves checkpoints to `--resume`, never the earlier run's model under the new recipe."""
+    import shutil
+
+    for name in REPLACED_BY_A_NEW_RUN:
+        old = path / name
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+
+
+REPLACED_BY_A_NEW_RUN = ("run.json", "metrics.json", "history.json", "model", "adapter", checkpoint.DIRNAME, "logs",
+                         "predictions", "plots", "errors.csv", "per_class.csv", "report.html", "self_training")
+"""The run directory's files an earlier run leaves (docs/run-directory.md), removed by `clear_replaced_run`. Left
+in place, a new run without a test split would report the old run's test predictions as its own, and one stopped
+midway would look finished with the old model. recipe.yaml and train.log are written anew; other files are the
+user's."""
 
 
 def make_accelerator(recipe: Recipe) -> Accelerator:

@@ -138,9 +138,7 @@ def find_issues(recipe, overrides: list[str] | None = None, folds: int = DEFAULT
     r = recipe if isinstance(recipe, Recipe) and not overrides else load_recipe(recipe, overrides)
     if task_of(r) == "image":
         raise UserError("`textxfer data issues` reads text recipes; this recipe's task is image.")
-    rows = read_training_rows(r.data)
-    for note in rows.notes:
-        log.info(note)
+    rows = read_training_rows(r.data)  # its notes are logged as they are found (data.notes)
     check_folds(rows.targets, rows.labels, folds, rows.source)
     crossed = False
     if embeddings is None:

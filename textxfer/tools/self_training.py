@@ -86,7 +86,7 @@ def self_train(recipe: Recipe, train: Callable, overwrite: bool = False, command
                          overwrite=True, command=command, train=frames["train"], **_eval_frames(frames, test=False))
         rounds.append(_round_record(0, previous, None, len(frames["train"]))
                       | {"mixed_precision": effective_mixed_precision(round0_precision)})
-        _keep_log(previous.output_dir, out, 0)
+        _keep_log(previous.output_dir, work, 0)
         first = previous
         count = rounds_to_train(st.rounds, len(frames["train"]), len(labels))
         for r in range(1, count + 1):
@@ -118,7 +118,7 @@ def self_train(recipe: Recipe, train: Callable, overwrite: bool = False, command
                           | {"trained": st.retrain, "epochs": epochs, "teacher_mix": _named(teacher_mix, labels),
                              "mixed_precision": effective_mixed_precision(recipe.training.mixed_precision)})
             if not last or average:
-                _keep_log(previous.output_dir, out, r)
+                _keep_log(previous.output_dir, work, r)
             if average:
                 previous = _train_on_averaged_body(recipe, train, command, first, previous, out, work, labels,
                                                    frames, data, epochs, rounds[-1])
@@ -128,6 +128,7 @@ def self_train(recipe: Recipe, train: Callable, overwrite: bool = False, command
             metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
             if "validation" in metrics:
                 rounds[-1]["validation"] = metrics["validation"]
+        _move_logs(work, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     record = {"unlabelled": pool.source, "unlabelled_counts": pool.counts, "notes": pool.notes,
@@ -364,12 +365,21 @@ def _round_record(r: int, result, chosen: Selection | None, examples: int, score
     return record
 
 
-def _keep_log(run_dir: Path, out: Path, r: int) -> None:
-    """An earlier round's train.log, kept as OUT/self_training/round-R.log (its run folder is removed)."""
+def _keep_log(run_dir: Path, work: Path, r: int) -> None:
+    """An earlier round's train.log, kept as WORK/self_training/round-R.log (its run folder is removed)."""
     src = run_dir / "train.log"
     if src.is_file():
-        (out / "self_training").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, out / "self_training" / f"round-{r}.log")
+        (work / "self_training").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, work / "self_training" / f"round-{r}.log")
+
+
+def _move_logs(work: Path, out: Path) -> None:
+    """The earlier rounds' logs into OUT/self_training/, once the last round has replaced whatever run was in OUT
+    (until then an earlier run there stays whole)."""
+    kept = work / "self_training"
+    if kept.is_dir():
+        shutil.rmtree(out / "self_training", ignore_errors=True)
+        shutil.move(str(kept), str(out / "self_training"))
 
 
 def _write_record(recipe: Recipe, out: Path, record: dict) -> None:

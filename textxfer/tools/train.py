@@ -72,7 +72,8 @@ def train(recipe: Recipe | str | Path | dict, overrides: list[str] | None = None
         notes += resuming.check_recipe(_with_defaults(saved), current)
     out = Path(recipe.output_dir)
     prepare_output_dir(out, overwrite, resuming=ckpt is not None)
-    loop = Loop(recipe, out, command, resume_from=ckpt, memory=memory)
+    replacing = overwrite and ckpt is None and out.is_dir() and any(out.iterdir())
+    loop = Loop(recipe, out, command, resume_from=ckpt, memory=memory, replacing=replacing)
     threads = torch.get_num_threads()
     try:  # the run sets torch's thread count for itself; the host process gets its own back, even on failure
         loop.build()

@@ -202,8 +202,6 @@ def _read_table(path: Path, cfg: DataConfig, split: str, patterns: list[str], hi
         else:
             raise UserError(f"`data.{split}` is {path}, read as `{fmt}`: an image list is a CSV/TSV/JSON Lines/JSON/"
                             "Parquet table with an image-path column. Set `data.format` to one of those.")
-    for line in notes:
-        log.info(line)
     if len(table) == 0:
         raise UserError(f"Image list {path} (recipe key `data.{split}`) has no rows. Add one row per image.")
     cells = pick_column(table, cfg.image_column, "image_column")

@@ -11,6 +11,7 @@ import numpy as np
 from textxfer.config.schema import DataConfig
 from textxfer.core.errors import UserError
 from textxfer.data.labels import label_sort_key
+from textxfer.data.notes import note
 from textxfer.modalities.image.files import (
     ImageListing,
     ImageSplit,
@@ -84,11 +85,12 @@ def load_image_splits(cfg: DataConfig, seed: int) -> tuple[Splits, dict[str, Ima
         rows = len(read[n].items)
         read[n], skipped = check_image_files(read[n], cfg, n)
         skipped_counts[n] = rows - len(read[n].items)
-        notes += skipped
+        for line in skipped:
+            note(notes, line)
     for p in cfg.exclude_images or []:
         matched = [h for h in hits if is_excluded(h, [p])]
-        notes.append(f"data.exclude_images `{p}`: left out {len(matched)} file(s)"
-                     + (f" ({', '.join(sorted(matched)[:3])})" if matched else " - it matches nothing"))
+        note(notes, f"data.exclude_images `{p}`: left out {len(matched)} file(s)"
+                    + (f" ({', '.join(sorted(matched)[:3])})" if matched else " - it matches nothing"))
     names, mapping = _label_names(cfg, read["train"])
     data = {n: ImageSplit(read[n].items, _encode(read[n], mapping, names, n, read["train"]), read[n].names,
                           read[n].source) for n in given}
@@ -105,22 +107,22 @@ def load_image_splits(cfg: DataConfig, seed: int) -> tuple[Splits, dict[str, Ima
         keep, carved = stratified_split([int(t) for t in train.targets], fraction, seed + salt)
         data[split], data["train"] = train.take(carved), train.take(keep)
         info[split] = {"source": "carved from train", "rows_read": 0, "skipped_rows": 0, "label_counts_read": {}}
-        notes.append(f"{split}: {len(carved):,} images carved from train (stratified, seed {seed + salt}); "
-                     f"{len(keep):,} left to train on.")
+        note(notes, f"{split}: {len(carved):,} images carved from train (stratified, seed {seed + salt}); "
+                    f"{len(keep):,} left to train on.")
     train = data["train"]
     if cfg.examples_per_class is not None:
         idx = per_class_subset([int(y) for y in train.targets], cfg.examples_per_class, seed + 3, names,
                                unit="training images")
         train = train.take(idx)
-        notes.append(f"train: {cfg.examples_per_class} images per class, {len(idx)} in all "
-                     f"(drawn with training.seed {seed}).")
+        note(notes, f"train: {cfg.examples_per_class} images per class, {len(idx)} in all "
+                    f"(drawn with training.seed {seed}).")
     if cfg.max_train_examples is not None and cfg.max_train_examples < len(train):
         train = train.take(subset_stratified(train.targets.tolist(), cfg.max_train_examples, seed + 4))
-        notes.append(f"train: limited to {len(train)} images (data.max_train_examples, stratified).")
+        note(notes, f"train: limited to {len(train)} images (data.max_train_examples, stratified).")
     data["train"] = train
     missing = [names[j] for j in range(len(names)) if not np.any(train.targets == j)]
     if missing and not read["train"].class_names:
-        notes.append(f"train has no image of {len(missing)} label(s): {', '.join(missing[:10])}.")
+        note(notes, f"train has no image of {len(missing)} label(s): {', '.join(missing[:10])}.")
     sets = {n: Dataset.from_dict({"image": d.names, "label": d.targets.tolist()}) for n, d in data.items()}
     splits = Splits(train=sets["train"], validation=sets.get("validation"), test=sets.get("test"), labels=names,
                     multi_label=False, sources={n: r.source for n, r in read.items()}, notes=notes)
