@@ -178,6 +178,9 @@ def test_existing_output_is_refused_unless_overwrite(run, exported, tmp_path):
     assert (out / "notes.txt").read_text() == "mine"
     with pytest.raises(UserError, match=r"holds the run being exported"):
         export_run(run, run, overwrite=True)
+    with pytest.raises(UserError, match=r"inside the model folder being exported"):  # `push` would upload it
+        export_run(run, run / "model" / "onnx")
+    assert not (run / "model" / "onnx").exists()
     copy = tmp_path / "copy"
     shutil.copytree(exported, copy)
     (copy / "stale.txt").write_text("old")

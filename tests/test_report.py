@@ -345,6 +345,16 @@ def test_broken_files_are_named_not_raised(tmp_path):
     assert _is_png(root / "plots" / "confusion.png") and not (root / "plots" / "loss.png").exists()
 
 
+def test_unreadable_records_are_not_taken_for_a_run_that_stopped_early(tmp_path):
+    root = make_run(tmp_path / "run", SENTIMENT)
+    (root / "history.json").write_text("{not json")
+    (root / "metrics.json").write_text("{")
+    joined = " ".join(report.build_report(root).warnings)
+    assert "No evaluation can be shown: metrics.json and history.json could not be read" in joined
+    assert "first evaluation" not in joined and "textxfer evaluate" in joined
+    assert summary.summary_lines(root)[0].startswith("metrics.json could not be read")
+
+
 def test_summary_lines(runs):
     root = runs["three"]
     lines = summary.summary_lines(root)

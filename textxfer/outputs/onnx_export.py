@@ -75,13 +75,16 @@ def export_run(run_dir: str | Path, out: str | Path, quantize: str = "none", ops
 
 
 def check_destination(model_dir: Path, out: Path, overwrite: bool) -> None:
-    """OUT must not hold the run, and an existing OUT is replaced only with --overwrite and only when it is an
-    earlier export or empty (never an unrelated folder)."""
+    """OUT must not hold the run nor lie inside its model folder, and an existing OUT is replaced only with
+    --overwrite and only when it is an earlier export or empty (never an unrelated folder)."""
     target = out.resolve()
     for protected in (model_dir.resolve(), model_dir.resolve().parent):
         if target == protected or target in protected.parents:
             raise UserError(f"{out} holds the run being exported ({model_dir}); export to another folder, e.g. "
                             f"{model_dir.resolve().parent / 'onnx'}.")
+    if model_dir.resolve() in target.parents:  # the model folder is what `push` uploads and transformers loads
+        raise UserError(f"{out} is inside the model folder being exported ({model_dir}); export next to it, e.g. "
+                        f"{model_dir.resolve().parent / 'onnx'}.")
     if not out.exists():
         return
     if not out.is_dir():
