@@ -84,6 +84,22 @@ def test_tsv_keeps_quote_marks_as_text(tmp_path):
     assert 'he said "wow" twice' in texts and '"bad' in texts
 
 
+def test_tsv_written_with_csv_quoting_is_read_as_written(tmp_path):
+    """pandas' `to_csv(sep="\t")` wraps a field holding a quote, tab or line break in quotes and doubles its quotes:
+    read as literal text, its quotes would stay in the text and a quoted line break would cut a row in two."""
+    import pandas as pd
+
+    rows = [('he said "wow" twice', "pos"), ("two\nlines", "neg")] + sentiment_rows()
+    path = tmp_path / "pandas.tsv"
+    pd.DataFrame(rows, columns=["text", "label"]).to_csv(path, sep="\t", index=False)
+    assert '"he said ""wow"" twice"' in path.read_text()
+    s = load(train=str(path), validation_split=0.0)
+    assert column(s.train, "text")[:2] == ['he said "wow" twice', "two\nlines"]
+    assert any("read with `quoting: quotes`" in n for n in s.notes)
+    s = load(train=str(path), validation_split=0.0, quoting="none", skip_bad_rows=True)  # as asked, quotes kept
+    assert '"he said ""wow"" twice"' in column(s.train, "text")
+
+
 def test_delimiter_sniffed_and_set(tmp_path):
     text = csv_text(sentiment_rows(), header="text;label", sep=";")
     s = load(train=write(tmp_path, "semi.csv", text))

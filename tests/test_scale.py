@@ -76,7 +76,7 @@ def test_every_streamed_format_reads_as_whole(fmt, tmp_path, monkeypatch):
     import pandas as pd
 
     monkeypatch.setenv("TEXTXFER_CACHE", str(tmp_path / "cache"))
-    frame = pd.DataFrame(corpus(300), columns=["text", "label"])
+    frame = pd.DataFrame(corpus(300) + [('said "so"', "pos"), ("two\nlines", "neg")], columns=["text", "label"])
     path = tmp_path / f"train.{fmt}"
     if fmt == "jsonl":
         frame.to_json(path, orient="records", lines=True)

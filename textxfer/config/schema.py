@@ -79,7 +79,8 @@ class DataConfig:
     every sampled line agrees on `;`, `|` or tab)."""
     quoting: Literal["auto", "quotes", "none"] = "auto"
     """`quotes`: fields may be wrapped in double quotes (standard CSV); `none`: quote characters are text (GLUE
-    TSVs, tweets). `auto`: none for tab-delimited files, quotes otherwise."""
+    TSVs, tweets). `auto`: quotes, except for tab-delimited files whose first lines show no CSV writer's quoting
+    (a quoted field with doubled quotes, a tab or a line break inside)."""
     label_separator: str | None = None
     """For `prefix` text files: what ends the label (`\\t`/`tab`, `space`, `:`...). null: a tab when every line has
     one, a space when every line starts with `WORD:word` (TREC)."""

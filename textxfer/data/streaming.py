@@ -85,7 +85,7 @@ def _delimited_chunks(path: Path, cfg: DataConfig, fmt: str, notes: list[str]) -
     if not sample.strip():
         raise UserError(f"Data file {path} is empty. Point the recipe at a file with examples.")
     sep = parse_separator(cfg.delimiter) or ("\t" if fmt == "tsv" else sniff_delimiter(sample, path, notes))
-    quoting, options = csv_options(cfg, sep)
+    quoting, options = csv_options(cfg, sep, sample, path, notes)
     reader = pd.read_csv(path, encoding=encoding, chunksize=CHUNK_ROWS, **options)
     names: list | None = None
     header = False

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,7 +129,7 @@ def read_delimited(path: Path, content: str, cfg: DataConfig, fmt: str, notes: l
     import pandas as pd
 
     sep = parse_separator(cfg.delimiter) or ("\t" if fmt == "tsv" else sniff_delimiter(content, path, notes))
-    quoting, options = csv_options(cfg, sep)
+    quoting, options = csv_options(cfg, sep, content, path, notes)
     try:
         frame = pd.read_csv(io.StringIO(content), **options)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, ValueError) as e:
@@ -146,14 +147,35 @@ def read_delimited(path: Path, content: str, cfg: DataConfig, fmt: str, notes: l
     return Table({n: c[1:] for n, c in zip(names, cells, strict=True)}, str(path), names=names, hint=hint)
 
 
-def csv_options(cfg: DataConfig, sep: str) -> tuple[str, dict]:
-    """(quoting, `pandas.read_csv` options) of a delimited file: every cell a string, as written."""
+def csv_options(cfg: DataConfig, sep: str, sample: str = "", path: Path | None = None,
+                notes: list[str] | None = None) -> tuple[str, dict]:
+    """(quoting, `pandas.read_csv` options) of a delimited file: every cell a string, as written. `sample`: the
+    file's first lines, from which `quoting: auto` tells a tab-separated file that a CSV writer quoted."""
     import csv
 
-    quoting = cfg.quoting if cfg.quoting != "auto" else ("none" if sep == "\t" else "quotes")
+    quoting = cfg.quoting
+    if quoting == "auto":
+        quoting = "quotes" if sep != "\t" or _quoted_like_csv(sample) else "none"
+        if sep == "\t" and quoting == "quotes" and notes is not None:
+            note(notes, f"{path}: tab-separated, with fields wrapped in double quotes and their inner quotes doubled "
+                        '(`"say ""hi"""`), as CSV writers such as pandas quote: read with `quoting: quotes`. Set '
+                        "`data.quoting: none` if the quote marks are part of the texts.")
     return quoting, dict(sep=sep, header=None, dtype=str, keep_default_na=False, skip_blank_lines=True,
                          quoting=csv.QUOTE_NONE if quoting == "none" else csv.QUOTE_MINIMAL,
                          engine="c" if len(sep) == 1 else "python")
+
+
+_CSV_QUOTED_FIELD = re.compile(r'(?:^|\t)"((?:[^"]|"")*)"(?=\t|\r?$)', re.M)
+"""A tab-separated field wrapped in double quotes, any quote inside it doubled (it may span lines)."""
+
+
+def _quoted_like_csv(sample: str) -> bool:
+    """Whether a tab-separated sample was written with CSV quoting: some quoted field holds a doubled quote, a tab or
+    a line break, which only a CSV writer's quoting explains (plain text rarely both starts and ends that way)."""
+    return any('""' in m[1] or "\t" in m[1] or "\n" in m[1] for m in _CSV_QUOTED_FIELD.finditer(sample[:_SNIFF_CHARS]))
+
+
+_SNIFF_CHARS = 1 << 16  # as much as the chunked reader samples (streaming._SAMPLE_BYTES)
 
 
 def csv_error(path: Path, fmt: str, sep: str, quoting: str, e: Exception) -> UserError:
