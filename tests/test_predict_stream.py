@@ -275,6 +275,24 @@ def test_inputs_are_decoded_as_training_decodes_them(model, tmp_path):
     assert "stdin, line 2: byte 0xe9 is not UTF-8" in result.stderr
 
 
+def test_tsv_quote_marks_are_read_as_training_reads_them(model, tmp_path):
+    """A GLUE-style TSV's quote marks are text: a text that opens with one does not swallow the rows after it. A
+    TSV that pandas wrote (quoted fields, doubled quotes) is read as quoted, as training reads it."""
+    import pandas as pd
+
+    (tmp_path / "glue.tsv").write_text('text\tlabel\n"bad start\tneg\nsecond\tpos\nthird "quoted" one\tpos\n')
+    texts = ['he said "hi"', "two\nlines", "plain"]
+    pd.DataFrame({"text": texts, "label": ["a", "b", "c"]}).to_csv(tmp_path / "pandas.tsv", sep="\t", index=False)
+    said = []
+    predict_stream(str(model[1]), [str(tmp_path / "glue.tsv"), str(tmp_path / "pandas.tsv")],
+                   str(tmp_path / "o.jsonl"), say=said.append)
+    assert [r["text"] for r in read_output(tmp_path / "o.jsonl")] == ['"bad start', "second", 'third "quoted" one',
+                                                                      *texts]
+    assert [s for s in said if "read as quoted" in s] == [f"{tmp_path / 'pandas.tsv'}: tab-separated, with fields "
+                                                          "wrapped in double quotes and their inner quotes doubled, "
+                                                          "as CSV writers quote: read as quoted, as training reads it"]
+
+
 def test_blank_lines_and_empty_texts_are_said(model, tmp_path):
     (tmp_path / "t.txt").write_text("good\n\n  \nbad\n")
     (tmp_path / "e.csv").write_text("id,text\n1,good\n2,\n3,   \n")

@@ -155,7 +155,7 @@ def csv_options(cfg: DataConfig, sep: str, sample: str = "", path: Path | None =
 
     quoting = cfg.quoting
     if quoting == "auto":
-        quoting = "quotes" if sep != "\t" or _quoted_like_csv(sample) else "none"
+        quoting = "quotes" if sep != "\t" or quoted_like_csv(sample) else "none"
         if sep == "\t" and quoting == "quotes" and notes is not None:
             note(notes, f"{path}: tab-separated, with fields wrapped in double quotes and their inner quotes doubled "
                         '(`"say ""hi"""`), as CSV writers such as pandas quote: read with `quoting: quotes`. Set '
@@ -169,7 +169,7 @@ _CSV_QUOTED_FIELD = re.compile(r'(?:^|\t)"((?:[^"]|"")*)"(?=\t|\r?$)', re.M)
 """A tab-separated field wrapped in double quotes, any quote inside it doubled (it may span lines)."""
 
 
-def _quoted_like_csv(sample: str) -> bool:
+def quoted_like_csv(sample: str) -> bool:
     """Whether a tab-separated sample was written with CSV quoting: some quoted field holds a doubled quote, a tab or
     a line break, which only a CSV writer's quoting explains (plain text rarely both starts and ends that way)."""
     return any('""' in m[1] or "\t" in m[1] or "\n" in m[1] for m in _CSV_QUOTED_FIELD.finditer(sample[:_SNIFF_CHARS]))

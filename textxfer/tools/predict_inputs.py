@@ -139,7 +139,7 @@ class Inputs:
     def table_rows(self, source: str) -> Iterator[tuple[str, str | None]]:
         empty = _EmptyTexts(source, self.say if self.note_empty else None)
         with self.open_text(source, newline="") as f:
-            reader = csv.reader(f, delimiter="\t" if source.lower().endswith(".tsv") else ",")
+            reader = csv.reader(f, **self.table_dialect(source, f))
             header = next(reader, None)
             if header is None:
                 raise UserError(f"Input file {source} is empty: not even a header row naming the columns.")
@@ -156,6 +156,21 @@ class Inputs:
                 empty.check(row[text_at], reader.line_num)
                 yield row[text_at], (row[pair_at] if pair_at is not None else None)
         empty.close()
+
+    def table_dialect(self, source: str, f) -> dict:
+        """`csv.reader` options as training reads the file with `data.quoting: auto`: a CSV's fields may be quoted;
+        a TSV's quote marks are text (GLUE), unless its first lines show a CSV writer's quoting (pandas)."""
+        if not source.lower().endswith(".tsv"):
+            return {"delimiter": ","}
+        from textxfer.data.tables import quoted_like_csv
+
+        sample = f.read(1 << 16)
+        f.seek(0)
+        if quoted_like_csv(sample):
+            self.say(f"{source}: tab-separated, with fields wrapped in double quotes and their inner quotes doubled, "
+                     "as CSV writers quote: read as quoted, as training reads it")
+            return {"delimiter": "\t"}
+        return {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
 
     def column_index(self, source: str, header: list[str], column, why: str) -> int:
         key = str(column)
