@@ -117,6 +117,7 @@ def main() -> None:
             def result(probs, name=name, seed=seed, noisy=noisy, flipped=flipped, **extra):
                 flags = rank_issues(noisy, probs)
                 row = {"set": name, "seed": seed, "variant": a.variant, **extra,
+                       **({"overrides": a.overrides} if a.variant == "overrides" else {}),
                        "oof_accuracy": float((probs.argmax(1) == noisy).mean()), **bench.scores(flags, flipped)}
                 print(json.dumps(row), flush=True)
                 lines.append(row)
