@@ -94,15 +94,15 @@ def test_reading_stays_one_chunk_ahead_of_writing(model, tmp_path, monkeypatch):
     from textxfer.tools.predict_outputs import Writer
 
     pulled = []
-    real_rows, real_write = Inputs.rows, Writer.write
+    real_records, real_write = Inputs.records, Writer.write
 
-    def counting_rows(self):
-        for row in real_rows(self):
+    def counting_records(self):
+        for row in real_records(self):
             pulled.append(1)
             yield row
 
     seen = []
-    monkeypatch.setattr(Inputs, "rows", counting_rows)
+    monkeypatch.setattr(Inputs, "records", counting_records)
     monkeypatch.setattr(Writer, "write", lambda self, rows: (seen.append(len(pulled)), real_write(self, rows)))
     predict_stream(str(model[1]), [str(write_csv(tmp_path / "in.csv", texts_of(40)))], str(tmp_path / "o.jsonl"),
                    chunk_rows=8)
@@ -291,6 +291,41 @@ def test_tsv_quote_marks_are_read_as_training_reads_them(model, tmp_path):
     assert [s for s in said if "read as quoted" in s] == [f"{tmp_path / 'pandas.tsv'}: tab-separated, with fields "
                                                           "wrapped in double quotes and their inner quotes doubled, "
                                                           "as CSV writers quote: read as quoted, as training reads it"]
+
+
+@pytest.mark.parametrize("out_name", ["o.jsonl", "o.csv", "o.parquet"])
+def test_kept_columns_are_copied_into_each_output_row(model, tmp_path, out_name):
+    """--keep-column: an id (and a gold label, renamed beside the predicted one) travels with each row, from every
+    input kind into every output format, and over several processes."""
+    (tmp_path / "a.csv").write_text('id,text,label\n7,good film,pos\n8,"bad, awful",neg\n')
+    (tmp_path / "b.jsonl").write_text('{"id": 9, "text": "goal", "label": "sport"}\n')
+    pq.write_table(pa.table({"text": ["sad plot"], "id": ["p1"], "label": ["neg"]}), tmp_path / "c.parquet")
+    said = []
+    sources = [str(tmp_path / n) for n in ("a.csv", "b.jsonl", "c.parquet")]
+    predict_stream(str(model[1]), sources, str(tmp_path / out_name), keep_columns=["id", "label"], say=said.append,
+                   num_processes=2 if out_name == "o.parquet" else 1)
+    rows = read_output(tmp_path / out_name)
+    assert list(rows[0])[:3] == ["id", "input_label", "text"]
+    ids = [r["id"] for r in rows]
+    assert ids == (["7", "8", 9, "p1"] if out_name == "o.jsonl" else ["7", "8", "9", "p1"])  # JSON keeps JSON types
+    assert [r["input_label"] for r in rows] == ["pos", "neg", "sport", "neg"]
+    assert [r["text"] for r in rows] == ["good film", "bad, awful", "goal", "sad plot"]
+    assert "--keep-column label: written as `input_label`, beside the output's own `label`" in said
+
+
+def test_kept_columns_that_cannot_be_kept_are_refused(model, tmp_path):
+    (tmp_path / "a.csv").write_text("id,text\n1,good\n")
+    (tmp_path / "a.txt").write_text("good\n")
+    (tmp_path / "b.jsonl").write_text('{"id": 1, "text": "good"}\n{"text": "bad"}\n')
+    with pytest.raises(UserError, match=r"a.csv has no column `nope` \(--keep-column\); columns: id, text"):
+        predict_stream(str(model[1]), [str(tmp_path / "a.csv")], None, keep_columns=["nope"])
+    with pytest.raises(UserError, match=r"a.txt has one text per line and no columns to keep"):
+        predict_stream(str(model[1]), [str(tmp_path / "a.txt")], None, keep_columns=["id"])
+    with pytest.raises(UserError, match=r"b.jsonl, line 2: no key `id` to keep"):
+        predict_stream(str(model[1]), [str(tmp_path / "b.jsonl")], str(tmp_path / "o.jsonl"), keep_columns=["id"])
+    assert not (tmp_path / "o.jsonl").exists()
+    with pytest.raises(UserError, match=r"each column once"):
+        predict_stream(str(model[1]), [str(tmp_path / "a.csv")], None, keep_columns=["id", "id"])
 
 
 def test_blank_lines_and_empty_texts_are_said(model, tmp_path):

@@ -54,9 +54,12 @@ def export_command(run_dir, out, quantize, opset, overwrite):
 @click.option("--batch-size", type=int, default=None, help="Texts per forward pass (default: 64, exports 32).")
 @click.option("--num-processes", type=int, default=1, show_default=True,
               help="Predict in N processes (one GPU each where there are GPUs); output order is kept.")
+@click.option("--keep-column", "keep_columns", multiple=True,
+              help="Copy this input column (an id, a date) into every output row, first; repeat for several. "
+                   "CSV/TSV/JSONL/Parquet input.")
 @click.option("--overwrite", is_flag=True, help="Replace --output if it exists (never an --input).")
 def predict_command(model_dir, sources, output, text_column, pair_column, top_k, batch_size, num_processes,
-                    overwrite):
+                    keep_columns, overwrite):
     """Predict labels with a trained model: a run directory, its model folder, or an exported folder
     (`textxfer export`, runs without torch). Input is streamed: memory stays flat for any number of rows.
 
@@ -65,6 +68,7 @@ def predict_command(model_dir, sources, output, text_column, pair_column, top_k,
       textxfer predict runs/quickstart --input news.txt
       echo "What a great film" | textxfer predict runs/sst2
       textxfer predict runs/sst2 --input reviews.csv --text-column review --output preds.csv --top-k 2
+      textxfer predict runs/sst2 --input reviews.jsonl --keep-column id --output preds.jsonl
       textxfer predict runs/sst2-int8 --input archive.parquet --output labels.parquet --num-processes 2
       textxfer predict runs/mnli --input pairs.csv --text-column premise --pair-column hypothesis
     """
@@ -75,6 +79,8 @@ def predict_command(model_dir, sources, output, text_column, pair_column, top_k,
             raise UserError("--pair-column is for sentence-pair text models; this is an image model.")
         if len(sources) != 1:
             raise UserError("Image models take one --input: an image, a folder of images, or a list of paths.")
+        if keep_columns:
+            raise UserError("--keep-column is for text models' tables; an image model's output names each image.")
         from textxfer.tools.predict import predict_images
 
         predict_images(model_dir, sources[0], output, top_k)
@@ -82,5 +88,6 @@ def predict_command(model_dir, sources, output, text_column, pair_column, top_k,
     from textxfer.tools.predict import predict_stream
 
     predict_stream(model_dir, list(sources), output, text_column=text_column, pair_column=pair_column,
-                   top_k=top_k, batch_size=batch_size, num_processes=num_processes, say=say, overwrite=overwrite)
+                   top_k=top_k, batch_size=batch_size, num_processes=num_processes, say=say, overwrite=overwrite,
+                   keep_columns=keep_columns)
 

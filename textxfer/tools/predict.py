@@ -23,7 +23,7 @@ from textxfer.core.heap import trim_heap
 from textxfer.core.progress import ProgressReport
 from textxfer.deploy.manifest import is_export, read_manifest
 from textxfer.tools.predict_inputs import Inputs
-from textxfer.tools.predict_outputs import Writer, prediction_rows
+from textxfer.tools.predict_outputs import Writer, kept_names, prediction_rows
 
 CHUNK_ROWS = 16384
 """Rows read, predicted and written at a time: enough for length-sorted batches to pad about as little as sorting
@@ -34,10 +34,12 @@ RESUME_VERSION = 2
 def predict_stream(model_dir: str, sources: list[str], output: str | None, text_column: str = "text",
                    pair_column: str | int | None = None, top_k: int = 1, batch_size: int | None = None,
                    num_processes: int = 1, chunk_rows: int = CHUNK_ROWS,
-                   say: Callable[[str], None] = lambda line: None, overwrite: bool = False) -> int:
+                   say: Callable[[str], None] = lambda line: None, overwrite: bool = False,
+                   keep_columns: list[str] | tuple[str, ...] = ()) -> int:
     """Predict every text of `sources` into `output` (JSONL to stdout when None); returns the rows written in
     this call. `pair_column` defaults to the column a sentence-pair model was trained with. An existing `output`
-    is replaced only with `overwrite`; an input is never the output."""
+    is replaced only with `overwrite`; an input is never the output. `keep_columns`: input columns copied into
+    each output row, first (an id to join the predictions on)."""
     if num_processes < 1:
         raise UserError(f"--num-processes {num_processes}: give 1 or more.")
     if top_k < 1:
@@ -47,7 +49,14 @@ def predict_stream(model_dir: str, sources: list[str], output: str | None, text_
     trained_pair = saved_pair_column(model_dir)
     pair = pair_column if pair_column is not None else trained_pair
     why = "--pair-column" if pair_column is not None else "the column the model was trained with"
-    inputs = Inputs(list(sources), text_column, pair, why, say=say)
+    names = kept_names(keep_columns, "text")
+    if len(set(names)) < len(names):
+        raise UserError(f"--keep-column {' '.join(keep_columns)}: each column once (the output names them "
+                        f"{', '.join(names)}).")
+    for column, name in zip(keep_columns, names, strict=True):
+        if name != column:
+            say(f"--keep-column {column}: written as `{name}`, beside the output's own `{column}`")
+    inputs = Inputs(list(sources), text_column, pair, why, say=say, keep=tuple(keep_columns))
     if output is not None:
         check_output(output, inputs.sources, overwrite)
     record = resume_record(model_dir, inputs, output, top_k, chunk_rows)
@@ -56,7 +65,7 @@ def predict_stream(model_dir: str, sources: list[str], output: str | None, text_
     if done:
         say(f"resuming: {done:,} rows already predicted in {Writer.partial_path(output)}")
     try:
-        writer = Writer(output, "text", pair is not None, resume_size=size if done else None)
+        writer = Writer(output, "text", pair is not None, resume_size=size if done else None, kept=names)
         if sidecar is not None:
             write_json(sidecar, {**record, "rows": done, "size": writer.size()})
     except OSError as e:
@@ -68,7 +77,7 @@ def predict_stream(model_dir: str, sources: list[str], output: str | None, text_
     written = 0
     try:
         for chunk, results in predicted_chunks(model_dir, inputs, done, chunk_rows, num_processes, options):
-            writer.write(prediction_rows(chunk.texts, results, chunk.pairs, "text"))
+            writer.write(prediction_rows(chunk.texts, results, chunk.pairs, "text", chunk.kept, names))
             done += len(chunk.texts)
             written += len(chunk.texts)
             if sidecar is not None:
@@ -189,7 +198,8 @@ def resume_record(model_dir: str, inputs: Inputs, output: str | None, top_k: int
     files = [[str(Path(s).resolve()), os.path.getsize(s), os.stat(s).st_mtime_ns] if s != "-" else ["-"]
              for s in inputs.sources]
     return {"version": RESUME_VERSION, "model": str(Path(model_dir).resolve()), "model_files": model_files(model_dir),
-            "inputs": files, "text_column": inputs.text_column, "pair_column": inputs.pair_column, "top_k": top_k,
+            "inputs": files, "text_column": inputs.text_column, "pair_column": inputs.pair_column,
+            "keep": list(inputs.keep), "top_k": top_k,
             "output": str(Path(output).resolve()) if output else None}
 
 

@@ -29,6 +29,8 @@ PARQUET = (".parquet", ".pq")
 class Chunk:
     texts: list[str]
     pairs: list[str] | None
+    kept: list[tuple] | None = None
+    """Per row, the values of the `Inputs.keep` columns (None when none are kept)."""
 
 
 @dataclass
@@ -43,6 +45,8 @@ class Inputs:
     """Where notes on the input go (a Latin-1 fallback, blank lines or empty texts): once per file."""
     note_empty: bool = True
     """Say how many rows have an empty text (prediction keeps them; a caller that drops them says so itself)."""
+    keep: tuple[str, ...] = ()
+    """Columns copied from each input row into its output row (`--keep-column`: an id, a date)."""
 
     def __post_init__(self):
         for source in self.sources:
@@ -54,6 +58,9 @@ class Inputs:
                 raise UserError(f"{'stdin' if source == '-' else source} has one text per line, but the model reads "
                                 f"sentence pairs (second text: column `{self.pair_column}`, {self.pair_why}). Give a "
                                 "CSV/TSV/JSONL/Parquet file with both columns (--text-column, --pair-column).")
+            if self.keep and kind == "lines":
+                raise UserError(f"{'stdin' if source == '-' else source} has one text per line and no columns to keep "
+                                f"(--keep-column {self.keep[0]}). Give a CSV/TSV/JSONL/Parquet file with that column.")
 
     def estimated_rows(self) -> int | None:
         """Rows to expect (for the progress bar): Parquet metadata, else newline counts (a quoted newline in a
@@ -81,20 +88,31 @@ class Inputs:
         resumed prediction)."""
         texts: list[str] = []
         pairs: list[str] = []
-        for text, pair in self.rows():
+        kept: list[tuple] = []
+
+        def chunk() -> Chunk:
+            return Chunk(texts, pairs if self.pair_column is not None else None, kept if self.keep else None)
+
+        for text, pair, values in self.records():
             if skip:
                 skip -= 1
                 continue
             texts.append(text)
             pairs.append(pair)
+            kept.append(values)
             if len(texts) >= size:
-                yield Chunk(texts, pairs if self.pair_column is not None else None)
-                texts, pairs = [], []
+                yield chunk()
+                texts, pairs, kept = [], [], []
         if texts:
-            yield Chunk(texts, pairs if self.pair_column is not None else None)
+            yield chunk()
 
     def rows(self) -> Iterator[tuple[str, str | None]]:
-        """(text, second text or None) of every row of every source, in order; a source without rows is said."""
+        """(text, second text or None) of every row of every source, in order."""
+        return ((text, pair) for text, pair, _ in self.records())
+
+    def records(self) -> Iterator[tuple[str, str | None, tuple]]:
+        """(text, second text or None, kept values) of every row of every source, in order; a source without rows
+        is said."""
         readers = {"lines": self.plain_lines, "table": self.table_rows, "jsonl": self.json_lines,
                    "parquet": self.parquet_rows}
         for source in self.sources:
@@ -105,13 +123,13 @@ class Inputs:
             if not count:
                 self.say(f"{'stdin' if source == '-' else source}: no rows to read")
 
-    def plain_lines(self, source: str) -> Iterator[tuple[str, None]]:
+    def plain_lines(self, source: str) -> Iterator[tuple[str, None, tuple]]:
         """One text per non-blank line (blank lines separate nothing and are skipped, counted in a note)."""
         blank = 0
         with self.open_text(source) as stream:
             for line in stream:
                 if line.strip():
-                    yield line.rstrip("\r\n"), None
+                    yield line.rstrip("\r\n"), None, ()
                 else:
                     blank += 1
         if blank:
@@ -136,7 +154,7 @@ class Inputs:
             self.say(note.replace("Set `data.encoding: latin-1` to say so, or re-save", "Re-save"))
         return open(source, encoding=codec, newline=newline)
 
-    def table_rows(self, source: str) -> Iterator[tuple[str, str | None]]:
+    def table_rows(self, source: str) -> Iterator[tuple[str, str | None, tuple]]:
         empty = _EmptyTexts(source, self.say if self.note_empty else None)
         with self.open_text(source, newline="") as f:
             reader = csv.reader(f, **self.table_dialect(source, f))
@@ -146,15 +164,16 @@ class Inputs:
             text_at = self.column_index(source, header, self.text_column, "--text-column")
             pair_at = (self.column_index(source, header, self.pair_column, self.pair_why)
                        if self.pair_column is not None else None)
+            keep_at = [self.column_index(source, header, column, "--keep-column") for column in self.keep]
             for row in reader:
                 if not row:
                     continue
-                if max(text_at, pair_at or 0) >= len(row) or len(row) > len(header):
+                if max(text_at, pair_at or 0, *keep_at) >= len(row) or len(row) > len(header):
                     raise UserError(f"{source}, row {reader.line_num}: {len(row)} fields, but the header has "
                                     f"{len(header)}; fix the row (a missing separator, or a separator inside a "
                                     "text that is not quoted).")
                 empty.check(row[text_at], reader.line_num)
-                yield row[text_at], (row[pair_at] if pair_at is not None else None)
+                yield row[text_at], (row[pair_at] if pair_at is not None else None), tuple(row[i] for i in keep_at)
         empty.close()
 
     def table_dialect(self, source: str, f) -> dict:
@@ -178,10 +197,11 @@ class Inputs:
             return header.index(key)
         if key.isdigit() and int(key) < len(header):  # a 0-based column number
             return int(key)
-        raise UserError(f"{source} has no column `{column}` ({why}); columns: {', '.join(header[:30])}. "
-                        f"Use {why if why.startswith('--') else '--text-column / --pair-column'}.")
+        fix = ("Name one of those." if why == "--keep-column" else
+               f"Use {why if why.startswith('--') else '--text-column / --pair-column'}.")
+        raise UserError(f"{source} has no column `{column}` ({why}); columns: {', '.join(header[:30])}. {fix}")
 
-    def json_lines(self, source: str) -> Iterator[tuple[str, str | None]]:
+    def json_lines(self, source: str) -> Iterator[tuple[str, str | None, tuple]]:
         empty = _EmptyTexts(source, self.say if self.note_empty else None)
         with self.open_text(source) as f:
             for number, line in enumerate(f, 1):
@@ -201,19 +221,24 @@ class Inputs:
                     pair = text_value(row[str(self.pair_column)], source, number)
                 text = text_value(row[self.text_column], source, number)
                 empty.check(text, number)
-                yield text, pair
+                missing = [column for column in self.keep if column not in row]
+                if missing:
+                    raise UserError(f"{source}, line {number}: no key `{missing[0]}` to keep (--keep-column).")
+                yield text, pair, tuple(row[column] for column in self.keep)
         empty.close()
 
-    def parquet_rows(self, source: str) -> Iterator[tuple[str, str | None]]:
+    def parquet_rows(self, source: str) -> Iterator[tuple[str, str | None, tuple]]:
         import pyarrow.parquet as pq
 
         file = pq.ParquetFile(source)
         names = file.schema_arrow.names
-        wanted = [self.text_column] + ([str(self.pair_column)] if self.pair_column is not None else [])
-        for column in wanted:
+        texts = [self.text_column] + ([str(self.pair_column)] if self.pair_column is not None else [])
+        for column in [*texts, *self.keep]:
             if column not in names:
-                raise UserError(f"{source} has no column `{column}`; columns: {', '.join(names[:30])}. "
-                                "Use --text-column / --pair-column.")
+                how = "--keep-column" if column not in texts else "--text-column / --pair-column"
+                raise UserError(f"{source} has no column `{column}`; columns: {', '.join(names[:30])}. Use {how}.")
+        wanted = list(dict.fromkeys([*texts, *self.keep]))
+        at = {column: wanted.index(column) for column in wanted}
         number = 0
         empty = _EmptyTexts(source, self.say if self.note_empty else None)
         for batch in file.iter_batches(batch_size=4096, columns=wanted):
@@ -222,7 +247,8 @@ class Inputs:
                 number += 1
                 text = text_value(value, source, number)
                 empty.check(text, number)
-                yield text, text_value(columns[1][i], source, number) if len(columns) > 1 else None
+                pair = text_value(columns[1][i], source, number) if len(texts) > 1 else None
+                yield text, pair, tuple(columns[at[column]][i] for column in self.keep)
         empty.close()
 
 

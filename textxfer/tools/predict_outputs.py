@@ -29,20 +29,46 @@ def output_format(path: str) -> str:
     return fmt
 
 
-def prediction_rows(items: list[str], results: list[list[dict]], pairs: list[str] | None, key: str) -> list[dict]:
-    """One output row per input: the input, the top label and score, and every chosen label with its score."""
-    return [{key: item, **({"text_pair": pairs[i]} if pairs is not None else {}),
+PREDICTED = ("text_pair", "label", "score", "labels", "scores")
+"""The output's own columns besides the input's (`key`): a kept input column of one of these names is renamed."""
+
+
+def kept_names(keep: tuple[str, ...] | list[str], key: str) -> list[str]:
+    """The output names of the kept input columns (`--keep-column`): as in the input, or `input_<name>` where the
+    output has a column of that name (a gold `label` column is kept beside the predicted one)."""
+    return [f"input_{name}" if name in (key, *PREDICTED) else name for name in keep]
+
+
+def prediction_rows(items: list[str], results: list[list[dict]], pairs: list[str] | None, key: str,
+                    kept: list[tuple] | None = None, names: list[str] | None = None) -> list[dict]:
+    """One output row per input: the kept input columns (`names`, values `kept`), the input, the top label and
+    score, and every chosen label with its score."""
+    return [{**(dict(zip(names, kept[i], strict=True)) if kept is not None and names else {}), key: item,
+             **({"text_pair": pairs[i]} if pairs is not None else {}),
              "label": r[0]["label"] if r else None, "score": r[0]["score"] if r else None,
              "labels": [x["label"] for x in r], "scores": [round(x["score"], 6) for x in r]}
             for i, (item, r) in enumerate(zip(items, results, strict=True))]
 
 
+def as_cell(value) -> str | None:
+    """A kept value in a CSV or Parquet output, whose kept columns hold text: numbers written out, lists and
+    objects as JSON, null as null (an empty CSV cell)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool | int | float):
+        return json.dumps(value)
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
 class Writer:
     """Appends chunks of prediction rows to the partial output; `finish()` renames it to the output."""
 
-    def __init__(self, output: str | None, key: str, with_pairs: bool, resume_size: int | None = None):
+    def __init__(self, output: str | None, key: str, with_pairs: bool, resume_size: int | None = None,
+                 kept: list[str] | None = None):
         self.output = Path(output) if output else None
         self.key, self.with_pairs = key, with_pairs
+        self.kept = list(kept or [])
+        """Output names of the kept input columns, first in every row (JSON values in JSONL, text elsewhere)."""
         self.format = output_format(output) if output else "jsonl"
         self.partial = self.partial_path(output)
         self.parts = 0
@@ -73,7 +99,8 @@ class Writer:
         return Path(output).with_name(Path(output).name + ".partial") if output else None
 
     def columns(self) -> list[str]:
-        return [self.key, *(["text_pair"] if self.with_pairs else []), "label", "score", "labels", "scores"]
+        return [*self.kept, self.key, *(["text_pair"] if self.with_pairs else []), "label", "score", "labels",
+                "scores"]
 
     def csv_text(self, rows: list[list]) -> bytes:
         buffer = io.StringIO()
@@ -82,7 +109,7 @@ class Writer:
 
     def write(self, rows: list[dict]) -> None:
         if self.output is None:
-            self.stream.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+            self.stream.write("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
             self.stream.flush()
         elif self.format == "parquet":
             import pyarrow as pa
@@ -90,20 +117,23 @@ class Writer:
 
             part = self.partial / f"part-{self.parts:08d}.parquet"
             tmp = part.with_suffix(".tmp")
+            rows = [{**r, **{name: as_cell(r[name]) for name in self.kept}} for r in rows] if self.kept else rows
             pq.write_table(pa.Table.from_pylist(rows, schema=self.schema()), tmp)
             os.replace(tmp, part)
             self.parts += 1
         elif self.format == "jsonl":
-            self.stream.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8"))
+            self.stream.write("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows).encode("utf-8"))
         else:
-            self.stream.write(self.csv_text([[r[self.key], *([r["text_pair"]] if self.with_pairs else []),
+            self.stream.write(self.csv_text([[*(as_cell(r[name]) for name in self.kept), r[self.key],
+                                              *([r["text_pair"]] if self.with_pairs else []),
                                               r["label"], r["score"], "|".join(r["labels"]),
                                               "|".join(map(str, r["scores"]))] for r in rows]))
 
     def schema(self):
         import pyarrow as pa
 
-        fields = [(self.key, pa.string())] + ([("text_pair", pa.string())] if self.with_pairs else []) + [
+        fields = [(name, pa.string()) for name in self.kept] + [(self.key, pa.string())] + (
+            [("text_pair", pa.string())] if self.with_pairs else []) + [
             ("label", pa.string()), ("score", pa.float64()), ("labels", pa.list_(pa.string())),
             ("scores", pa.list_(pa.float64()))]
         return pa.schema(fields)
