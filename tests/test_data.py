@@ -267,6 +267,14 @@ def test_a_class_with_a_single_training_example_is_said(tmp_path):
     assert len(said) == 1 and "'pso'" in said[0]
 
 
+def test_a_validation_file_without_a_class_of_train_is_said(tmp_path):
+    rows = sentiment_rows()
+    s = load(train=write(tmp_path, "t.csv", csv_text(rows)), validation=write(tmp_path, "v.csv", csv_text(rows[:3])))
+    said = [n for n in s.notes if n.startswith("validation has no example of 1 label(s) that train has: neg.")]
+    assert len(said) == 1 and "data.validation_split" in said[0]
+    assert not any("after subsetting" in n for n in s.notes)
+
+
 def test_index_out_of_range_single_label(tmp_path):
     path = write(tmp_path, "d.csv", csv_text([(t, "1") for t in POS] + [(t, "0") for t in NEG] + [("odd", "2")]))
     with pytest.raises(UserError, match=r"d\.csv, row 21: label index 2 is out of range.*2 labels"):

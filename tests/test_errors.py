@@ -274,3 +274,34 @@ def test_train_says_each_data_note_once(tmp_path, good):
     result = CliRunner().invoke(cli, ["train", str(write_recipe(tmp_path, good))])
     assert result.exit_code == 0, result.output
     assert result.output.count("train has a single example of 1 label(s): 'lonely'") == 1, result.output
+
+
+def test_a_metric_the_run_does_not_record_is_refused_before_training(tmp_path, good):
+    """A typo in `training.metric` used to surface after the first epoch, which was lost; `data check` says it too."""
+    good["training"]["metric"] = "f1"
+    out = expect_error(tmp_path, good, match="`training.metric` is 'f1'; a single-label run records accuracy")
+    assert "macro_f1" in out and "epoch" not in out
+    assert not (Path(good["output_dir"]) / "checkpoints").exists()
+    code, printed = run_cli("data", "check", str(write_recipe(tmp_path, good)))
+    assert code == 2 and "`training.metric` is 'f1'" in printed
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("training.epochs", ".nan", "`training.epochs` is nan: give a finite number"),
+    ("training.epochs", "1e999", "`training.epochs` is inf: give a finite number"),
+    ("training.learning_rate", ".nan", "`training.learning_rate` is nan"),
+    ("training.contrastive.learning_rate", ".inf", "`training.contrastive.learning_rate` is inf"),
+    ("training.seed", "-1", "`training.seed` must be in [0, 2**32 - 1]"),
+    ("training.seed", "99999999999999999999", "`training.seed` must be in [0, 2**32 - 1]"),
+    ("data.label_delimiter", "''", "`data.label_delimiter` is empty"),
+])
+def test_values_that_pass_their_type_but_not_training_are_refused(tmp_path, good, key, value, match):
+    """nan passes every range check (it compares false), and numpy refuses seeds outside 32 bits deep in a run."""
+    expect_error(tmp_path, good, "--set", f"{key}={value}", match=match)
+
+
+def test_data_check_refuses_what_train_would(tmp_path, good):
+    code, printed = run_cli("data", "check", str(write_recipe(tmp_path, good)), "--set", "model.max_length=99999")
+    assert code == 2 and "`model.max_length` is 99999, but" in printed and "Traceback" not in printed
+    code, printed = run_cli("data", "check", "hymenoptera-efficientnet")
+    assert code == 2 and "reads text recipes; this recipe's task is image" in printed

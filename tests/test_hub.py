@@ -26,6 +26,8 @@ from click.testing import CliRunner
 from conftest import with_pythonpath
 from hub_server import HubServer, git_blob_oid
 
+from textxfer.outputs.card_metadata import display_command, published_recipe
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ALICE, BOB = "hf_loopback_alice_0123456789", "hf_loopback_bob_9876543210"
 LABELS = ["negative", "neutral", "positive"]
@@ -223,9 +225,17 @@ def test_push_merged_uploads_files_regular_and_lfs(pushed, hub, run_dir):
     expected = {p.name for p in (run_dir / "model").iterdir()} | {"README.md", "recipe.yaml", "metrics.json",
                                                                    ".gitattributes"}
     assert set(commit.files) == expected
-    for name in expected - {"README.md", ".gitattributes"}:  # the bytes that arrived are the run's bytes
+    for name in expected - {"README.md", ".gitattributes", "recipe.yaml"}:  # the bytes that arrived are the run's
         src = run_dir / "model" / name if (run_dir / "model" / name).exists() else run_dir / name
         assert commit.files[name].content == src.read_bytes(), name
+    # the recipe and the card name local files and folders by their last name only: no user's directories
+    root = str(run_dir.parent.parent)
+    assert root in (run_dir / "recipe.yaml").read_text()
+    published = yaml.safe_load(commit.files["recipe.yaml"].content)
+    assert published["output_dir"] == run_dir.name and published["model"]["name"] == Path(
+        yaml.safe_load((run_dir / "recipe.yaml").read_text())["model"]["name"]).name
+    assert root.encode() not in commit.files["recipe.yaml"].content
+    assert root.encode() not in commit.files["README.md"].content
     ops = {op["path"]: op["key"] for op in commit.operations}
     assert ops["model.safetensors"] == "lfsFile"  # weights went through the git-LFS batch API
     assert ops["config.json"] == ops["README.md"] == ops["recipe.yaml"] == "file"  # small text: regular
@@ -545,9 +555,10 @@ def test_card_command_prints_a_complete_card(run_dir):
     assert f"{trainable:,} of {total:,}" in card and "`embeddings`" in card
     assert "| neutral |" in card and "Per class (test)" in card
     assert "| training.learning_rate | 0.001 |" in card and "1 min 5 s" in card and "Test CPU" in card
-    assert "textxfer train recipe.yaml" in card and record["command"] in card
+    assert "textxfer train recipe.yaml" in card and display_command(record["command"]) in card
+    assert record["command"] not in card  # it names the recipe by its full path
     assert f'model="{run_dir / "model"}"' in card  # without a repo id the snippet loads the local folder
-    assert str(run_dir.parent) + "/train.csv" not in card.split("<details>")[0]  # local paths shortened
+    assert str(run_dir.parent) + "/train.csv" not in card  # local paths shortened, in the recipe too
     assert _snapshot(run_dir) == before
 
 
@@ -692,7 +703,7 @@ def test_push_real_training_run(real_training, hub, hf_home):
     assert record["labels"] == LABELS and meta["model-index"][0]["results"][0]["dataset"]["name"] == "train.csv"
     card = main.files["README.md"].content.decode()
     assert f"{record['trainable_params']:,} of {record['total_params']:,}" in card
-    assert main.files["recipe.yaml"].content == (run / "recipe.yaml").read_bytes()
+    assert main.files["recipe.yaml"].content == published_recipe((run / "recipe.yaml").read_text()).encode()
 
 
 def test_a_package_checkpoint_links_the_hub_id_its_own_card_loads(tmp_path):

@@ -15,7 +15,14 @@ def validate(recipe: Recipe) -> None:
     if recipe.data.train is None:
         raise UserError("Recipe key `data.train` is missing: give the training data file (or, from Python, a "
                         "DataFrame: `textxfer.train(recipe, train=df)`).")
+    check_finite(recipe)
     t = recipe.training
+    if not 0 <= t.seed < 2**32:
+        raise UserError(f"Recipe key `training.seed` must be in [0, 2**32 - 1] (what numpy and torch seed with), not "
+                        f"{t.seed}.")
+    if not recipe.data.label_delimiter:
+        raise UserError("Recipe key `data.label_delimiter` is empty: give the text between a multi-label cell's "
+                        "labels (`,` by default, `|`, `;`...).")
     if t.epochs <= 0:
         raise UserError(f"Recipe key `training.epochs` must be > 0, not {t.epochs}.")
     if t.batch_size < 1:
@@ -53,6 +60,20 @@ def validate(recipe: Recipe) -> None:
     validate_small_data(recipe)
     validate_self_training(recipe)
     validate_sharding(recipe)
+
+
+def check_finite(node, prefix: str = "") -> None:
+    """Every number of the recipe is finite: `nan` or `inf` (YAML's `.nan`, `.inf`, or `1e999`) passes every range
+    check (nan compares false) and fails deep inside training."""
+    import dataclasses
+    import math
+
+    for f in dataclasses.fields(node):
+        value, key = getattr(node, f.name), f"{prefix}{f.name}"
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"Recipe key `{key}` is {value}: give a finite number.")
+        if dataclasses.is_dataclass(value):
+            check_finite(value, key + ".")
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)

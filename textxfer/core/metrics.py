@@ -32,6 +32,16 @@ def classification_metrics(preds: np.ndarray, refs: np.ndarray, labels: list[str
     return out, per_class
 
 
+def metric_names(multi_label: bool) -> list[str]:
+    """The validation metrics a run records (what `training.metric` may name): the bundled module's scalars for
+    single- or multi-label data, and `loss`. Read from the module itself on a two-example input."""
+    if multi_label:
+        names = multilabel_metrics(np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([[1, 0], [0, 1]]), ["a", "b"])[0]
+    else:
+        names = classification_metrics(np.array([0, 1]), np.array([0, 1]), ["a", "b"])[0]
+    return sorted([*names, "loss"])
+
+
 # ---------------------------------------------------------------------------------------------- multi-label
 
 THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.01), 2)

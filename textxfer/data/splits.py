@@ -143,8 +143,16 @@ def load_splits(cfg: DataConfig, seed: int, memory: dict[str, InMemory] | None =
     present = counts > 0
     missing = [names[j] for j in range(len(names)) if not present[j]]
     if missing:
-        note(notes, f"train has no example of {len(missing)} label(s) after subsetting: "
+        subset = cfg.examples_per_class is not None or cfg.max_train_examples is not None
+        note(notes, f"train has no example of {len(missing)} label(s){' after subsetting' if subset else ''}: "
                      f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}.")
+    if "validation" in data:
+        unseen = [names[j] for j, c in enumerate(label_freq(data["validation"].ids, len(names))) if present[j] and not c]
+        if unseen:
+            note(notes, f"validation has no example of {len(unseen)} label(s) that train has: "
+                         f"{', '.join(unseen[:10])}{' ...' if len(unseen) > 10 else ''}. The best epoch is picked "
+                         "without them: add validation examples of them, or carve validation from train instead "
+                         "(`data.validation_split`, stratified).")
     single = [names[j] for j in range(len(names)) if counts[j] == 1]
     if single and cfg.examples_per_class is None:  # a per-class draw of one is the user's choice
         note(notes, f"train has a single example of {len(single)} label(s): {', '.join(map(repr, single[:10]))}"

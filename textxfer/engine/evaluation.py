@@ -96,6 +96,24 @@ def thresholds_without_validation(loop) -> np.ndarray:
     return thresholds
 
 
+def check_metric_names(recipe, multi_label: bool) -> None:
+    """`training.metric` and `training.early_stopping.metric` name metrics the run records: checked before any
+    training, so a typo does not cost the first epoch."""
+    from textxfer.core.metrics import metric_names
+
+    t = recipe.training
+    keys = [("training.metric", t.metric)]
+    if t.early_stopping is not None and t.early_stopping.metric is not None:
+        keys.append(("training.early_stopping.metric", t.early_stopping.metric))
+    if all(name == "loss" or name == "accuracy" for _, name in keys):
+        return  # recorded for every kind of data: no need to load the metric module
+    names = metric_names(multi_label)
+    for key, name in keys:
+        if name not in names:
+            kind = "multi-label" if multi_label else "single-label"
+            raise UserError(f"`{key}` is {name!r}; a {kind} run records {', '.join(names)}.")
+
+
 def evaluate_and_track(loop, step: int, epoch: float) -> None:
     """Score the validation split (when there is one), record it in the history and keep the weights if best."""
     if "validation" not in loop.eval_dls:
@@ -113,8 +131,9 @@ def evaluate_and_track(loop, step: int, epoch: float) -> None:
     if better:
         loop.state.best = dict(entry)
         keep_best(loop)
+    shown = dict.fromkeys(("loss", "accuracy", "macro_f1", name))  # the metric that picks the best, always
     log.info(f"epoch {epoch:.2f} step {step}: " + ", ".join(
-        f"{k} {metrics[k]:.4f}" for k in ("loss", "accuracy", "macro_f1") if k in metrics)
+        f"{k} {metrics[k]:.4f}" for k in shown if k in metrics)
         + (" (best)" if better else ""))
 
 

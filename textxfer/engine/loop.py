@@ -108,6 +108,7 @@ class Loop:
         self.labels = self.splits.labels
         if len(self.labels) < 2:
             raise UserError(f"The training data has only one class ({self.labels}); a classifier needs two or more.")
+        evaluation.check_metric_names(r, self.splits.multi_label)
         self.model_path = resolve_model_name(r.model.name)
         model, parts = self.modality.load_model(r, self.model_path, self.splits)
         self.parts, self.applied = self.adapt(model, parts)

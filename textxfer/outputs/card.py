@@ -19,9 +19,11 @@ from textxfer.outputs.card_metadata import (
     METRIC_SPECS,
     card_metadata,
     card_title,
+    display_command,
     display_source,
     is_hub_id,
     metric_keys,
+    published_recipe,
 )
 from textxfer.outputs.card_onnx import onnx_usage
 from textxfer.outputs.finished_run import Run, read_run, source_folder
@@ -68,7 +70,7 @@ def _duration(seconds: Any) -> str:
 def _summary(run: Run, mode: str) -> str:
     best_name = run.metrics.get("best_metric") or "accuracy"
     parts = [f"A {'multi-label ' if run.multi_label else ''}{run.task} classifier over {len(run.labels)} labels, "
-             f"adapted from `{run.model_name}` with textxfer "
+             f"adapted from `{display_source(run.model_name)}` with textxfer "
              f"(strategy `{(run.record.get('strategy') or {}).get('name', '?')}`)."]
     for split in ("test", "validation"):
         value = (run.metrics.get(split) or {}).get(best_name)
@@ -107,7 +109,7 @@ def _strategy_text(run: Run, mode: str) -> list[str]:
         text = "All weights were fine-tuned."
     else:
         text = f"Strategy `{name}`."
-    rows = [text, "", "| | |", "|---|---|", f"| Base model | `{run.model_name}` |"]
+    rows = [text, "", "| | |", "|---|---|", f"| Base model | `{display_source(run.model_name)}` |"]
     if groups is not None:
         rows.append(f"| Layer groups | {groups} |")
     rows.append(f"| Frozen | {', '.join(f'`{f}`' for f in frozen) if frozen else 'nothing'} |")
@@ -115,7 +117,8 @@ def _strategy_text(run: Run, mode: str) -> list[str]:
     if isinstance(trainable, int) and isinstance(total, int) and total:
         rows.append(f"| Trainable parameters | {trainable:,} of {total:,} ({100 * trainable / total:.2f}%) |")
     if not is_hub_id(run.model_name):
-        rows += ["", f"The base model `{run.model_name}` is a local checkpoint, not a Hub repository, so the "
+        rows += ["", f"The base model `{display_source(run.model_name)}` is a local checkpoint, not a Hub "
+                 "repository, so the "
                  "metadata names no `base_model`."]
     return rows
 
@@ -212,8 +215,9 @@ def _reproduce_text(run: Run) -> list[str]:
     rows = ["`recipe.yaml` in this repository is the resolved recipe (every key, defaults filled in). With the "
             "same data in place and textxfer installed:", "", "```bash", "textxfer train recipe.yaml", "```"]
     if command:
-        rows += ["", "The original command was:", "", "```bash", str(command), "```"]
-    rows += ["", "<details><summary>recipe.yaml</summary>", "", "```yaml", run.recipe_text.rstrip(), "```", "",
+        rows += ["", "The original command was:", "", "```bash", display_command(str(command)), "```"]
+    rows += ["", "<details><summary>recipe.yaml</summary>", "", "```yaml", published_recipe(run.recipe_text).rstrip(),
+             "```", "",
              "</details>"]
     return rows
 
@@ -230,14 +234,15 @@ def usage_snippet(run: Run, mode: str, ref: str, revision: str | None = None) ->
         if mode == "merged":
             return (f'from transformers import pipeline\n\nclassifier = pipeline("image-classification", '
                     f'model={_py_str(ref)}{rev})\nprint(classifier("path/to/image.jpg"))\n')
+        base = display_source(run.model_name)  # a local folder by its name only: the card is published
         return ("import torch\nfrom PIL import Image\nfrom peft import PeftModel\n"
                 "from transformers import AutoImageProcessor, AutoModelForImageClassification\n\n"
                 f"labels = {labels}\n"
-                f"base = AutoModelForImageClassification.from_pretrained(\n    {_py_str(run.model_name)}, "
+                f"base = AutoModelForImageClassification.from_pretrained(\n    {_py_str(base)}, "
                 "num_labels=len(labels), id2label=dict(enumerate(labels)),\n    label2id={label: i for i, label "
                 "in enumerate(labels)}, ignore_mismatched_sizes=True)\n"
                 f"model = PeftModel.from_pretrained(base, {_py_str(ref)}{rev}).eval()\n"
-                f"processor = AutoImageProcessor.from_pretrained({_py_str(run.model_name)})\n"
+                f"processor = AutoImageProcessor.from_pretrained({_py_str(base)})\n"
                 'inputs = processor(images=Image.open("path/to/image.jpg").convert("RGB"), return_tensors="pt")\n'
                 "with torch.no_grad():\n    probs = model(**inputs).logits.softmax(-1)[0]\n"
                 "print(model.config.id2label[int(probs.argmax())], round(float(probs.max()), 4))\n")
@@ -288,7 +293,8 @@ def _usage_text(run: Run, mode: str, ref: str, revision: str | None) -> list[str
     if mode == "adapter":
         base = _adapter_base(run)
         if base and not is_hub_id(base):
-            rows += ["", f"Note: the adapter's base model (`{base}`) is a local folder. Elsewhere, load the base "
+            rows += ["", f"Note: the adapter's base model (`{display_source(base)}`) is a local folder. Elsewhere, "
+                     "load the base "
                      "model yourself and apply the adapter with `peft.PeftModel.from_pretrained(base, ...)`."]
     return rows
 

@@ -52,6 +52,41 @@ def display_source(source: Any) -> str:
     return Path(text).name
 
 
+def published_recipe(text: str) -> str:
+    """recipe.yaml as a card and a Hub repo publish it: every local path (data files, the base model's folder, the
+    output directory) by its last name, as `display_source` shows it; the rest as written."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if not isinstance(data, dict):
+        return text
+    return yaml.safe_dump(_without_directories(data), sort_keys=False, allow_unicode=True)
+
+
+def _without_directories(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_directories(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_directories(v) for v in value]
+    return display_source(value) if isinstance(value, str) else value
+
+
+def display_command(command: str) -> str:
+    """A command line without the user's directories: each absolute path (or `KEY=path`) by its last name."""
+    import shlex
+
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return command
+    shown = []
+    for word in words:
+        key, sep, value = word.partition("=")
+        shown.append(f"{key}={display_source(value)}" if sep and not word.startswith("/") else display_source(word))
+    return shlex.join(shown)
+
+
 def _hub_datasets(run: Run) -> list[str]:
     out = []
     for info in (run.record.get("data") or {}).values():

@@ -2,8 +2,8 @@
 `hub.push` after training.
 
 A pushed repo is complete and self-describing: the merged model (or the LoRA adapter with its trained head and
-label names), a model card written from the run (see `textxfer.outputs.card`), the resolved recipe.yaml and
-metrics.json. The upload is staged in a temporary folder that is removed whatever happens, so the run directory
+label names), a model card written from the run (see `textxfer.outputs.card`), the resolved recipe.yaml (local
+paths by their last name) and metrics.json. The upload is staged in a temporary folder that is removed whatever happens, so the run directory
 is never touched and nothing is left half-written locally; the Hub receives it as one commit.
 
 `huggingface_hub` is imported inside the functions: it reads `HF_ENDPOINT` and `HF_HUB_OFFLINE` when first
@@ -26,6 +26,7 @@ import click
 
 from textxfer.core.errors import UserError
 from textxfer.outputs.card import model_card
+from textxfer.outputs.card_metadata import published_recipe
 from textxfer.outputs.finished_run import Run, read_run, source_folder
 
 BRANCH_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
@@ -185,9 +186,10 @@ def stage(run: Run, mode: str, dest: Path, card: str) -> list[str]:
                                                        "merges", "spiece", "sentencepiece"))):
                 _place(src, dest / src.name)
                 names.append(src.name)
-    for name in ("recipe.yaml", "metrics.json"):
-        _place(run.dir / name, dest / name)
-        names.append(name)
+    # the recipe as the card shows it: local paths by their last name (a public repo never names your folders)
+    (dest / "recipe.yaml").write_text(published_recipe(run.recipe_text), encoding="utf-8")
+    _place(run.dir / "metrics.json", dest / "metrics.json")
+    names += ["recipe.yaml", "metrics.json"]
     (dest / "README.md").write_text(card, encoding="utf-8")
     names.append("README.md")
     return sorted(names)

@@ -41,18 +41,22 @@ def _quiet():
 def load_tokenizer(recipe) -> tuple[Any | None, str]:
     """(tokenizer, description) from the recipe's model, offline only; (None, why not) when it is not at hand."""
     from textxfer.backbones.load import resolve_model_name
+    from textxfer.modalities.text.modality import check_max_length
 
     name = recipe.model.name
     try:
         path = resolve_model_name(name)
-        from transformers import AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(path, revision=recipe.model.revision, local_files_only=True,
+                                            trust_remote_code=recipe.model.trust_remote_code)
+        config = AutoConfig.from_pretrained(path, revision=recipe.model.revision, local_files_only=True,
                                             trust_remote_code=recipe.model.trust_remote_code)
     except (UserError, OSError, ValueError, ImportError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return None, (f"tokenizer of `{name}` not available offline ({first[:160]}); token lengths and truncation "
                       "not computed")
+    check_max_length(config, recipe.model.max_length, name)
     return tok, f"tokenizer of `{name}`"
 
 
@@ -121,13 +125,21 @@ def split_stats(ds, labels: list[str], multi: bool, tokenizer, max_length: int,
 
 
 def check_data(recipe) -> dict:
-    """Load a recipe's data as `train` would and describe every split (the report `data check` prints)."""
+    """Load a recipe's data as `train` would and describe every split (the report `data check` prints). What
+    `train` would refuse before training (a metric it does not record, a `model.max_length` beyond the model's
+    positions) is refused here too."""
     from textxfer.data.splits import load_splits
+    from textxfer.engine.evaluation import check_metric_names
+    from textxfer.modalities.detect import task_of
 
+    if task_of(recipe) == "image":
+        raise UserError("`textxfer data check` reads text recipes; this recipe's task is image. `textxfer train` "
+                        "checks image files as it reads them (`data.skip_bad_images` leaves out the bad ones).")
     with _quiet():
         started = time.perf_counter()
         splits = load_splits(recipe.data, recipe.training.seed)
         seconds = time.perf_counter() - started
+        check_metric_names(recipe, splits.multi_label)
         tokenizer, tok_note = load_tokenizer(recipe)
         report: dict[str, Any] = {
             "labels": splits.labels, "multi_label": splits.multi_label, "load_seconds": round(seconds, 2),
