@@ -392,6 +392,30 @@ def test_push_after_training_reads_recipe_hub_config(hub, hf_home, run_dir):
     assert repo.private and r.stdout.strip().endswith(repo.branches["main"])
 
 
+def test_a_failed_push_after_training_says_the_run_is_saved_and_how_to_push_again(hub, hf_home, run_dir):
+    code = ("from textxfer.outputs.hub import push_after_training; "
+            f"push_after_training({str(run_dir)!r}, {{'push': {{'repo_id': 'acme/private-model', 'private': True}}}})")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                       env=_env(hub, hf_home, HF_TOKEN=BOB))
+    assert r.returncode != 0 and "403" in r.stderr
+    assert f"The run finished and is saved in {run_dir}; only its push failed." in r.stderr
+    assert f"`textxfer push {run_dir} acme/private-model --private`" in r.stderr
+
+
+@pytest.mark.parametrize("repo_id, env, message", [
+    ("alice/x", {"HF_HUB_OFFLINE": "1"}, "but HF_HUB_OFFLINE is set, so the push after training would fail"),
+    ("alice/x", {"HF_TOKEN": None}, "but no Hugging Face token was found"),
+    ("not valid", {}, "'not valid' is not a valid Hub repo id"),
+])
+def test_a_push_the_recipe_asks_for_is_checked_before_training(repo_id, env, message, hub, hf_home, run_dir,
+                                                               tmp_path):
+    out = tmp_path / "new-run"
+    r = textxfer(hub, hf_home, "train", str(run_dir / "recipe.yaml"), "--set", f"hub.push.repo_id={repo_id}",
+                 "--output-dir", str(out), **env)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()  # refused before anything was read or trained
+
+
 def test_push_after_training_without_repo_is_a_no_op_and_rejects_unknown_keys(run_dir):
     from textxfer.core.errors import UserError
     from textxfer.outputs.hub import push_after_training

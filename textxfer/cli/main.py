@@ -105,6 +105,7 @@ def train(recipe, overrides, output_dir, overwrite, num_processes, num_machines,
 
     from textxfer.engine.distributed import Topology
 
+    _check_push(recipe, overrides)
     where = Topology(num_processes, num_machines, machine_rank, main_process_ip, main_process_port, accelerate_config)
     if where.launches():
         from textxfer.engine.distributed import launch_train
@@ -120,6 +121,21 @@ def train(recipe, overrides, output_dir, overwrite, num_processes, num_machines,
         return
     _print_summary(result)
     _push_if_asked(result.output_dir)
+
+
+def _check_push(recipe: str, overrides: tuple[str, ...]) -> None:
+    """`hub.push.repo_id` in the recipe: refuse before training what would make the push after it fail."""
+    import os
+
+    if os.environ.get("RANK", "0") != "0":  # process 0 pushes, and checked before it launched the others
+        return
+    from textxfer.config.reading import load_recipe
+
+    push = load_recipe(recipe, list(overrides)).hub.push
+    if push.repo_id:
+        from textxfer.outputs.hub import check_push_ready
+
+        check_push_ready(str(push.repo_id), push.revision)
 
 
 def _push_if_asked(run_dir: Path) -> None:
