@@ -355,6 +355,15 @@ def test_unreadable_records_are_not_taken_for_a_run_that_stopped_early(tmp_path)
     assert summary.summary_lines(root)[0].startswith("metrics.json could not be read")
 
 
+def test_history_sections_of_another_shape_are_named_not_raised(tmp_path):
+    root = make_run(tmp_path / "run", SENTIMENT)
+    (root / "history.json").write_text(json.dumps({"eval": 5, "train": {"a": 1}, "self_training": [1]}))
+    joined = " ".join(report.build_report(root).warnings)
+    assert "history.json: `eval` is a number where a run writes a list; it is ignored" in joined
+    assert "`train` is a mapping where a run writes a list" in joined
+    assert "`self_training` is a list where a run writes a mapping" in joined
+
+
 def test_summary_lines(runs):
     root = runs["three"]
     lines = summary.summary_lines(root)

@@ -86,6 +86,24 @@ def _read_json(path: Path, problems: list[str]) -> dict | None:
     return data
 
 
+HISTORY_SHAPES = {"train": list, "eval": list, "self_training": dict, "contrastive": list}
+"""What history.json's sections are (`RunState.history`); a section of another type is left out, said once."""
+
+
+def _history_shaped(history: dict | None, problems: list[str]) -> dict | None:
+    """history.json without the sections that do not have their shape (an edited or damaged file), each said."""
+    if history is None:
+        return None
+    for key, kind in HISTORY_SHAPES.items():
+        if key in history and not isinstance(history[key], kind):
+            found = {bool: "true/false", int: "a number", float: "a number", str: "a string", list: "a list",
+                     dict: "a mapping", type(None): "null"}.get(type(history[key]), "another value")
+            problems.append(f"history.json: `{key}` is {found} where a run writes a "
+                            f"{'list' if kind is list else 'mapping'}; it is ignored")
+            history = {k: v for k, v in history.items() if k != key}
+    return history
+
+
 def _as_name(value, labels: Sequence[str]) -> str:
     """A label as its name: ints index the label list (older rows may hold ids)."""
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(labels):
@@ -142,7 +160,7 @@ def load_run(run_dir: str | Path) -> RunFiles:
     problems: list[str] = []
     run = _read_json(root / "run.json", problems)
     metrics = _read_json(root / "metrics.json", problems)
-    history = _read_json(root / "history.json", problems)
+    history = _history_shaped(_read_json(root / "history.json", problems), problems)
     recipe_text = None
     if (root / "recipe.yaml").is_file():
         try:
