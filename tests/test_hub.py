@@ -529,6 +529,16 @@ def test_push_refuses_to_publish_the_token(hub, hf_home, run_dir, tmp_path):
     assert "alice/leaky" not in hub.state.repos  # refused before any request
 
 
+def test_the_card_command_never_prints_the_token(hub, hf_home, run_dir, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    recipe = yaml.safe_load((copy / "recipe.yaml").read_text())
+    recipe["description"] = f"trained with {ALICE}"
+    (copy / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    r = textxfer(hub, hf_home, "card", str(copy))  # the helper asserts the token is in neither stream
+    _assert_clean_failure(r, "would contain your Hugging Face token")
+
+
 def test_push_uses_the_login_cache_token(hub, run_dir, tmp_path):
     home = tmp_path / "home"
     home.mkdir()

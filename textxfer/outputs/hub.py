@@ -440,5 +440,13 @@ def card_command(run_dir, adapter, repo_id, revision, license_):
         validate_repo_id(repo_id)
     if revision:
         validate_branch(revision)
-    click.echo(model_card(run_dir, "adapter" if adapter else "merged", repo_id=repo_id, revision=revision,
-                          license=license_), nl=False)
+    card = model_card(run_dir, "adapter" if adapter else "merged", repo_id=repo_id, revision=revision,
+                      license=license_)
+    from huggingface_hub import get_token
+
+    token = get_token()
+    if token and token in card:  # the card is meant for publishing: never print the token into it
+        raise UserError(f"The card of {run_dir} would contain your Hugging Face token (it is in the run's files, "
+                        "e.g. the recipe's `description`), so it is not printed. Remove the token from the run "
+                        "directory, and revoke it if it was ever shared.")
+    click.echo(card, nl=False)
