@@ -260,6 +260,14 @@ def test_train_texts_also_in_test_are_said_without_dedupe(tmp_path):
     assert not any("optimistic" in n for n in quiet.notes)
 
 
+def test_leaked_rows_that_repeat_a_text_are_counted_as_rows_and_texts(tmp_path):
+    rows = sentiment_rows()
+    train = rows + [rows[0], rows[0]]  # one leaked text, three times in train
+    s = load(train=write(tmp_path, "t.csv", csv_text(train)), test=write(tmp_path, "e.csv", csv_text(rows[:1])),
+             validation_split=0.0)
+    assert any(n.startswith("train: 3 rows (1 distinct text) also occur in test") for n in s.notes), s.notes
+
+
 def test_a_class_with_a_single_training_example_is_said(tmp_path):
     rows = sentiment_rows() + [("an odd one", "pso")]
     s = load(train=write(tmp_path, "t.csv", csv_text(rows)), validation_split=0.0)

@@ -241,7 +241,10 @@ def note_leaks(data: dict[str, EncodedSplit], given: list[str], notes: list[str]
         differ = sum(1 for key, i in zip(train.keys_at(shared), shared.tolist(), strict=True)
                      if not np.array_equal(np.atleast_1d(np.asarray(train.ids[i])), theirs[key]))
         labels = f", {differ:,} of them with another label there" if differ else ""
-        note(notes, f"train: {len(shared):,} text(s) also occur in {split}{labels}: its figures are optimistic. "
+        distinct = len(set(train.keys_at(shared)))
+        rows = (f"{len(shared):,} text(s)" if distinct == len(shared) else
+                f"{len(shared):,} rows ({distinct:,} distinct text{'s' if distinct > 1 else ''})")
+        note(notes, f"train: {rows} also occur in {split}{labels}: its figures are optimistic. "
                      "Set `data.dedupe: true` to drop them from train.")
 
 
