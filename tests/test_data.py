@@ -388,6 +388,23 @@ def test_multilabel_lists_and_delimited_names(tmp_path):
     assert s.labels == ["news", "sports", "tech"]
 
 
+def test_a_multilabel_csv_row_without_labels_says_how_to_write_none(tmp_path):
+    text = "text,tags\n" + "\n".join(f"t{i},{t}" for i, t in enumerate(["sports|news", "news", ""] * 4))
+    with pytest.raises(UserError, match=r"row\(s\) with a missing text or label.*an empty list `\[\]` in JSON Lines"):
+        load(train=write(tmp_path, "d.csv", text), label_column="tags", multi_label=True, label_delimiter="|")
+
+
+def test_a_blank_line_inside_a_labels_file_is_refused(tmp_path):
+    lines = [f"c{i}\t{ids}" for i, ids in enumerate(["0", "1", "2"] * 4)]
+    path = write(tmp_path, "go.tsv", "\n".join(lines) + "\n")
+    with pytest.raises(UserError, match=r"labels.txt, line 2: blank, between label names"):
+        load(train=path, format="tsv", header=False, text_column=0, label_column=1,
+             labels=write(tmp_path, "labels.txt", "anger\n\njoy\nneutral\n"))
+    s = load(train=path, format="tsv", header=False, text_column=0, label_column=1,
+             labels=write(tmp_path, "labels.txt", "anger\njoy\nneutral\n\n"))  # blank lines at the end are fine
+    assert s.labels == ["anger", "joy", "neutral"]
+
+
 def test_multilabel_carving_and_few_shot(tmp_path):
     lines = [f"c{i}\t{ids}" for i, ids in enumerate(["0", "0,1", "1", "2"] * 10)]
     path = write(tmp_path, "go.tsv", "\n".join(lines))

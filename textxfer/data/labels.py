@@ -35,7 +35,14 @@ def _read_label_spec(spec: Any) -> Any:
             return json.loads(text)
         except json.JSONDecodeError as e:
             raise UserError(f"`data.labels` file {path}, line {e.lineno}: not valid JSON ({e.msg}).") from None
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line.strip() for line in text.splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    if "" in lines:  # index labels count lines: a dropped blank line would shift every later index by one
+        raise UserError(f"`data.labels` file {path}, line {lines.index('') + 1}: blank, between label names. Line i "
+                        "names the label of index i - 1, so a blank line would shift every later one: remove it, "
+                        "or write the name it stands for.")
+    return lines
 
 
 @dataclass

@@ -174,8 +174,11 @@ def usable_rows(table: Table, cfg: DataConfig, notes: list[str], declared: set[s
     skipped = [f"{table.where(i)}: no {what}" for i, what in bad]
     if bad and not cfg.skip_bad_rows:
         shown = "; ".join(skipped[:10]) + (f"; ... ({len(bad)} rows in all)" if len(bad) > 10 else "")
+        none = (" A multi-label text with none of the labels is an empty list `[]` in JSON Lines or Parquet; a "
+                "CSV/TSV cell cannot say that, so convert the file, or give such texts a label of their own (e.g. "
+                "`none`)." if cfg.multi_label and any("is empty" in what for _, what in bad) else "")
         raise UserError(f"{table.source}: {len(bad)} row(s) with a missing text or label: {shown}. Fix those rows, "
-                        "or set `data.skip_bad_rows: true` to skip them with a warning.")
+                        f"or set `data.skip_bad_rows: true` to skip them with a warning.{none}")
     keep = list(range(len(texts)))
     if bad:
         dropped = {i for i, _ in bad}
