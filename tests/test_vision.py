@@ -220,9 +220,19 @@ def test_corrupt_and_truncated_jpegs_are_named(folders):
     with pytest.raises(UserError) as e:
         splits_of(train=str(folders / "train"), validation=str(folders / "val"))
     msg = str(e.value)
-    for name in ("truncated.jpg", "garbage.jpg", "notes.txt", "empty.png"):
+    for name in ("truncated.jpg", "garbage.jpg", "empty.png"):
         assert name in msg
-    assert "4 bad image file(s)" in msg and "skip_bad_images" in msg
+    assert "3 bad image file(s)" in msg and "skip_bad_images" in msg and "notes.txt" not in msg
+
+
+def test_files_that_are_not_images_by_name_are_left_out_and_said(folders, caplog):
+    """A README.txt or Thumbs.db in a class folder is not an example (as `predict` reads a folder)."""
+    (folders / "train/blue/README.txt").write_text("about these pictures\n")
+    (folders / "train/red/Thumbs.db").write_bytes(os.urandom(64))
+    with caplog.at_level("WARNING", logger="textxfer"):
+        _, images = splits_of(train=str(folders / "train"), validation=str(folders / "val"))
+    assert len(images["train"]) == 16
+    assert "2 file(s) in the class folders are not images by their names and are left out" in caplog.text
 
 
 def test_skip_bad_images_leaves_them_out_and_says_so(folders):

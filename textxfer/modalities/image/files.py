@@ -155,7 +155,7 @@ def _read_folder(root: Path, split: str, patterns: list[str], hits: set[str]) ->
     if loose:
         log.warning(f"{root}: {len(loose)} file(s) outside the class folders are not examples "
                     f"({', '.join(loose[:3])}{' ...' if len(loose) > 3 else ''})")
-    items, raw, names = [], [], []
+    items, raw, names, others = [], [], [], []
     dirs = {}
     for c in classes:
         files = []
@@ -168,6 +168,9 @@ def _read_folder(root: Path, split: str, patterns: list[str], hits: set[str]) ->
             if patterns and is_excluded(rel, patterns):
                 hits.add(rel)
                 continue
+            if f.suffix.lower() not in IMAGE_SUFFIXES:  # a README.txt, Thumbs.db: not examples (as predict reads)
+                others.append(rel)
+                continue
             kept.append(f)
         if not kept:
             raise UserError(
@@ -178,6 +181,10 @@ def _read_folder(root: Path, split: str, patterns: list[str], hits: set[str]) ->
         items += kept
         raw += [c.name] * len(kept)
         names += [str(f) for f in kept]
+    if others:
+        log.warning(f"{root}: {len(others)} file(s) in the class folders are not images by their names and are left "
+                    f"out ({', '.join(others[:3])}{' ...' if len(others) > 3 else ''}; images: "
+                    f"{', '.join(IMAGE_SUFFIXES)})")
     return ImageListing(items, raw, names, str(root), [str(f) for f in items], class_dirs=dirs)
 
 
