@@ -23,7 +23,94 @@ class RecipeLoader(yaml.SafeLoader):
     """The safe loader with YAML 1.2's plain scalars: `3e-2` and `1e4` are numbers (PyYAML's YAML 1.1 rules give the
     strings '3e-2' and '1e4': learning rates are written that way), and only true/false are booleans. YAML 1.1 also
     reads `no`, `off`, `yes`, `on` as booleans, which turned `mixed_precision: no` into False; here they stay
-    strings, and a key's type in the recipe schema decides what they mean (`_coerce`: a boolean key takes them)."""
+    strings, and a key's type in the recipe schema decides what they mean (`_coerce`: a boolean key takes them).
+
+    It refuses what PyYAML lets through: a key given twice in a mapping (last-wins dropped a whole section), aliases
+    expanding to over `MAX_ALIAS_VALUES` values (a bomb: 10 aliases on each of 9 levels are 10^9 values, which the
+    typed build walks) and an alias inside the value it names. `name` (`Recipe x.yaml`) starts its messages."""
+
+    MAX_ALIAS_VALUES = 100_000
+
+    def __init__(self, stream: str, name: str | None = None):
+        super().__init__(stream)
+        self.name = name or self.name
+        self._alias_values, self._sizes = 0, {}
+
+    def _at(self, mark: yaml.Mark) -> str:
+        """`Recipe x.yaml, line 3`: where a problem is, in the words of a message."""
+        return f"{self.name if not self.name.startswith('<') else 'The recipe'}, line {mark.line + 1}"
+
+    def _size(self, node: yaml.Node) -> int:
+        """How many values `node` stands for with every alias inside it written out (memoised: linear time)."""
+        if id(node) not in self._sizes:
+            inside = node.value if isinstance(node, yaml.SequenceNode) else [
+                n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else []
+            self._sizes[id(node)] = 1 + sum(map(self._size, inside))
+        return self._sizes[id(node)]
+
+    def compose_node(self, parent, index):
+        """Count what each alias expands to; refuse a bomb or a recursive alias before anything walks it."""
+        event = self.peek_event()
+        target = self.anchors.get(event.anchor) if isinstance(event, yaml.AliasEvent) else None
+        if target is None:
+            return super().compose_node(parent, index)
+        if target.end_mark is None:  # a list or mapping gets its end mark once composed: this one holds the alias
+            raise UserError(f"{self._at(event.start_mark)}: the alias *{event.anchor} is inside the value "
+                            f"&{event.anchor} names, which would make it contain itself. Write that part out.")
+        self._alias_values += self._size(target)
+        if self._alias_values > self.MAX_ALIAS_VALUES:
+            raise UserError(
+                f"{self._at(event.start_mark)}: the recipe's anchors and aliases expand to more than "
+                f"{self.MAX_ALIAS_VALUES:,} values (at the alias *{event.anchor}), far more than any recipe needs: "
+                f"aliases of aliases like these are an alias bomb. Nest fewer aliases, or write the values out.")
+        return super().compose_node(parent, index)
+
+    def _key(self, node: yaml.Node) -> Any:
+        """A key as the built dict hashes it (`true` and `True` are one key); a collection key stands for itself."""
+        return self.construct_object(node) if isinstance(node, yaml.ScalarNode) else ("node", id(node))
+
+    def flatten_mapping(self, node):
+        """Refuse a key given twice, then resolve merge keys (`<<: *base`) as YAML defines them: a key written in
+        the mapping overrides a merged one, and of several merged mappings the first to give a key wins. (PyYAML's
+        version compares keys by identity, so `a: 3` written over a merged `a` was lost when that mapping was
+        merged again.) One pair per key is kept, so merges of merges cannot grow."""
+        explicit: dict[Any, tuple] = {}
+        sources: list[yaml.MappingNode] = []
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                for sub in value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]:
+                    if not isinstance(sub, yaml.MappingNode):
+                        raise yaml.constructor.ConstructorError(None, None, f"`<<` merges a mapping or a list of "
+                                                                f"mappings, not a {sub.id}", sub.start_mark)
+                    self.flatten_mapping(sub)
+                    sources.append(sub)
+                continue
+            if key_node.tag == "tag:yaml.org,2002:value":
+                key_node.tag = "tag:yaml.org,2002:str"
+            if (key := self._key(key_node)) in explicit:
+                raise UserError(f"{self._at(key_node.start_mark)}: key `{key_node.value}` appears twice (first on "
+                                f"line {explicit[key][0].start_mark.line + 1}); merge the two into one.")
+            explicit[key] = (key_node, value_node)
+        if sources:
+            merged: dict[Any, tuple] = {}
+            for pair in (pair for sub in sources for pair in sub.value):
+                merged.setdefault(self._key(pair[0]), pair)
+            node.value = [pair for key, pair in merged.items() if key not in explicit] + list(explicit.values())
+
+
+class TagRefused(yaml.constructor.ConstructorError):
+    """A tag the safe loader has no constructor for: `!!python/object:...` (refused as unsafe) or an unknown one."""
+
+
+def _refuse_tag(loader: RecipeLoader, node: yaml.Node) -> Any:
+    tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+    why = ("builds a Python object: tags that build Python objects are not allowed in recipes, which are read as "
+           "safe YAML" if tag.startswith("!!python/") else "is not one recipes understand")
+    raise TagRefused(None, None, f"the tag `{tag}` {why}. Remove it and write the value as plain YAML (a string, "
+                     "number, list or mapping)", node.start_mark)
+
+
+RecipeLoader.add_constructor(None, _refuse_tag)
 
 
 _BOOL = "tag:yaml.org,2002:bool"
@@ -39,26 +126,35 @@ RecipeLoader.add_implicit_resolver(
     list("-+0123456789."))
 
 
-def load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 (a SafeLoader subclass)
+def load_yaml(text: str, name: str | None = None) -> Any:
+    """Read YAML text with `RecipeLoader` (safe); `name` (`Recipe path/x.yaml`) starts the loader's messages."""
+    loader = RecipeLoader(text, name)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def expand_env(value: str, key: str = "") -> str:
-    """Expand `${VAR}` and `${VAR:-default}`; an unset variable without default is an error naming the key."""
+    """Expand `${VAR}` and `${VAR:-default}`; a variable set but empty counts as unset (the default applies). An
+    unset or empty variable without default is an error naming the key; so is a default holding another `${...}`,
+    which the pattern cannot nest (it would leave `${B:-/x}` in a path)."""
 
     def sub(m: re.Match) -> str:
         name, default = m.group(1), m.group(2)
-        if name in os.environ and os.environ[name] != "":
+        if default is not None and "${" in default:
+            raise UserError(f"Recipe key `{key}` nests a variable in the default of ${{{name}:-...}}; a default "
+                            f"cannot hold another `${{...}}`. Give a plain one, e.g. ${{{name}:-/data}}, or set {name}.")
+        if os.environ.get(name, "") != "":
             return os.environ[name]
         if default is not None:
             return default
-        raise UserError(
-            f"Recipe key `{key}` uses ${{{name}}}, but the environment variable {name} is not set. "
-            f"Set it (e.g. `export {name}=...`) or give a default: ${{{name}:-value}}."
-        )
+        state = "is empty (empty counts as unset)" if name in os.environ else "is not set"
+        raise UserError(f"Recipe key `{key}` uses ${{{name}}}, but the environment variable {name} {state}. "
+                        f"Set it (e.g. `export {name}=...`) or give a default: ${{{name}:-value}}.")
 
     return _ENV.sub(sub, value)
 
@@ -189,19 +285,45 @@ def _build(cls: type, data: Any, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """`a.b.c=value` -> (['a','b','c'], value parsed as YAML so numbers and booleans keep their type)."""
-    if "=" not in text:
-        raise UserError(f"--set {text!r} is not of the form key.path=value (e.g. --set training.epochs=2).")
-    path, raw = text.split("=", 1)
+_NULLS = {"null", "Null", "NULL", "~"}
+"""The `--set` values that mean null; any other text YAML reads as null stays the text (`--set x= ` is a space)."""
+
+
+def _override_value(raw: str, text: str) -> Any:
+    """`--set key=raw`'s value: YAML, so numbers, booleans, lists and mappings keep their type, but text YAML would
+    cut or drop stays as written: `baseline #3` (a comment), `|` (empty block scalar), ` `, `#x`, `&a` (null), or
+    invalid YAML (`,`). Only `null`/`~` spell null; `key=` and a quoted `""` stay the empty string."""
+    loader = RecipeLoader(raw, f"--set {text}")
     try:
-        value = load_yaml(raw) if raw != "" else ""
+        node = loader.get_single_node()
+        value = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError:
-        value = raw
-    return [p for p in path.strip().split(".") if p], value
+        return raw
+    finally:
+        loader.dispose()
+    if raw.strip() in _NULLS:
+        return None
+    if node is None or not isinstance(node, yaml.ScalarNode) or not (value is None or isinstance(value, str)):
+        return raw if node is None else value
+    cut = raw[node.end_mark.index:].strip() != ""  # a comment followed the scalar
+    dropped = value is None or (value == "" and node.style not in ("'", '"'))
+    return raw if cut or dropped else value
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (['a','b','c'], value parsed as YAML so numbers and booleans keep their type, the text as
+    written where YAML would change it: see `_override_value`). A missing `=` or an empty key or part is an error."""
+    path, sep, raw = text.partition("=")
+    parts = [p.strip() for p in path.strip().split(".")]
+    if not sep or not all(parts):
+        why = ("there is no `=`" if not sep else "the key before `=` is empty" if not path.strip()
+               else f"`{path.strip()}` has an empty part between dots")
+        raise UserError(f"--set {text}: give KEY=VALUE with a dotted key, e.g. training.epochs=5 ({why}).")
+    return parts, _override_value(raw, text)
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Set each `--set key.path=value` in the raw recipe `data` (in place), making the sections a path names."""
     for text in overrides:
         path, value = parse_override(text)
         node = data
@@ -240,9 +362,12 @@ def resolve_recipe(path: str | Path) -> Path:
 
 
 def read_yaml(path: str | Path) -> dict:
+    """The recipe file (or bundled recipe) `path` as a dict; what it cannot read is an error naming file and line."""
     path = resolve_recipe(path)
     try:
-        data = load_yaml(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"), name=f"Recipe {path}")
+    except TagRefused as e:
+        raise UserError(f"Recipe {path}, line {e.problem_mark.line + 1}: {e.problem}.") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
