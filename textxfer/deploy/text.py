@@ -4,11 +4,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from textxfer.core.errors import UserError
+from textxfer.core.inputs import as_texts, check_batch_size, check_pairs, check_top_k
 from textxfer.deploy.decisions import decisions, probabilities
 from textxfer.deploy.manifest import TOKENIZER_FILE, read_manifest
 from textxfer.deploy.session import open_session
@@ -21,7 +23,8 @@ class OnnxTextClassifier:
     """An exported text classifier. `textxfer.load(EXPORTED).predict(["some text"])`.
 
     Texts are cut at the run's token limit (`max_length` overrides it), sentence pairs are read as training read
-    them (`pairs=`; `pair_column` names the column the run used)."""
+    them (`pairs=`; `pair_column` names the column the run used). `predict("one text")` is one input: a list of
+    one result."""
 
     def __init__(self, path: str | Path, max_length: int | None = None, threads: int | None = None):
         self.dir, self.manifest = read_manifest(path)
@@ -38,15 +41,21 @@ class OnnxTextClassifier:
         self.file = self.dir / m.model_file
         self.session = open_session(self.file, m, threads)
 
-    def encode(self, texts: list[str], pairs: list[str] | None = None) -> list:
-        """`tokenizers` encodings, cut at the token limit (longest first for pairs, as transformers cuts)."""
+    def encode(self, texts: str | Iterable[str], pairs: str | Iterable[str] | None = None) -> list:
+        """`tokenizers` encodings, cut at the token limit (longest first for pairs, as transformers cuts). The
+        texts and pairs are checked as `predict` checks them: the tokenizer's own errors name no position."""
+        texts = as_texts(texts)
+        pairs = check_pairs(texts, pairs)
         if pairs is not None:
-            if len(pairs) != len(texts):
-                raise UserError(f"{len(texts)} texts but {len(pairs)} second texts (pairs=): give one per text.")
             return self.tokenizer.encode_batch(list(zip(texts, pairs, strict=True)))
-        return self.tokenizer.encode_batch(list(texts))
+        return self.tokenizer.encode_batch(texts)
 
-    def logits(self, texts: list[str], pairs: list[str] | None = None, batch_size: int = BATCH_SIZE) -> np.ndarray:
+    def logits(self, texts: str | Iterable[str], pairs: str | Iterable[str] | None = None,
+               batch_size: int | None = BATCH_SIZE) -> np.ndarray:
+        """One row of logits per text (see `predict` for what `texts`, `pairs` and `batch_size` accept)."""
+        texts = as_texts(texts)
+        pairs = check_pairs(texts, pairs)
+        batch_size = check_batch_size(batch_size, BATCH_SIZE)
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         if not len(texts):
             return out
@@ -73,13 +82,20 @@ class OnnxTextClassifier:
         arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         return {k: arrays[k] for k in self.input_names}
 
-    def probabilities(self, texts: list[str], pairs: list[str] | None = None,
-                      batch_size: int = BATCH_SIZE) -> np.ndarray:
+    def probabilities(self, texts: str | Iterable[str], pairs: str | Iterable[str] | None = None,
+                      batch_size: int | None = BATCH_SIZE) -> np.ndarray:
+        """One row of label probabilities per text: softmax, or each label's sigmoid (multi-label)."""
         return probabilities(self.logits(texts, pairs, batch_size), self.multi_label)
 
-    def predict(self, texts: list[str], top_k: int = 1, pairs: list[str] | None = None,
-                batch_size: int = BATCH_SIZE) -> list[list[dict]]:
-        """Per text, a list of {label, score}: the top k labels, or every label above threshold (multi-label)."""
+    def predict(self, texts: str | Iterable[str], top_k: int = 1, pairs: str | Iterable[str] | None = None,
+                batch_size: int | None = BATCH_SIZE) -> list[list[dict]]:
+        """Per text, a list of {label, score}: the top k labels, or every label above threshold (multi-label).
+
+        Accepts what the PyTorch `Classifier.predict` accepts (`textxfer.core.inputs` checks both): a list or any
+        iterable of strings (tuple, generator, numpy array, pandas Series), read in order, or a lone string, which
+        is one text and gives a list of one result. None, NaN and numbers among the texts or `pairs` are refused
+        by position; `top_k` and `batch_size` are whole numbers of 1 or more (`batch_size` None: the default)."""
+        top_k = check_top_k(top_k)
         return decisions(self.probabilities(texts, pairs, batch_size), self.labels, self.multi_label,
                          self.thresholds, top_k)
 

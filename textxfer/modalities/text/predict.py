@@ -11,7 +11,7 @@ input its peak memory grows with the widths seen, and it is no faster than MKL o
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,9 +19,13 @@ import numpy as np
 import torch
 
 from textxfer.backbones.load import SAFE_LOADING, input_names
+from textxfer.core.inputs import as_texts, check_batch_size, check_pairs, check_top_k
 from textxfer.core.layout import CONFIG_MAX_LENGTH, CONFIG_PAIR_COLUMN, find_model_dir
 from textxfer.deploy.decisions import decisions, probabilities
 from textxfer.modalities.text.batching import Collator, encode, sorted_batches
+
+BATCH_SIZE = 64
+"""Texts per forward pass (sorted by length, padded per batch) when `batch_size` is not given."""
 
 
 class Classifier:
@@ -30,7 +34,7 @@ class Classifier:
     Texts are read as training read them: cut at the run's `model.max_length` tokens (recorded in the config as
     `textxfer_max_length`; older model folders: the tokenizer's `model_max_length`, at most 512), or at
     `max_length` when given. `pair_column` is the second-text column of a sentence-pair model (None otherwise):
-    pass those texts as `pairs=`."""
+    pass those texts as `pairs=`. `predict("one text")` is one input: a list of one result."""
 
     def __init__(self, model_dir: str | Path, device: str | None = None, max_length: int | None = None):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -52,10 +56,15 @@ class Classifier:
                               or min(int(getattr(self.tokenizer, "model_max_length", 512) or 512), 512))
 
     @torch.inference_mode()
-    def logits(self, texts: list[str], pairs: list[str] | None = None, batch_size: int = 64) -> np.ndarray:
+    def logits(self, texts: str | Iterable[str], pairs: str | Iterable[str] | None = None,
+               batch_size: int | None = BATCH_SIZE) -> np.ndarray:
+        """One row of logits per text (see `predict` for what `texts`, `pairs` and `batch_size` accept)."""
+        texts = as_texts(texts)
+        pairs = check_pairs(texts, pairs)
+        batch_size = check_batch_size(batch_size, BATCH_SIZE)
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        enc = encode(self.tokenizer, list(texts), pairs, np.zeros(len(texts), dtype=np.int64), self.max_length)
+        enc = encode(self.tokenizer, texts, pairs, np.zeros(len(texts), dtype=np.int64), self.max_length)
         collate = Collator(enc, self.tokenizer.pad_token_id)
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         with cpu_gemm(self.device, self.model.dtype):
@@ -65,12 +74,23 @@ class Classifier:
                 out[idx] = self.model(**inputs).logits.float().cpu().numpy()
         return out
 
-    def probabilities(self, texts: list[str], pairs: list[str] | None = None, batch_size: int = 64) -> np.ndarray:
+    def probabilities(self, texts: str | Iterable[str], pairs: str | Iterable[str] | None = None,
+                      batch_size: int | None = BATCH_SIZE) -> np.ndarray:
+        """One row of label probabilities per text: softmax, or each label's sigmoid (multi-label)."""
         return probabilities(self.logits(texts, pairs, batch_size), self.multi_label)
 
-    def predict(self, texts: list[str], top_k: int = 1, pairs: list[str] | None = None,
-                batch_size: int = 64) -> list[list[dict]]:
-        """Per text, a list of {label, score}: the top k labels, or every label above threshold (multi-label)."""
+    def predict(self, texts: str | Iterable[str], top_k: int = 1, pairs: str | Iterable[str] | None = None,
+                batch_size: int | None = BATCH_SIZE) -> list[list[dict]]:
+        """Per text, a list of {label, score}: the top k labels, or every label above threshold (multi-label).
+
+        `texts` is a list of strings, or any iterable of them (tuple, generator, numpy array, pandas Series),
+        read in order; a lone string is one text, and gives a list of one result (the same shape as
+        `predict([text])`). Every element must be a string: None, NaN (a missing table value) and numbers are
+        refused by position rather than read as text. `pairs` are the second texts of a sentence-pair model, one
+        per text, checked the same way. `top_k` is a whole number of 1 or more (above the number of labels:
+        every label); `batch_size` a whole number of 1 or more, or None for the default. Bad input is a
+        `UserError` saying what to change, raised before any work."""
+        top_k = check_top_k(top_k)
         return decisions(self.probabilities(texts, pairs, batch_size), self.labels, self.multi_label,
                          self.thresholds, top_k)
 
