@@ -382,7 +382,7 @@ def test_push_private_creates_private_repo_and_hides_it(hub, hf_home, run_dir):
 
 
 def test_push_after_training_reads_recipe_hub_config(hub, hf_home, run_dir):
-    code = ("from textxfer.outputs.hub import push_after_training; "
+    code = ("from textxfer.outputs.hub_after_training import push_after_training; "
             f"print(push_after_training({str(run_dir)!r}, {{'push': {{'repo_id': 'alice/from-recipe', "
             "'private': True}}))")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
@@ -393,7 +393,7 @@ def test_push_after_training_reads_recipe_hub_config(hub, hf_home, run_dir):
 
 
 def test_a_failed_push_after_training_says_the_run_is_saved_and_how_to_push_again(hub, hf_home, run_dir):
-    code = ("from textxfer.outputs.hub import push_after_training; "
+    code = ("from textxfer.outputs.hub_after_training import push_after_training; "
             f"push_after_training({str(run_dir)!r}, {{'push': {{'repo_id': 'acme/private-model', 'private': True}}}})")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
                        env=_env(hub, hf_home, HF_TOKEN=BOB))
@@ -418,7 +418,7 @@ def test_a_push_the_recipe_asks_for_is_checked_before_training(repo_id, env, mes
 
 def test_push_after_training_without_repo_is_a_no_op_and_rejects_unknown_keys(run_dir):
     from textxfer.core.errors import UserError
-    from textxfer.outputs.hub import push_after_training
+    from textxfer.outputs.hub_after_training import push_after_training
 
     assert push_after_training(run_dir, {}) is None
     assert push_after_training(run_dir, {"push": None}) is None

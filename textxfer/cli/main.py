@@ -133,7 +133,7 @@ def _check_push(recipe: str, overrides: tuple[str, ...]) -> None:
 
     push = load_recipe(recipe, list(overrides)).hub.push
     if push.repo_id:
-        from textxfer.outputs.hub import check_push_ready
+        from textxfer.outputs.hub_after_training import check_push_ready
 
         check_push_ready(str(push.repo_id), push.revision)
 
@@ -148,7 +148,7 @@ def _push_if_asked(run_dir: Path) -> None:
     hub_cfg = (yaml.safe_load(recipe_file.read_text()) or {}).get("hub")
     if not hub_cfg or not (hub_cfg.get("push") or {}).get("repo_id"):
         return
-    from textxfer.outputs.hub import push_after_training
+    from textxfer.outputs.hub_after_training import push_after_training
 
     url = push_after_training(run_dir, hub_cfg)
     if url:
