@@ -305,3 +305,10 @@ def test_data_check_refuses_what_train_would(tmp_path, good):
     assert code == 2 and "`model.max_length` is 99999, but" in printed and "Traceback" not in printed
     code, printed = run_cli("data", "check", "hymenoptera-efficientnet")
     assert code == 2 and "reads text recipes; this recipe's task is image" in printed
+
+
+def test_recipes_show_and_a_near_name_are_understood():
+    code, printed = run_cli("recipes", "show", "quickstart")
+    assert code == 0 and "output_dir" in printed
+    code, printed = run_cli("recipes", "hymenoptera")
+    assert code == 2 and "Did you mean `hymenoptera-efficientnet`?" in printed

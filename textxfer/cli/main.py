@@ -222,7 +222,8 @@ def evaluate(model_dir, data_file, text_column, label_column, pair_column, as_js
 
 @cli.command()
 @click.argument("name", required=False)
-def recipes(name):
+@click.argument("extra", required=False)
+def recipes(name, extra):
     """List the bundled recipes, or show one.
 
     \b
@@ -232,6 +233,10 @@ def recipes(name):
       textxfer train quickstart
     """
     files = sorted(RECIPES_DIR.glob("*.yaml"))
+    if name in ("show", "cat", "list") and extra is not None:  # `recipes show NAME`: the name is what counts
+        name = extra
+    elif extra is not None:
+        raise UserError(f"`textxfer recipes {name} {extra}`: give one recipe name, e.g. `textxfer recipes {name}`.")
     if name is None:
         from textxfer.config.reading import load_yaml
 
@@ -242,7 +247,12 @@ def recipes(name):
         return
     match = [f for f in files if f.stem == name or f.name == name]
     if not match:
-        raise UserError(f"No bundled recipe `{name}`. Available: {', '.join(f.stem for f in files)}.")
+        import difflib
+
+        close = [f.stem for f in files if f.stem.startswith(name)] or difflib.get_close_matches(
+            name, [f.stem for f in files], n=2)
+        hint = f" Did you mean {' or '.join(f'`{c}`' for c in close)}?" if close else ""
+        raise UserError(f"No bundled recipe `{name}`.{hint} Available: {', '.join(f.stem for f in files)}.")
     click.echo(match[0].read_text())
 
 
