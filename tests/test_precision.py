@@ -161,7 +161,8 @@ def test_bf16_forced_where_it_is_emulated_warns_once(monkeypatch, caplog):
 
 def _minimal(tmp_path: Path, body: str) -> Path:
     path = tmp_path / "r.yaml"
-    path.write_text("model: {name: m}\ndata: {train: t.csv}\n" + body)
+    data = "" if body.startswith("data:") else "data: {train: t.csv}\n"  # a key given twice is refused
+    path.write_text("model: {name: m}\n" + data + body)
     return path
 
 
