@@ -557,6 +557,13 @@ def test_push_bare_name_goes_to_the_token_owner(hub, hf_home, run_dir):
     assert b"alice/bare-name" in hub.state.repos["alice/bare-name"].history()[0].files["README.md"].content
 
 
+def test_push_refuses_both_adapter_only_and_merged(hub, hf_home, run_dir):
+    n = len(hub.state.requests)
+    r = textxfer(hub, hf_home, "push", str(run_dir), "alice/both", "--adapter-only", "--merged")
+    _assert_clean_failure(r, "--adapter-only and --merged each say what to push")
+    assert len(hub.state.requests) == n
+
+
 def test_push_invalid_branch_name(hub, hf_home, run_dir):
     r = textxfer(hub, hf_home, "push", str(run_dir), "alice/x", "--revision", "bad..branch")
     _assert_clean_failure(r, "not a valid branch name")

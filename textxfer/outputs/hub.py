@@ -330,9 +330,9 @@ def _upload(run: Run, repo_id: str, private: bool, revision: str | None, mode: s
 @click.argument("repo_id")
 @click.option("--private", is_flag=True, help="Create the repo private (and make an existing public one private).")
 @click.option("--revision", metavar="BRANCH", help="Push to this branch (created from main if it does not exist).")
-@click.option("--adapter-only", "mode", flag_value="adapter",
+@click.option("--adapter-only", is_flag=True,
               help="Push only the LoRA adapter with its trained head and label names (needs `save_adapter`).")
-@click.option("--merged", "mode", flag_value="merged", default=True,
+@click.option("--merged", is_flag=True,
               help="Push the full model, LoRA merged in, that plain transformers loads (the default).")
 @click.option("--commit-message", metavar="MSG", help="Commit title (default: run, strategy and score).")
 @click.option("--license", "license_", metavar="ID",
@@ -341,7 +341,8 @@ def _upload(run: Run, repo_id: str, private: bool, revision: str | None, mode: s
                                            "onnx/ folder; the card says how to load it without torch.")
 @click.option("--quantize", type=click.Choice(["none", "int8"]), default=None,
               help="With --onnx: int8 weights (default: none, fp32).")
-def push_command(run_dir, repo_id, private, revision, mode, commit_message, license_, onnx, quantize):
+def push_command(run_dir, repo_id, private, revision, adapter_only, merged, commit_message, license_, onnx,
+                 quantize):
     """Push a finished run to the Hugging Face Hub: model (or adapter), model card, recipe and metrics.
 
     RUN_DIR is what `textxfer train` wrote; REPO_ID is `namespace/name` (created if needed; pushing again
@@ -354,6 +355,9 @@ def push_command(run_dir, repo_id, private, revision, mode, commit_message, lice
       textxfer push runs/sst2 alice/bert-sst2 --revision experiment-2 --commit-message "lr 3e-5"
       textxfer push runs/sst2 alice/bert-sst2 --onnx --quantize int8
     """
+    if adapter_only and merged:
+        raise UserError("--adapter-only and --merged each say what to push: give one (--merged is the default).")
+    mode = "adapter" if adapter_only else "merged"
     if quantize is not None and not onnx:
         raise UserError("--quantize applies to the ONNX export: add --onnx.")
     if onnx and mode == "adapter":
