@@ -16,9 +16,12 @@ def say(line: str) -> None:
 @click.argument("out", type=click.Path())
 @click.option("--quantize", type=click.Choice(["none", "int8"]), default="none", show_default=True,
               help="int8: weights in int8 (about 4x smaller, 2-4x faster on CPUs; decisions checked against fp32).")
+@click.option("--fp32-matmuls", type=int, default=None, metavar="N",
+              help="With --quantize int8: keep the N MatMuls with the most outlying inputs in fp32 (default: 1 in "
+                   "12 of them; 0: every one int8).")
 @click.option("--opset", type=int, default=None, help="ONNX opset to target (default: the exporter's, 18+).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it is an earlier export.")
-def export_command(run_dir, out, quantize, opset, overwrite):
+def export_command(run_dir, out, quantize, fp32_matmuls, opset, overwrite):
     """Export a trained model (a run directory or its model folder) to OUT for prediction with onnxruntime,
     without torch: the ONNX graph, tokenizer.json and textxfer_export.json (labels, token limit, pair column,
     thresholds, pooling). Needs `pip install 'textxfer[onnx]'`.
@@ -31,7 +34,8 @@ def export_command(run_dir, out, quantize, opset, overwrite):
     """
     from textxfer.outputs.onnx_export import export_run
 
-    result = export_run(run_dir, out, quantize=quantize, opset=opset, overwrite=overwrite, say=say)
+    result = export_run(run_dir, out, quantize=quantize, opset=opset, overwrite=overwrite, say=say,
+                        fp32_matmuls=fp32_matmuls)
     m = result.manifest
     model = result.folder / m.model_file
     click.echo(f"exported {m.family} ({m.quantize if m.quantize != 'none' else 'fp32'}, opset {m.opset}, "

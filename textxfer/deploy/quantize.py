@@ -7,8 +7,8 @@ the rest, as BERT-style encoders have after some layer norms and in the feed-for
 tensor leaves the ordinary features only a few int8 steps, and most of the error comes from those few matrices.
 So: weights per output channel and in 7 bits (`reduce_range`: no overflow in the u8 x s8 products on CPUs
 without VNNI), the word-embedding table in int8 (most of the file), and the MatMuls whose inputs have the widest
-range relative to their typical size on calibration inputs (`FP32_SHARE` of them) left in fp32. docs/deploy.md
-has the measurements behind these choices.
+range relative to their typical size on calibration inputs left in fp32: `FP32_SHARE` of them, or as many as
+`textxfer export --fp32-matmuls N` says. docs/deploy.md has the measurements behind these choices.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 FP32_SHARE = 1 / 12
-"""Share of the weight MatMuls kept in fp32, those with the most outlying inputs (MiniLM-L6: 3 of 36)."""
+"""Share of the weight MatMuls kept in fp32 by default, those with the most outlying inputs (MiniLM-L6: 3 of 36)."""
 
 
 def weight_matmuls(model) -> list:
@@ -66,15 +66,16 @@ def outlier_scores(model, feeds: Iterable[dict[str, np.ndarray]], nodes: list) -
     return {n.name: float(np.mean(ratios[n.input[0]])) if ratios[n.input[0]] else 0.0 for n in nodes}
 
 
-def quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> dict:
-    """Write the int8 model of `src` to `dst`; `feeds` are calibration batches (graph inputs) that only rank the
-    MatMuls for `FP32_SHARE`. Returns what was done, for the manifest."""
+def quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], fp32_matmuls: int | None = None) -> dict:
+    """Write the int8 model of `src` to `dst`, keeping the `fp32_matmuls` weight MatMuls with the most outlying
+    inputs in fp32 (None: `FP32_SHARE` of them); `feeds` are calibration batches (graph inputs) that only rank
+    them. Returns what was done, for the manifest."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model = onnx.load(str(src))
     nodes = weight_matmuls(model)
-    keep_count = int(round(len(nodes) * FP32_SHARE))
+    keep_count = min(fp32_matmuls, len(nodes)) if fp32_matmuls is not None else int(round(len(nodes) * FP32_SHARE))
     scores = outlier_scores(model, feeds, nodes) if keep_count and feeds else {}
     kept = sorted(scores, key=lambda name: -scores[name])[:keep_count]
     embeddings = embedding_gathers(model)

@@ -43,10 +43,16 @@ class ExportResult:
 
 
 def export_run(run_dir: str | Path, out: str | Path, quantize: str = "none", opset: int | None = None,
-               overwrite: bool = False, say: Callable[[str], None] = lambda line: None) -> ExportResult:
-    """Export the model of `run_dir` (a run directory or its model folder) to the folder `out`."""
+               overwrite: bool = False, say: Callable[[str], None] = lambda line: None,
+               fp32_matmuls: int | None = None) -> ExportResult:
+    """Export the model of `run_dir` (a run directory or its model folder) to the folder `out`. With
+    `quantize="int8"`, `fp32_matmuls` weight MatMuls (those with the most outlying inputs) stay in fp32 (None:
+    `textxfer.deploy.quantize.FP32_SHARE` of them)."""
     if quantize not in MODEL_FILES:
         raise UserError(f"--quantize {quantize!r}: choose one of {', '.join(MODEL_FILES)}.")
+    if fp32_matmuls is not None and (fp32_matmuls < 0 or quantize != "int8"):
+        raise UserError(f"--fp32-matmuls {fp32_matmuls}: give 0 or more, with --quantize int8 (it says how many "
+                        "MatMuls of the int8 graph stay in fp32).")
     model_dir = find_model_dir(run_dir)
     out = Path(out)
     check_destination(model_dir, out, overwrite)
@@ -62,7 +68,7 @@ def export_run(run_dir: str | Path, out: str | Path, quantize: str = "none", ops
             raise UserError(f"{model_dir} is an image classifier; `textxfer export` handles text classifiers "
                             "(bert, distilbert, roberta, xlm-roberta, electra, albert, deberta-v2). Predict "
                             "with the run directory: textxfer predict RUN_DIR --input IMAGES.")
-        manifest = export_text(model_dir, tmp, quantize, opset, say)
+        manifest = export_text(model_dir, tmp, quantize, opset, say, fp32_matmuls)
         manifest.source = {"model_dir": str(model_dir.resolve()), **source_versions()}
         manifest.write(tmp)
         if out.exists():
@@ -97,7 +103,7 @@ def check_destination(model_dir: Path, out: Path, overwrite: bool) -> None:
 
 
 def export_text(model_dir: Path, tmp: Path, quantize: str, opset: int | None,
-                say: Callable[[str], None]) -> ExportManifest:
+                say: Callable[[str], None], fp32_matmuls: int | None = None) -> ExportManifest:
     """Graph, tokenizer and manifest of a text classifier into `tmp`, checked against PyTorch."""
 
     from textxfer.backbones.load import input_names
@@ -145,11 +151,12 @@ def export_text(model_dir: Path, tmp: Path, quantize: str, opset: int | None,
     if quantize == "int8":
         int8_file = tmp / MODEL_FILES["int8"]
         feeds = [exported.feed(batch) for batch in batches(exported.encode(texts[:CALIBRATION_TEXTS],
-                                                                           pairs[:CALIBRATION_TEXTS] if pairs else None))]
+                                                                           pairs[:CALIBRATION_TEXTS] if pairs else None))
+                 ] if fp32_matmuls != 0 else []
         from textxfer.deploy.quantize import quantize_int8
 
         with quiet_loggers():  # the quantizer logs a pre-processing hint per call
-            info = quantize_int8(tmp / MODEL_FILES["none"], int8_file, feeds)
+            info = quantize_int8(tmp / MODEL_FILES["none"], int8_file, feeds, fp32_matmuls)
         m = min(len(texts), AGREEMENT_TEXTS)
         full = exported.logits(texts[:m], pairs[:m] if pairs else None)
         del exported
