@@ -171,7 +171,10 @@ def test_sentence_pair_model_exports_its_second_text(tiny_models, tmp_path):
     firsts, seconds = ["good film was fine", "a bad plot"], ["the goal", "awful sad poor"]
     want = textxfer.load(tmp_path / "run").logits(firsts, seconds)
     assert np.abs(onnx.logits(firsts, seconds) - want).max() < 1e-4
-    assert np.abs(onnx.logits(firsts) - want).max() > 1e-4  # the second text is read
+    for clf in (onnx, textxfer.load(tmp_path / "run")):  # single texts to a pair model: refused, not scored alone
+        with pytest.raises(UserError, match=r"This model reads sentence pairs \(its second text was column "
+                                            r"`hypothesis` in training\): give the second texts as pairs="):
+            clf.predict(firsts)
     out = run_cli("predict", str(tmp_path / "onnx"), "--input", str(data["test"]), "--text-column", "premise",
                   "--output", str(tmp_path / "p.jsonl"))
     assert out.exit_code == 0, out.output

@@ -13,6 +13,7 @@ from conftest import make_tiny_checkpoint, tiny_recipe
 
 import textxfer
 from textxfer.cli.main import cli
+from textxfer.core.errors import UserError
 
 VOCAB = {"pos": ["good", "great", "happy", "fine"], "neg": ["bad", "awful", "poor", "sad"],
          "sport": ["sport", "ball", "goal"]}
@@ -172,7 +173,9 @@ def test_sentence_pair_model_is_evaluated_and_predicted_on_both_texts(bert, tmp_
     assert clf.pair_column == "hypothesis"
     scores = clf.predict([e["text"] for e in expected], pairs=[e["text_pair"] for e in expected])
     assert [s[0]["label"] for s in scores] == [e["pred"] for e in expected]
-    first_only = clf.predict([e["text"] for e in expected])
+    with pytest.raises(UserError, match="This model reads sentence pairs"):  # never scored on the first text alone
+        clf.predict([e["text"] for e in expected])
+    first_only = clf.predict([e["text"] for e in expected], pairs=[""] * len(expected))
     assert [s[0]["label"] for s in first_only] != [e["pred"] for e in expected]  # the second text matters
 
     from transformers import pipeline

@@ -82,10 +82,14 @@ def as_texts(value: Any, name: str = "texts") -> list[str]:
     return [t if type(t) is str else str(t) for t in texts]  # numpy.str_ and other subclasses: plain str
 
 
-def check_pairs(texts: list[str], pairs: Any) -> list[str] | None:
+def check_pairs(texts: list[str], pairs: Any, pair_column: Any = None) -> list[str] | None:
     """The second texts of a sentence-pair model (`pairs=`), checked like the texts and one per text; None when
-    not given."""
+    not given. `pair_column`: the model's second-text column when it reads pairs; such a model is never given
+    single texts (it would score each text against nothing, a silent wrong result)."""
     if pairs is None:
+        if pair_column is not None and texts:
+            raise UserError(f"This model reads sentence pairs (its second text was column `{pair_column}` in "
+                            "training): give the second texts as pairs=[...], one per text.")
         return None
     pairs = as_texts(pairs, "pairs")
     if len(pairs) != len(texts):

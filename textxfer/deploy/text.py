@@ -45,7 +45,7 @@ class OnnxTextClassifier:
         """`tokenizers` encodings, cut at the token limit (longest first for pairs, as transformers cuts). The
         texts and pairs are checked as `predict` checks them: the tokenizer's own errors name no position."""
         texts = as_texts(texts)
-        pairs = check_pairs(texts, pairs)
+        pairs = check_pairs(texts, pairs, self.pair_column)
         if pairs is not None:
             return self.tokenizer.encode_batch(list(zip(texts, pairs, strict=True)))
         return self.tokenizer.encode_batch(texts)
@@ -54,7 +54,7 @@ class OnnxTextClassifier:
                batch_size: int | None = BATCH_SIZE) -> np.ndarray:
         """One row of logits per text (see `predict` for what `texts`, `pairs` and `batch_size` accept)."""
         texts = as_texts(texts)
-        pairs = check_pairs(texts, pairs)
+        pairs = check_pairs(texts, pairs, self.pair_column)
         batch_size = check_batch_size(batch_size, BATCH_SIZE)
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         if not len(texts):

@@ -60,7 +60,7 @@ class Classifier:
                batch_size: int | None = BATCH_SIZE) -> np.ndarray:
         """One row of logits per text (see `predict` for what `texts`, `pairs` and `batch_size` accept)."""
         texts = as_texts(texts)
-        pairs = check_pairs(texts, pairs)
+        pairs = check_pairs(texts, pairs, self.pair_column)
         batch_size = check_batch_size(batch_size, BATCH_SIZE)
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
