@@ -172,10 +172,13 @@ _CSV_QUOTED_FIELD = re.compile(r'(?:^|\t)"((?:[^"]|"")*)"(?=\t|\r?$)', re.M)
 def quoted_like_csv(sample: str) -> bool:
     """Whether a tab-separated sample was written with CSV quoting: some quoted field holds a doubled quote, a tab or
     a line break, which only a CSV writer's quoting explains (plain text rarely both starts and ends that way)."""
-    return any('""' in m[1] or "\t" in m[1] or "\n" in m[1] for m in _CSV_QUOTED_FIELD.finditer(sample[:_SNIFF_CHARS]))
+    return any('""' in m[1] or "\t" in m[1] or "\n" in m[1]
+               for m in _CSV_QUOTED_FIELD.finditer(sample[:QUOTING_SAMPLE_CHARS]))
 
 
-_SNIFF_CHARS = 1 << 16  # as much as the chunked reader samples (streaming._SAMPLE_BYTES)
+QUOTING_SAMPLE_CHARS = 1 << 16
+"""How much of a file `quoted_like_csv` reads: as much as the chunked reader samples (streaming._SAMPLE_BYTES), so
+training and `predict` decide alike."""
 
 
 def csv_error(path: Path, fmt: str, sep: str, quoting: str, e: Exception) -> UserError:

@@ -45,7 +45,10 @@ class OnnxTextClassifier:
         """`tokenizers` encodings, cut at the token limit (longest first for pairs, as transformers cuts). The
         texts and pairs are checked as `predict` checks them: the tokenizer's own errors name no position."""
         texts = as_texts(texts)
-        pairs = check_pairs(texts, pairs, self.pair_column)
+        return self._encode(texts, check_pairs(texts, pairs, self.pair_column))
+
+    def _encode(self, texts: list[str], pairs: list[str] | None) -> list:
+        """`encode` of texts and pairs already checked."""
         if pairs is not None:
             return self.tokenizer.encode_batch(list(zip(texts, pairs, strict=True)))
         return self.tokenizer.encode_batch(texts)
@@ -59,7 +62,7 @@ class OnnxTextClassifier:
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         if not len(texts):
             return out
-        enc = self.encode(texts, pairs)
+        enc = self._encode(texts, pairs)
         lengths = np.fromiter((len(e.ids) for e in enc), dtype=np.int64, count=len(enc))
         order = np.argsort(-lengths, kind="stable")
         for start in range(0, len(order), batch_size):

@@ -118,8 +118,7 @@ def _strategy_text(run: Run, mode: str) -> list[str]:
         rows.append(f"| Trainable parameters | {trainable:,} of {total:,} ({100 * trainable / total:.2f}%) |")
     if not is_hub_id(run.model_name):
         rows += ["", f"The base model `{display_source(run.model_name)}` is a local checkpoint, not a Hub "
-                 "repository, so the "
-                 "metadata names no `base_model`."]
+                 "repository, so the metadata names no `base_model`."]
     return rows
 
 
@@ -217,8 +216,7 @@ def _reproduce_text(run: Run) -> list[str]:
     if command:
         rows += ["", "The original command was:", "", "```bash", display_command(str(command)), "```"]
     rows += ["", "<details><summary>recipe.yaml</summary>", "", "```yaml", published_recipe(run.recipe_text).rstrip(),
-             "```", "",
-             "</details>"]
+             "```", "", "</details>"]
     return rows
 
 
@@ -294,8 +292,8 @@ def _usage_text(run: Run, mode: str, ref: str, revision: str | None) -> list[str
         base = _adapter_base(run)
         if base and not is_hub_id(base):
             rows += ["", f"Note: the adapter's base model (`{display_source(base)}`) is a local folder. Elsewhere, "
-                     "load the base "
-                     "model yourself and apply the adapter with `peft.PeftModel.from_pretrained(base, ...)`."]
+                     "load the base model yourself and apply the adapter with `peft.PeftModel.from_pretrained(base, "
+                     "...)`."]
     return rows
 
 

@@ -40,6 +40,8 @@ PUBLISHED_FILES = re.compile(
     r"merges\.txt|spiece\.model|sentencepiece\.bpe\.model|preprocessor_config\.json|generation_config\.json|"
     r"metrics\.json|recipe\.yaml|onnx/(?:model(?:_int8)?\.onnx(?:\.data)?|tokenizer\.json|textxfer_export\.json))$"
 )
+
+
 def validate_repo_id(repo_id: str) -> None:
     """The Hub's naming rules (huggingface_hub's own check), before any network call so a typo costs nothing."""
     from huggingface_hub.utils import HFValidationError

@@ -102,7 +102,7 @@ def missing_warnings(run: RunFiles) -> list[str]:
     for name, why in names.items():
         if present[name] is None and not any(p.startswith(name) for p in run.problems):
             out.append(f"{name} is missing: {why}.")
-    unreadable = [n for n in ("metrics.json", "history.json") if any(p.startswith(f"{n} could not") for p in run.problems)]
+    unreadable = [n for n in ("metrics.json", "history.json") if run.unreadable(n)]
     if not run.eval_records and run.metrics is None and unreadable:  # damaged records, not a run that stopped early
         out.append(f"No evaluation can be shown: {' and '.join(unreadable)} could not be read (above). `textxfer "
                    f"evaluate {run.root} --data FILE` scores the saved model again.")

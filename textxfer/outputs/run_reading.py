@@ -50,6 +50,10 @@ class RunFiles:
     task: str
     problems: list[str] = field(default_factory=list)
 
+    def unreadable(self, name: str) -> bool:
+        """Whether the file `name` (e.g. `metrics.json`) is there but could not be read (`problems` says why)."""
+        return any(p.startswith(f"{name} could not be read") for p in self.problems)
+
     @property
     def train_records(self) -> list[dict]:
         return [r for r in (self.history or {}).get("train") or [] if isinstance(r, dict)]

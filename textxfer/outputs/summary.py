@@ -21,7 +21,7 @@ def summary_lines(run_dir: str | Path) -> list[str]:
         lines.append(f"Best {best_metric}: {best[best_metric]:.4f}{best_checkpoint_position(best)}")
     elif metrics and "validation" not in metrics:  # a finished run with nothing to select on (few-shot recipes)
         lines.append("No validation split, so the saved model is the last epoch's.")
-    elif run.metrics is None and any(p.startswith("metrics.json could not") for p in run.problems):
+    elif run.metrics is None and run.unreadable("metrics.json"):
         lines.append("metrics.json could not be read, so there is no best metric (`textxfer report` says why).")
     else:
         lines.append("No evaluation finished, so there is no best metric (see train.log).")

@@ -181,9 +181,9 @@ class Inputs:
         a TSV's quote marks are text (GLUE), unless its first lines show a CSV writer's quoting (pandas)."""
         if not source.lower().endswith(".tsv"):
             return {"delimiter": ","}
-        from textxfer.data.tables import quoted_like_csv
+        from textxfer.data.tables import QUOTING_SAMPLE_CHARS, quoted_like_csv
 
-        sample = f.read(1 << 16)
+        sample = f.read(QUOTING_SAMPLE_CHARS)
         f.seek(0)
         if quoted_like_csv(sample):
             self.say(f"{source}: tab-separated, with fields wrapped in double quotes and their inner quotes doubled, "
